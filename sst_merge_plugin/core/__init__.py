@@ -1,0 +1,1 @@
+"""Framework-free torch math of SST-Merge (no mergekit / FusionBench imports)."""

@@ -1,0 +1,1 @@
+"""mergekit subpackage."""
