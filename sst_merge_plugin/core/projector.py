@@ -1,0 +1,278 @@
+"""The SST projector ``P(ΔW)``: keep a patch only along high ``F_harm/F_benign`` directions.
+
+For a patch ``ΔW`` (``d_out × d_in``) and two Fishers of the same kind (DESIGN 1.2):
+
+* ``kfac`` — ``F_h = A_h ⊗ G_h``, ``F_b = A_b ⊗ G_b``. Solve ``G_h q = γ G_b q``
+  (``QᵀG_bQ = I``) and ``A_h p = α A_b p`` (``PᵀA_bP = I``). The eigenvectors of the full
+  problem are ``p_j ⊗ q_i`` with ``λ_ij = γ_i α_j``. Coordinates ``C = Qᵀ G_b ΔW A_b P``
+  (so ``ΔW = Q C Pᵀ``), gain ``Σ λ_ij C_ij²``, cost ``Σ C_ij²``; the result is
+  ``Q (M ⊙ C) Pᵀ`` for the selection weights ``M`` (:mod:`.selection`).
+* ``lora`` — the same on ``A_r, G_r`` with ``X = Uᵀ ΔW V``; the result is
+  ``U Q (M ⊙ C) Pᵀ Vᵀ`` (rank ≤ r, returned as factors too).
+* ``diag`` — ``λ_p = F_h[p] / F_b[p]``, ``C_p = √F_b[p] · ΔW[p]``, result ``M ⊙ ΔW``.
+
+Both Fishers are damped first (:func:`~.fisher.relative_damping`), and all gain/cost numbers
+refer to the damped Fishers, for which the accounting above is exact. λ is normalised by
+``c = tr(F_h)/tr(F_b)`` before selection.
+
+``top_k`` only needs the leading ``k`` pairs of each Kronecker factor (the ``k`` largest
+products ``γ_i α_j`` have ``i, j ≤ k``), which the Krylov solver finds for LLM-sized factors.
+A low-rank patch (a LoRA delta) is factorised once, ``ΔW = L R``, so gain/cost totals cost
+``O((d_out² + d_in²)·r)`` instead of ``O(d_out·d_in·(d_out + d_in))``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+
+import torch
+from torch import Tensor
+
+from sst_merge_plugin.core.errors import FisherValidationError, SolverError
+from sst_merge_plugin.core.fisher import (
+    DiagFisher,
+    Fisher,
+    KFACFisher,
+    LoRAFisher,
+    check_compatible,
+)
+from sst_merge_plugin.core.gevp import GEVPCache, SolverName
+from sst_merge_plugin.core.selection import Selection, selection_weights
+
+#: default relative damping ε of ``F + ε·(tr F/d)·I``
+DEFAULT_DAMPING = 1e-2
+#: patches of numerical rank up to this are factorised (``ΔW = L R``) before projection
+LOW_RANK_MAX = 64
+
+
+@dataclass(frozen=True)
+class ProjectionDiagnostics:
+    """What the projection kept, in the damped Fishers' metrics.
+
+    ``gain_kept_fraction = gain(P ΔW)/gain(ΔW)`` with ``gain(φ) = vec(φ)ᵀ F_h vec(φ)``, likewise
+    ``cost_kept_fraction`` with ``F_b``. λ statistics are normalised by ``trace_ratio =
+    tr(F_h)/tr(F_b)`` and taken over the coordinates that were solved for (all of them unless
+    the top-k solver ran). ``kept`` is ``Σ M`` (the number of kept coordinates for hard masks).
+    ``subspace_residual`` (lora kind) is ``‖ΔW − U Uᵀ ΔW V Vᵀ‖_F / ‖ΔW‖_F``, the part of the
+    patch outside the adapter subspace, which the projection drops.
+    """
+
+    kind: str
+    gain_total: float
+    cost_total: float
+    gain_kept: float
+    cost_kept: float
+    kept: float
+    n_coordinates: int
+    trace_ratio: float
+    lambda_max: float
+    lambda_median: float
+    lambda_min: float
+    lambda_min_kept: float
+    subspace_residual: float = 0.0
+
+    @property
+    def gain_kept_fraction(self) -> float:
+        return self.gain_kept / self.gain_total if self.gain_total > 0 else 0.0
+
+    @property
+    def cost_kept_fraction(self) -> float:
+        return self.cost_kept / self.cost_total if self.cost_total > 0 else 0.0
+
+    def as_dict(self) -> dict[str, float | int | str]:
+        """All fields plus the two kept fractions, JSON-serialisable."""
+        out: dict[str, float | int | str] = asdict(self)
+        out["gain_kept_fraction"] = self.gain_kept_fraction
+        out["cost_kept_fraction"] = self.cost_kept_fraction
+        return out
+
+
+@dataclass(frozen=True)
+class ProjectionResult:
+    """The projected patch (dtype and device of the input) and its diagnostics.
+
+    ``factors = (left, right)`` with ``patch = left @ right`` for the ``lora`` kind (rank ≤ r),
+    ``None`` otherwise.
+    """
+
+    patch: Tensor
+    diagnostics: ProjectionDiagnostics
+    factors: tuple[Tensor, Tensor] | None = None
+
+
+def project_patch(
+    patch: Tensor,
+    harm_fisher: Fisher,
+    benign_fisher: Fisher,
+    selection: Selection,
+    *,
+    damping: float = DEFAULT_DAMPING,
+    solver: SolverName = "auto",
+    cache: GEVPCache | None = None,
+    name: str = "weight",
+) -> ProjectionResult:
+    """Project ``patch`` onto the selected generalized eigen-directions of ``(F_harm, F_benign)``.
+
+    ``name`` only labels error messages. Raises :class:`~.errors.SSTError` subclasses for
+    mismatched shapes/kinds, non-finite patches and a singular benign Fisher (``damping=0``).
+    """
+    check_compatible(harm_fisher, benign_fisher, name)
+    if tuple(patch.shape) != harm_fisher.weight_shape:
+        raise FisherValidationError(
+            f"{name}: patch shape {tuple(patch.shape)} does not match the Fisher's weight shape "
+            f"{harm_fisher.weight_shape}"
+        )
+    if not bool(torch.isfinite(patch).all()):
+        raise FisherValidationError(f"{name}: the patch contains NaN/Inf")
+    if damping < 0:
+        raise FisherValidationError(f"damping must be >= 0, got {damping}")
+    device = patch.device
+    harm = harm_fisher.to(device=device, dtype=torch.float64).damped(damping)
+    benign = benign_fisher.to(device=device, dtype=torch.float64).damped(damping)
+    trace_ratio = harm.trace() / benign.trace()
+    cache = cache if cache is not None else GEVPCache()
+    patch64 = patch.double()
+    if isinstance(harm, DiagFisher):
+        out, factors, diag = _project_diag(patch64, harm, benign, selection, trace_ratio)
+    elif isinstance(harm, KFACFisher):
+        assert isinstance(benign, KFACFisher)
+        left, right = low_rank_factors(patch64)
+        out_left, out_right, diag = _project_kronecker(
+            left, right, harm.A, harm.G, benign.A, benign.G, selection, trace_ratio, cache, solver,
+            kind="kfac",
+        )  # fmt: skip
+        out, factors = out_left @ out_right, None
+    else:
+        assert isinstance(harm, LoRAFisher) and isinstance(benign, LoRAFisher)
+        u, v = harm.U, harm.V
+        coords = u.T @ patch64 @ v
+        residual = patch64 - u @ coords @ v.T
+        norm = float(torch.linalg.matrix_norm(patch64))
+        out_left, out_right, diag = _project_kronecker(
+            coords, None, harm.A_r, harm.G_r, benign.A_r, benign.G_r, selection, trace_ratio,
+            cache, solver, kind="lora",
+        )  # fmt: skip
+        factors = (u @ out_left, out_right @ v.T)
+        out = factors[0] @ factors[1]
+        residual_norm = float(torch.linalg.matrix_norm(residual))
+        diag = replace(diag, subspace_residual=residual_norm / norm if norm > 0 else 0.0)
+    dtype = patch.dtype
+    if factors is not None:
+        factors = (factors[0].to(dtype), factors[1].to(dtype))
+    return ProjectionResult(out.to(dtype), diag, factors)
+
+
+def low_rank_factors(patch: Tensor, max_rank: int = LOW_RANK_MAX) -> tuple[Tensor, Tensor | None]:
+    """``(L, R)`` with ``patch = L @ R`` exactly (up to round-off) when ``rank ≤ max_rank``.
+
+    A seeded randomised range finder: ``Y = patch Ω`` (``Ω`` is ``d_in × (max_rank + 8)``),
+    ``L = orth(Y)``, ``R = Lᵀ patch``; accepted when ``‖patch − L R‖_F ≤ 1e-9 ‖patch‖_F``
+    (float64). Otherwise returns ``(patch, None)`` where ``None`` stands for the identity.
+    """
+    d_out, d_in = patch.shape
+    width = max_rank + 8
+    if width >= min(d_out, d_in):
+        return patch, None
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    probe = torch.randn(d_in, width, generator=generator, dtype=patch.dtype).to(patch.device)
+    basis = torch.linalg.qr(patch @ probe).Q
+    right = basis.T @ patch
+    norm = float(torch.linalg.matrix_norm(patch))
+    if float(torch.linalg.matrix_norm(patch - basis @ right)) <= 1e-9 * max(norm, 1e-300):
+        return basis, right
+    return patch, None
+
+
+def _project_kronecker(
+    left: Tensor,
+    right: Tensor | None,
+    harm_a: Tensor,
+    harm_g: Tensor,
+    benign_a: Tensor,
+    benign_g: Tensor,
+    selection: Selection,
+    trace_ratio: float,
+    cache: GEVPCache,
+    solver: SolverName,
+    kind: str,
+) -> tuple[Tensor, Tensor, ProjectionDiagnostics]:
+    """Kronecker projection of the patch ``left @ right`` (``right=None`` is the identity).
+
+    Returns ``(Q (M⊙C), Pᵀ)`` whose product is the projected patch, and the diagnostics.
+    """
+    top_k = None if selection.needs_full_spectrum else max(int(selection.k), 1)
+    g_pairs = cache.solve(harm_g, benign_g, top_k=top_k, solver=solver)
+    a_pairs = cache.solve(harm_a, benign_a, top_k=top_k, solver=solver)
+    q, p = g_pairs.vectors, a_pairs.vectors
+
+    def times_right(matrix: Tensor) -> Tensor:  # right @ matrix
+        return matrix if right is None else right @ matrix
+
+    def quadratic(a: Tensor, g: Tensor) -> float:  # tr(ΔWᵀ G ΔW A) with ΔW = left @ right
+        inner = left.T @ g @ left
+        outer = a if right is None else right @ a @ right.T
+        return float((inner * outer).sum())
+
+    coords = (q.T @ benign_g @ left) @ times_right(benign_a @ p)
+    lam = torch.outer(g_pairs.values, a_pairs.values)
+    normalised = lam / trace_ratio
+    gain_total = quadratic(harm_a, harm_g)
+    weights = selection_weights(normalised, coords, selection, gain_total / trace_ratio)
+    kept = weights * coords
+    kept_mask = weights > 0
+    diag = ProjectionDiagnostics(
+        kind=kind,
+        gain_total=gain_total,
+        cost_total=quadratic(benign_a, benign_g),
+        gain_kept=float((lam * kept**2).sum()),
+        cost_kept=float((kept**2).sum()),
+        kept=float(weights.sum()),
+        n_coordinates=int(lam.numel()),
+        trace_ratio=trace_ratio,
+        **_lambda_summary(normalised, kept_mask),
+    )
+    return q @ kept, p.T, diag
+
+
+def _project_diag(
+    patch: Tensor,
+    harm: DiagFisher,
+    benign: DiagFisher,
+    selection: Selection,
+    trace_ratio: float,
+) -> tuple[Tensor, None, ProjectionDiagnostics]:
+    """Elementwise GEVP: ``λ_p = F_h[p]/F_b[p]``, coordinates ``√F_b ⊙ ΔW``, result ``M ⊙ ΔW``."""
+    if float(benign.diag.min()) <= 0:
+        raise SolverError(
+            "the benign diagonal Fisher has zero entries; use damping > 0 so that "
+            "F_benign + ε·mean(F_benign) is positive"
+        )
+    lam = harm.diag / benign.diag
+    normalised = lam / trace_ratio
+    coords = benign.diag.sqrt() * patch
+    gain_total = float((harm.diag * patch**2).sum())
+    weights = selection_weights(normalised, coords, selection, gain_total / trace_ratio)
+    out = weights * patch
+    diag = ProjectionDiagnostics(
+        kind="diag",
+        gain_total=gain_total,
+        cost_total=float((benign.diag * patch**2).sum()),
+        gain_kept=float((harm.diag * out**2).sum()),
+        cost_kept=float((benign.diag * out**2).sum()),
+        kept=float(weights.sum()),
+        n_coordinates=int(lam.numel()),
+        trace_ratio=trace_ratio,
+        **_lambda_summary(normalised, weights > 0),
+    )
+    return out, None, diag
+
+
+def _lambda_summary(normalised: Tensor, kept_mask: Tensor) -> dict[str, float]:
+    flat = normalised.reshape(-1)
+    kept = flat[kept_mask.reshape(-1)]
+    return {
+        "lambda_max": float(flat.max()),
+        "lambda_median": float(flat.median()),
+        "lambda_min": float(flat.min()),
+        "lambda_min_kept": float(kept.min()) if kept.numel() else float("nan"),
+    }
