@@ -2,11 +2,12 @@
 
 Per parameter ``p``, with input deltas ``Δ_i``, diagonal Fishers ``F_i`` and weights ``w_i``:
 
-    Δ[p] = Σ_i w_i F̃_i[p] Δ_i[p] / Σ_i w_i F̃_i[p],   F̃_i = F_i / s_i + ε · mean(F_i / s_i)
+    Δ[p] = Σ_i w_i F̃_i[p] Δ_i[p] / Σ_i w_i F̃_i[p],   F̃_i = F_i / s_i + δ
 
 ``s_i = mean(F_i)`` when ``normalise`` is set (so models whose Fishers differ in overall scale
-count equally), else 1. The relative floor ``ε`` keeps parameters that no Fisher constrains at
-the ``w``-weighted average of the deltas instead of dividing by zero. Because the weights sum
+count equally), else 1. The floor ``δ = ε · mean_i mean(F_i / s_i)`` is common to all inputs, so
+parameters that no Fisher constrains get the ``w``-weighted average of the deltas instead of a
+division by zero. Because the weights sum
 out, ``W0 + Δ`` equals the Fisher-weighted average of the full parameters ``W0 + Δ_i``.
 """
 
@@ -40,9 +41,8 @@ def fisher_weighted_average(
         raise FisherValidationError(f"got {len(weights)} weights for {len(deltas)} deltas")
     if floor < 0:
         raise FisherValidationError(f"floor must be >= 0, got {floor}")
-    numerator = torch.zeros(deltas[0].shape, dtype=torch.float64, device=deltas[0].device)
-    denominator = torch.zeros_like(numerator)
-    for index, (delta, fisher, weight) in enumerate(zip(deltas, fishers, weights, strict=True)):
+    scaled_fishers = []
+    for index, (delta, fisher) in enumerate(zip(deltas, fishers, strict=True)):
         if delta.shape != deltas[0].shape or fisher.shape != delta.shape:
             raise FisherValidationError(
                 f"input {index}: delta {tuple(delta.shape)} and Fisher {tuple(fisher.shape)} must "
@@ -54,11 +54,14 @@ def fisher_weighted_average(
             raise FisherValidationError(f"input {index}: diagonal Fisher has negative entries")
         scaled = fisher.double()
         mean = float(scaled.mean())
-        if normalise and mean > 0:
-            scaled, mean = scaled / mean, 1.0
-        floored = scaled + floor * (mean if mean > 0 else 1.0)
-        numerator += weight * floored * delta.double()
-        denominator += weight * floored
+        scaled_fishers.append(scaled / mean if normalise and mean > 0 else scaled)
+    mean_level = sum(float(f.mean()) for f in scaled_fishers) / len(scaled_fishers)
+    offset = floor * (mean_level if mean_level > 0 else 1.0)
+    numerator = torch.zeros(deltas[0].shape, dtype=torch.float64, device=deltas[0].device)
+    denominator = torch.zeros_like(numerator)
+    for delta, scaled, weight in zip(deltas, scaled_fishers, weights, strict=True):
+        numerator += weight * (scaled + offset) * delta.double()
+        denominator += weight * (scaled + offset)
     if float(denominator.abs().min()) == 0.0:
         raise FisherValidationError(
             "Fisher merging: the weighted Fishers sum to zero somewhere; use weights that do not "
