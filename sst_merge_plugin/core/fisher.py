@@ -18,7 +18,7 @@ Symmetric factors are stored symmetrised, ``(F + Fᵀ)/2``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 import torch
@@ -105,12 +105,39 @@ def relative_damping(
         return factor
     d = factor.shape[0] if dim is None else dim
     tr = float(torch.diagonal(factor).sum()) if trace is None else float(trace)
-    shift = epsilon * tr / d
-    return factor + shift * torch.eye(factor.shape[0], dtype=factor.dtype, device=factor.device)
+    damped = factor.clone()
+    damped.diagonal().add_(epsilon * tr / d)
+    return damped
+
+
+def _derived(instance, **changes):
+    """A copy of a validated container with ``changes`` applied, skipping re-validation.
+
+    Used by ``to()`` and ``damped()``, whose results are valid whenever the source is
+    (a dtype/device move, or adding a non-negative multiple of ``I``), so LLM-sized factors are
+    not re-checked (an ``O(d³)`` Cholesky) at every step.
+    """
+    new = object.__new__(type(instance))
+    for name in instance.__dataclass_fields__:
+        object.__setattr__(new, name, changes.get(name, getattr(instance, name)))
+    return new
+
+
+class _FisherBase:
+    """Shared behaviour of the containers: moving every tensor field at once."""
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None):
+        """The same Fisher with every tensor moved to ``device`` / cast to ``dtype``."""
+        moved = {
+            name: value.to(device=device, dtype=dtype)
+            for name, value in vars(self).items()
+            if isinstance(value, Tensor)
+        }
+        return _derived(self, **moved)
 
 
 @dataclass(frozen=True)
-class DiagFisher:
+class DiagFisher(_FisherBase):
     """Diagonal Fisher ``F = diag(E[g ⊙ g])``, stored with the weight's shape ``(d_out, d_in)``."""
 
     diag: Tensor
@@ -144,16 +171,11 @@ class DiagFisher:
         """``F + ε · mean(F) · I``."""
         if epsilon < 0:
             raise FisherValidationError(f"damping must be >= 0, got {epsilon}")
-        return DiagFisher(self.diag + epsilon * self.diag.mean())
-
-    def to(
-        self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
-    ) -> DiagFisher:
-        return DiagFisher(self.diag.to(device=device, dtype=dtype))
+        return _derived(self, diag=self.diag + epsilon * self.diag.mean())
 
 
 @dataclass(frozen=True)
-class KFACFisher:
+class KFACFisher(_FisherBase):
     """Kronecker-factored Fisher ``F ≈ A ⊗ G``; ``A``: ``d_in × d_in``, ``G``: ``d_out × d_out``."""
 
     A: Tensor
@@ -182,20 +204,13 @@ class KFACFisher:
 
     def damped(self, epsilon: float) -> KFACFisher:
         """Each factor damped: ``(A + ε tr(A)/d_in I) ⊗ (G + ε tr(G)/d_out I)``."""
-        return replace(
+        return _derived(
             self, A=relative_damping(self.A, epsilon), G=relative_damping(self.G, epsilon)
-        )
-
-    def to(
-        self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
-    ) -> KFACFisher:
-        return KFACFisher(
-            self.A.to(device=device, dtype=dtype), self.G.to(device=device, dtype=dtype)
         )
 
 
 @dataclass(frozen=True)
-class LoRAFisher:
+class LoRAFisher(_FisherBase):
     """K-FAC factors restricted to an adapter subspace: ``A_r = VᵀAV``, ``G_r = UᵀGU``.
 
     ``U`` (``d_out × r_out``) and ``V`` (``d_in × r_in``) must have orthonormal columns. The
@@ -286,27 +301,13 @@ class LoRAFisher:
     def damped(self, epsilon: float) -> LoRAFisher:
         """``Uᵀ(G + ε tr(G)/d_out I)U`` and likewise for ``A`` (restricted traces if unknown)."""
         d_out, d_in = self.weight_shape
-        if self.A_trace is None:
-            a_r = relative_damping(self.A_r, epsilon)
-        else:
-            a_r = relative_damping(self.A_r, epsilon, trace=self.A_trace, dim=d_in)
-        if self.G_trace is None:
-            g_r = relative_damping(self.G_r, epsilon)
-        else:
-            g_r = relative_damping(self.G_r, epsilon, trace=self.G_trace, dim=d_out)
-        return replace(self, A_r=a_r, G_r=g_r)
-
-    def to(
-        self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
-    ) -> LoRAFisher:
-        return LoRAFisher(
-            self.U.to(device=device, dtype=dtype),
-            self.V.to(device=device, dtype=dtype),
-            self.A_r.to(device=device, dtype=dtype),
-            self.G_r.to(device=device, dtype=dtype),
-            self.A_trace,
-            self.G_trace,
+        a_r = relative_damping(
+            self.A_r, epsilon, trace=self.A_trace, dim=None if self.A_trace is None else d_in
         )
+        g_r = relative_damping(
+            self.G_r, epsilon, trace=self.G_trace, dim=None if self.G_trace is None else d_out
+        )
+        return _derived(self, A_r=a_r, G_r=g_r)
 
 
 Fisher = DiagFisher | KFACFisher | LoRAFisher
