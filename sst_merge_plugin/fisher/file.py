@@ -1,0 +1,293 @@
+"""The Fisher file (DESIGN 3.1): one safetensors file per collection run, no pickle.
+
+Tensor keys, for each weight name ``N`` (the dense weight name mergekit sees, e.g.
+``model.layers.0.self_attn.q_proj.weight``):
+
+* kind ``diag``: ``N::diag`` (``d_out × d_in``)
+* kind ``kfac``: ``N::A`` (``d_in × d_in``), ``N::G`` (``d_out × d_out``)
+* kind ``lora``: ``N::U`` (``d_out × r``), ``N::V`` (``d_in × r``), ``N::A_r``, ``N::G_r``
+  (``r × r``), and optionally the 0-d full-space traces ``N::A_trace``, ``N::G_trace``
+
+Header metadata (``__metadata__``, all strings): ``format`` (``sst-fisher/1``), ``kind``,
+``objective``, ``n_tokens``, ``n_examples``, ``model_fingerprint`` (may be empty),
+``data_sha256``, ``tool_version``; writers may add more string entries (dataset name, seed, ...).
+
+:func:`write_fisher_file` validates every container and writes atomically.
+:class:`FisherFile` reads the header and the key layout eagerly (so a missing or misspelt entry
+is reported before any merge starts) and the factors lazily by weight name, memory-mapped,
+through a thread-safe cache of validated containers.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from sst_merge_plugin import __version__
+from sst_merge_plugin.atomic import atomic_path
+from sst_merge_plugin.core.errors import FisherFileError, SSTError
+from sst_merge_plugin.core.fisher import DiagFisher, Fisher, KFACFisher, LoRAFisher
+
+FORMAT = "sst-fisher/1"
+SEPARATOR = "::"
+#: tensor entries each kind requires per weight, and the optional ones
+REQUIRED_ENTRIES: dict[str, tuple[str, ...]] = {
+    "diag": ("diag",),
+    "kfac": ("A", "G"),
+    "lora": ("U", "V", "A_r", "G_r"),
+}
+OPTIONAL_ENTRIES: dict[str, tuple[str, ...]] = {
+    "diag": (),
+    "kfac": (),
+    "lora": ("A_trace", "G_trace"),
+}
+OBJECTIVES = ("refusal", "kl", "lm")
+REQUIRED_METADATA = ("format", "kind", "objective", "n_tokens", "n_examples", "data_sha256")
+
+
+@dataclass(frozen=True)
+class FisherMetadata:
+    """What a Fisher file says about how it was collected (the header's string entries)."""
+
+    kind: str
+    objective: str
+    n_tokens: int
+    n_examples: int
+    data_sha256: str
+    model_fingerprint: str | None = None
+    tool_version: str = __version__
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    def as_header(self) -> dict[str, str]:
+        header = {
+            "format": FORMAT,
+            "kind": self.kind,
+            "objective": self.objective,
+            "n_tokens": str(int(self.n_tokens)),
+            "n_examples": str(int(self.n_examples)),
+            "data_sha256": self.data_sha256,
+            "model_fingerprint": self.model_fingerprint or "",
+            "tool_version": self.tool_version,
+        }
+        clash = sorted(set(self.extra) & set(header))
+        if clash:
+            raise FisherFileError(f"extra metadata may not override {clash}")
+        header.update({str(k): str(v) for k, v in self.extra.items()})
+        return header
+
+
+def fisher_entries(fisher: Fisher) -> dict[str, torch.Tensor]:
+    """The tensor entries (suffix → tensor) that store ``fisher``."""
+    if isinstance(fisher, DiagFisher):
+        return {"diag": fisher.diag}
+    if isinstance(fisher, KFACFisher):
+        return {"A": fisher.A, "G": fisher.G}
+    entries = {"U": fisher.U, "V": fisher.V, "A_r": fisher.A_r, "G_r": fisher.G_r}
+    for name in ("A_trace", "G_trace"):
+        value = getattr(fisher, name)
+        if value is not None:
+            entries[name] = torch.tensor(float(value), dtype=torch.float64)
+    return entries
+
+
+def write_fisher_file(
+    path: str | os.PathLike[str],
+    fishers: Mapping[str, Fisher],
+    metadata: FisherMetadata,
+    *,
+    dtype: torch.dtype = torch.float32,
+) -> None:
+    """Write ``fishers`` (weight name → container) to ``path`` atomically.
+
+    Factors are stored as ``dtype`` (traces as float64). Raises :class:`FisherFileError` for an
+    empty mapping, a kind different from ``metadata.kind``, a bad weight name, an unknown
+    objective.
+    """
+    if not fishers:
+        raise FisherFileError("refusing to write a Fisher file with no weights")
+    if metadata.kind not in REQUIRED_ENTRIES:
+        raise FisherFileError(f"unknown Fisher kind {metadata.kind!r}")
+    if metadata.objective not in OBJECTIVES:
+        raise FisherFileError(
+            f"unknown objective {metadata.objective!r}; expected one of {', '.join(OBJECTIVES)}"
+        )
+    tensors: dict[str, torch.Tensor] = {}
+    for name, fisher in fishers.items():
+        if SEPARATOR in name or not name:
+            raise FisherFileError(f"invalid weight name {name!r} (empty or containing '::')")
+        if fisher.kind != metadata.kind:
+            raise FisherFileError(
+                f"{name}: Fisher of kind {fisher.kind!r} in a {metadata.kind!r} file"
+            )
+        for suffix, tensor in fisher_entries(fisher).items():
+            stored = tensor if tensor.ndim == 0 else tensor.to(dtype)
+            tensors[f"{name}{SEPARATOR}{suffix}"] = stored.detach().cpu().contiguous()
+    header = metadata.as_header()
+    with atomic_path(path) as temporary:
+        save_file(tensors, str(temporary), metadata=header)
+
+
+class FisherFile:
+    """A Fisher file opened for reading (see the module doc).
+
+    Construction validates the header and that every weight has exactly its kind's entries;
+    :meth:`get` loads, validates and caches one weight's container.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, cache_entries: int = 64) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FisherFileError(f"Fisher file {str(self.path)!r} does not exist")
+        try:
+            with safe_open(str(self.path), framework="pt") as handle:
+                header = handle.metadata() or {}
+                shapes = {key: list(handle.get_slice(key).get_shape()) for key in handle.keys()}  # noqa: SIM118
+        except (SafetensorError, OSError) as error:
+            raise FisherFileError(
+                f"{str(self.path)!r} is not a readable safetensors file ({error})"
+            ) from None
+        self.metadata: dict[str, str] = dict(header)
+        missing = [key for key in REQUIRED_METADATA if key not in header]
+        if missing:
+            raise FisherFileError(
+                f"{str(self.path)!r} is not an SST Fisher file: header lacks {missing}"
+            )
+        if header["format"] != FORMAT:
+            raise FisherFileError(
+                f"{str(self.path)!r}: unsupported format {header['format']!r} (expected {FORMAT})"
+            )
+        self.kind: str = header["kind"]
+        if self.kind not in REQUIRED_ENTRIES:
+            raise FisherFileError(f"{str(self.path)!r}: unknown Fisher kind {self.kind!r}")
+        self._shapes = shapes
+        self._names = self._group_entries(shapes)
+        self._cache: OrderedDict[str, Fisher] = OrderedDict()
+        self._cache_entries = cache_entries
+        self._lock = threading.Lock()
+
+    def _group_entries(self, shapes: Mapping[str, list[int]]) -> list[str]:
+        required = set(REQUIRED_ENTRIES[self.kind])
+        allowed = required | set(OPTIONAL_ENTRIES[self.kind])
+        found: dict[str, set[str]] = {}
+        for key in shapes:
+            name, sep, suffix = key.rpartition(SEPARATOR)
+            if not sep or suffix not in allowed:
+                raise FisherFileError(
+                    f"{str(self.path)!r}: unexpected entry {key!r} in a {self.kind!r} Fisher "
+                    f"file (expected NAME::{{{', '.join(sorted(allowed))}}})"
+                )
+            expected_ndim = 0 if suffix.endswith("_trace") else 2
+            if len(shapes[key]) != expected_ndim:
+                raise FisherFileError(
+                    f"{str(self.path)!r}: entry {key!r} has shape {shapes[key]}, expected a "
+                    f"{expected_ndim}-D tensor"
+                )
+            found.setdefault(name, set()).add(suffix)
+        if not found:
+            raise FisherFileError(f"{str(self.path)!r}: the file holds no Fisher entries")
+        for name, suffixes in found.items():
+            lacking = sorted(required - suffixes)
+            if lacking:
+                raise FisherFileError(
+                    f"{str(self.path)!r}: weight {name!r} lacks the entr"
+                    f"{'y' if len(lacking) == 1 else 'ies'} "
+                    + ", ".join(f"{name}::{s}" for s in lacking)
+                )
+        return sorted(found)
+
+    # ---- header information ------------------------------------------------------------
+    @property
+    def objective(self) -> str:
+        return self.metadata["objective"]
+
+    @property
+    def model_fingerprint(self) -> str | None:
+        return self.metadata.get("model_fingerprint") or None
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.metadata["n_tokens"])
+
+    @property
+    def n_examples(self) -> int:
+        return int(self.metadata["n_examples"])
+
+    def weight_names(self) -> list[str]:
+        """Sorted weight names with entries in this file."""
+        return list(self._names)
+
+    def __contains__(self, name: object) -> bool:
+        return name in set(self._names)
+
+    def weight_shape(self, name: str) -> tuple[int, int]:
+        """``(d_out, d_in)`` of ``name``'s weight, from the header (nothing is loaded)."""
+        self._require(name)
+        shape = self._shapes
+        if self.kind == "diag":
+            rows, cols = shape[f"{name}{SEPARATOR}diag"]
+            return int(rows), int(cols)
+        left, right = ("G", "A") if self.kind == "kfac" else ("U", "V")
+        return int(shape[f"{name}{SEPARATOR}{left}"][0]), int(shape[f"{name}{SEPARATOR}{right}"][0])
+
+    def check_compatible(self, other: FisherFile) -> None:
+        """Raise :class:`FisherFileError` unless both files have one kind and one fingerprint."""
+        if self.kind != other.kind:
+            raise FisherFileError(
+                f"different Fisher kinds: {self.kind!r} ({self.path.name}) vs "
+                f"{other.kind!r} ({other.path.name})"
+            )
+        mine, theirs = self.model_fingerprint, other.model_fingerprint
+        if mine and theirs and mine != theirs:
+            raise FisherFileError(
+                f"the files were collected on different models (model_fingerprint "
+                f"{mine[:12]}… vs {theirs[:12]}…)"
+            )
+
+    # ---- factors ---------------------------------------------------------------------------
+    def _require(self, name: str) -> None:
+        if name not in self._names:
+            raise FisherFileError(f"{str(self.path)!r} has no Fisher entries for {name!r}")
+
+    def get(self, name: str, device: torch.device | str | None = None) -> Fisher:
+        """The validated container of ``name`` (float32 or as stored), moved to ``device``."""
+        self._require(name)
+        with self._lock:
+            cached = self._cache.get(name)
+            if cached is not None:
+                self._cache.move_to_end(name)
+        if cached is None:
+            cached = self._load(name)
+            with self._lock:
+                self._cache[name] = cached
+                while len(self._cache) > self._cache_entries:
+                    self._cache.popitem(last=False)
+        return cached if device is None else cached.to(device=device)
+
+    def _load(self, name: str) -> Fisher:
+        suffixes = REQUIRED_ENTRIES[self.kind] + OPTIONAL_ENTRIES[self.kind]
+        try:
+            with safe_open(str(self.path), framework="pt") as handle:
+                tensors = {
+                    suffix: handle.get_tensor(f"{name}{SEPARATOR}{suffix}")
+                    for suffix in suffixes
+                    if f"{name}{SEPARATOR}{suffix}" in self._shapes
+                }
+        except (SafetensorError, OSError) as error:
+            raise FisherFileError(f"{str(self.path)!r}: cannot read {name!r} ({error})") from None
+        try:
+            if self.kind == "diag":
+                return DiagFisher(tensors["diag"])
+            if self.kind == "kfac":
+                return KFACFisher(tensors["A"], tensors["G"])
+            traces = {k: float(tensors[k]) for k in ("A_trace", "G_trace") if k in tensors}
+            return LoRAFisher(tensors["U"], tensors["V"], tensors["A_r"], tensors["G_r"], **traces)
+        except SSTError as error:
+            raise FisherFileError(f"{str(self.path)!r}, weight {name!r}: {error}") from None
