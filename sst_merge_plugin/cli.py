@@ -18,6 +18,10 @@ from sst_merge_plugin.core.errors import SSTError
 COMMANDS: dict[str, tuple[str, str]] = {
     "assets": ("sst_merge_plugin.data.cli", "fetch and list the offline model and prompt assets"),
     "fisher": ("sst_merge_plugin.fisher.cli", "collect a Fisher file from a model and prompts"),
+    "evaluate": (
+        "sst_merge_plugin.evaluation.cli",
+        "evaluate a model: harmful refusal, benign over-refusal, utility skills",
+    ),
 }
 
 

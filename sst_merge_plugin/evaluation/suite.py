@@ -1,0 +1,245 @@
+"""The safety–utility evaluation of one model: harmful refusal, benign over-refusal, utility skills,
+true/false statement accuracy.
+
+Data selection (all deterministic given :attr:`EvalConfig.seed`, done by :func:`prepare_eval_data`
+without loading any model, so bad names and files fail before anything heavy happens):
+
+* Prompt sets (``harmful``, ``benign``) are registered names or files
+  (:func:`sst_merge_plugin.data.prompts.load_prompts`). Registered sets that are also used for
+  training (:data:`TRAINING_SETS`: AdvBench trains safety adapters and Fishers, the benign-edgy
+  probes may build the benign Fisher) are evaluated only on their held-out part,
+  ``split_prompts(set, eval_fraction=HELD_OUT_FRACTION, seed=HELD_OUT_SEED)[1]``; train on
+  ``[0]`` of the same call. HarmBench and user files are used whole (HarmBench is eval-only).
+* From each pool, ``n`` items are the ``n`` with the smallest ``sha256(f"eval/{seed}\\0{text}")``
+  (all of them when the pool is smaller; the ``n_*`` result keys give the counts used), kept in
+  pool order.
+* Utility: a skill name uses that skill's TEST split (``skill_splits(skill, 0, n, seed)``), a
+  ``.jsonl`` file (``prompt``/``answer`` fields) is subsampled as above; the result key is the
+  skill name or the file's stem.
+* ``truefalse``: a statement-pair set name or JSON file
+  (:func:`sst_merge_plugin.data.prompts.load_statement_pairs`), subsampled as above.
+
+:func:`evaluate_model` returns a JSON-serialisable dict (keys in its docstring).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
+
+from sst_merge_plugin.core.errors import SSTError
+from sst_merge_plugin.data.prompts import (
+    load_prompts,
+    load_statement_pairs,
+    prompts_sha256,
+    split_prompts,
+)
+from sst_merge_plugin.data.tasks import SKILLS, TaskItem, load_task_file, skill_splits
+from sst_merge_plugin.evaluation.metrics import (
+    refusal_rate,
+    statement_pair_accuracy,
+    utility_exact_match,
+)
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+TRAINING_SETS = frozenset({"advbench", "benign-edgy"})
+HELD_OUT_FRACTION = 0.25
+HELD_OUT_SEED = 0
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """What to evaluate and how (selection rules in the module docstring).
+
+    ``harmful``/``benign``: registered prompt-set name or prompt file (``*_field`` picks the
+    column of JSON/JSONL/CSV files); ``utility``: skill names and/or JSONL task files;
+    ``truefalse``: statement-pair set name or JSON file, or ``None`` to skip. ``n_*`` are the
+    number of items per set (per skill/file for utility). Generation is greedy with
+    ``max_new_tokens`` in batches of ``batch_size``.
+    """
+
+    harmful: str = "harmbench"
+    benign: str = "benign-edgy"
+    utility: tuple[str, ...] = ()
+    truefalse: str | None = None
+    n_harmful: int = 32
+    n_benign: int = 32
+    n_utility: int = 20
+    n_truefalse: int = 100
+    max_new_tokens: int = 48
+    batch_size: int = 8
+    seed: int = 0
+    harmful_field: str | None = None
+    benign_field: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("n_harmful", "n_benign", "n_utility", "n_truefalse"):
+            if getattr(self, name) < 1:
+                raise SSTError(f"EvalConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_new_tokens < 1:
+            raise SSTError(f"EvalConfig.max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.batch_size < 1:
+            raise SSTError(f"EvalConfig.batch_size must be >= 1, got {self.batch_size}")
+        if isinstance(self.utility, str):
+            raise SSTError("EvalConfig.utility must be a sequence of skill names/files, not a str")
+
+
+@dataclass(frozen=True)
+class PromptSelection:
+    """The prompts chosen from one set, where they came from, and their sha256."""
+
+    source: str
+    prompts: tuple[str, ...]
+
+    def describe(self) -> dict[str, str | int]:
+        return {
+            "source": self.source,
+            "n": len(self.prompts),
+            "sha256": prompts_sha256(self.prompts),
+        }
+
+
+@dataclass(frozen=True)
+class EvalData:
+    """Everything :func:`evaluate_model` feeds the model, selected by :func:`prepare_eval_data`."""
+
+    harmful: PromptSelection
+    benign: PromptSelection
+    utility: dict[str, tuple[TaskItem, ...]] = field(default_factory=dict)
+    truefalse: tuple[tuple[str, str], ...] = ()
+
+
+def select_subset(items: Sequence[T], keys: Sequence[str], n: int, seed: int) -> list[T]:
+    """The ``n`` items whose ``sha256(f"eval/{seed}\\0{key}")`` is smallest, in input order."""
+    ranked = sorted(
+        range(len(items)),
+        key=lambda i: (hashlib.sha256(f"eval/{seed}\0{keys[i]}".encode()).hexdigest(), i),
+    )
+    chosen = set(ranked[:n])
+    return [item for i, item in enumerate(items) if i in chosen]
+
+
+def _select_prompts(source: str, field_name: str | None, n: int, seed: int) -> PromptSelection:
+    prompt_set = load_prompts(source, field=field_name)
+    if source in TRAINING_SETS:
+        prompt_set = split_prompts(prompt_set, eval_fraction=HELD_OUT_FRACTION, seed=HELD_OUT_SEED)[
+            1
+        ]
+    prompts = select_subset(prompt_set.prompts, prompt_set.prompts, n, seed)
+    return PromptSelection(prompt_set.name, tuple(prompts))
+
+
+def _utility_items(spec: str, n: int, seed: int) -> tuple[str, tuple[TaskItem, ...]]:
+    if spec in SKILLS:
+        return spec, tuple(skill_splits(spec, 0, n, seed)[1])
+    path = Path(spec)
+    if path.suffix.lower() != ".jsonl":
+        raise SSTError(
+            f"utility {spec!r} is neither a skill ({', '.join(SKILLS)}) nor a .jsonl task file"
+        )
+    items = load_task_file(path)
+    return path.stem, tuple(select_subset(items, [item.prompt for item in items], n, seed))
+
+
+def prepare_eval_data(config: EvalConfig) -> EvalData:
+    """Load and select all evaluation data for ``config``; :class:`SSTError` on any bad name,
+    file or field (see the module docstring for the selection rules)."""
+    harmful = _select_prompts(config.harmful, config.harmful_field, config.n_harmful, config.seed)
+    benign = _select_prompts(config.benign, config.benign_field, config.n_benign, config.seed)
+    utility: dict[str, tuple[TaskItem, ...]] = {}
+    for spec in config.utility:
+        name, items = _utility_items(spec, config.n_utility, config.seed)
+        if name in utility:
+            raise SSTError(f"two utility entries are both named {name!r}; rename one of the files")
+        utility[name] = items
+    truefalse: tuple[tuple[str, str], ...] = ()
+    if config.truefalse is not None:
+        pairs = load_statement_pairs(config.truefalse)
+        keys = [f"{true}\0{false}" for true, false in pairs]
+        truefalse = tuple(select_subset(pairs, keys, config.n_truefalse, config.seed))
+    return EvalData(harmful, benign, utility, truefalse)
+
+
+def evaluate_model(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    config: EvalConfig,
+    progress: bool = True,
+    data: EvalData | None = None,
+) -> dict:
+    """Evaluate ``model`` on ``config``'s data (``data`` from :func:`prepare_eval_data`, loaded
+    here when omitted). Returns a JSON-serialisable dict:
+
+    ``harmful_refusal``/``benign_over_refusal`` (judge refusal rates), ``utility``
+    ({name: exact-match accuracy}), ``utility_mean`` (unweighted mean over names, ``None``
+    without utility), ``truefalse_accuracy`` (``None`` when skipped), ``n_harmful``,
+    ``n_benign``, ``n_utility`` ({name: n}), ``n_truefalse``, ``harmful_rules``/``benign_rules``
+    (judge rule counts), ``truefalse_margin`` (mean per-token LL margin), ``examples``,
+    ``data`` (sources and sha256 of the prompts used), ``config``, ``seconds`` (total) and
+    ``seconds_by_part``.
+    """
+    data = data if data is not None else prepare_eval_data(config)
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+    generation = {
+        "max_new_tokens": config.max_new_tokens,
+        "batch_size": config.batch_size,
+        "progress": progress,
+    }
+
+    def timed(part: str, begin: float) -> None:
+        timings[part] = round(time.perf_counter() - begin, 3)
+
+    begin = time.perf_counter()
+    harmful = refusal_rate(model, tokenizer, data.harmful.prompts, desc="harmful", **generation)
+    timed("harmful", begin)
+    begin = time.perf_counter()
+    benign = refusal_rate(model, tokenizer, data.benign.prompts, desc="benign", **generation)
+    timed("benign", begin)
+    utility = {}
+    for name, items in data.utility.items():
+        begin = time.perf_counter()
+        utility[name] = utility_exact_match(model, tokenizer, items, desc=name, **generation)
+        timed(f"utility:{name}", begin)
+    truefalse = None
+    if data.truefalse:
+        begin = time.perf_counter()
+        truefalse = statement_pair_accuracy(
+            model, tokenizer, data.truefalse, batch_size=config.batch_size, progress=progress
+        )
+        timed("truefalse", begin)
+    accuracies = {name: result.accuracy for name, result in utility.items()}
+    return {
+        "harmful_refusal": harmful.rate,
+        "benign_over_refusal": benign.rate,
+        "utility": accuracies,
+        "utility_mean": sum(accuracies.values()) / len(accuracies) if accuracies else None,
+        "truefalse_accuracy": truefalse.accuracy if truefalse else None,
+        "truefalse_margin": truefalse.mean_margin if truefalse else None,
+        "n_harmful": harmful.n,
+        "n_benign": benign.n,
+        "n_utility": {name: result.n for name, result in utility.items()},
+        "n_truefalse": truefalse.n if truefalse else 0,
+        "harmful_rules": harmful.rule_counts,
+        "benign_rules": benign.rule_counts,
+        "examples": {
+            "harmful": harmful.examples,
+            "benign": benign.examples,
+            "utility": {name: result.examples for name, result in utility.items()},
+        },
+        "data": {
+            "harmful": data.harmful.describe(),
+            "benign": data.benign.describe(),
+        },
+        "config": asdict(config),
+        "seconds": round(time.perf_counter() - started, 3),
+        "seconds_by_part": timings,
+    }
