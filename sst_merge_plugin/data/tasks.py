@@ -37,6 +37,8 @@ from sst_merge_plugin.core.errors import SSTError
 
 # Fraction (per mille) of each skill's problem space reserved for testing.
 TEST_PERMILLE = 200
+# skill_splits gives up after this many consecutive draws that add no new problem.
+MAX_USELESS_DRAWS = 10_000
 
 
 @dataclass(frozen=True)
@@ -203,8 +205,9 @@ def skill_splits(
     """``n_train`` train and ``n_test`` test items of ``skill``, deterministic in ``seed``.
 
     Problems are distinct within each split and the two splits never share a problem (see the
-    module docstring). Raises :class:`SSTError` for negative sizes or when the skill's problem
-    space cannot supply that many distinct problems.
+    module docstring). Raises :class:`SSTError` for negative sizes, or when
+    :data:`MAX_USELESS_DRAWS` draws in a row add nothing new (the skill's problem space cannot
+    supply that many distinct problems).
     """
     generator = get_skill(skill).make
     if n_train < 0 or n_test < 0:
@@ -212,14 +215,15 @@ def skill_splits(
     rng = random.Random(f"sst-merge/{skill}/{seed}")
     train: dict[str, TaskItem] = {}
     test: dict[str, TaskItem] = {}
-    budget = 50 * (n_train + n_test) + 1000
-    for _ in range(budget):
-        if len(train) >= n_train and len(test) >= n_test:
-            break
+    useless_draws = 0
+    while (len(train) < n_train or len(test) < n_test) and useless_draws < MAX_USELESS_DRAWS:
         key, item = generator(rng)
         pool, size = (test, n_test) if is_test_problem(skill, key) else (train, n_train)
         if len(pool) < size and key not in pool:
             pool[key] = item
+            useless_draws = 0
+        else:
+            useless_draws += 1
     if len(train) < n_train or len(test) < n_test:
         raise SSTError(
             f"skill {skill!r} yielded only {len(train)} train / {len(test)} test distinct problems "

@@ -99,6 +99,13 @@ def _cell(value: object, digits: int = 3) -> str:
     return str(value).replace("|", "\\|")
 
 
+def _knob_text(knob: object) -> str:
+    """A knob as written by people: numbers in ``%g`` form (``0.5``, ``1e-05``), strings as is."""
+    if isinstance(knob, int | float) and not isinstance(knob, bool):
+        return f"{knob:g}"
+    return _cell(knob)
+
+
 def markdown_table(rows: Sequence[Row]) -> str:
     """A Markdown table: method, knob, the two rates, utility mean and per-skill columns (union
     over rows, sorted), drift, merge seconds, and a ``front`` mark for Pareto rows."""
@@ -111,7 +118,7 @@ def markdown_table(rows: Sequence[Row]) -> str:
     for index, row in enumerate(rows):
         cells = [
             _cell(row["method"]),
-            _cell(row.get("knob")),
+            _knob_text(row.get("knob")),
             _cell(float(row["harmful_refusal"])),
             _cell(float(row["benign_over_refusal"])),
             _cell(row.get("utility_mean")),
@@ -216,7 +223,7 @@ def plot_pareto(
             )
             if row.get("knob") is not None:
                 axes.annotate(
-                    _cell(row["knob"], 2),
+                    _knob_text(row["knob"]),
                     (x, y),
                     textcoords="offset points",
                     xytext=(5, 4),
