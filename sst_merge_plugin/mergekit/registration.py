@@ -1,0 +1,141 @@
+"""Hook the SST methods into mergekit 0.1.5 (registration, up-front validation, outputs).
+
+mergekit has no plugin discovery; :mod:`sst_merge_plugin._autoload` (run at start-up by the
+installed ``.pth``) calls :func:`on_module_imported` when each of three mergekit modules has
+finished importing:
+
+* ``mergekit.merge_methods`` → :func:`register_methods`: the four methods are registered with
+  ``mergekit.merge_methods.register``;
+* ``mergekit.plan`` → :func:`patch_planner`: ``MergePlanner._plan`` (used by
+  ``plan_to_disk`` and ``plan_in_memory``) is wrapped: for an SST method it first rejects
+  misspelled keys in the raw configuration, then plans, then validates every planned tensor
+  (:mod:`.validation`) and activates the run's :class:`~.session.MergeSession` — all before
+  the output directory exists;
+* ``mergekit.merge`` → :func:`patch_merge`: ``run_merge`` is wrapped to write the adapter and
+  ``sst_merge_report.json`` after the weights, and to remove the output directory when an SST
+  merge that created it fails; ``generate_card`` (as ``mergekit.merge`` calls it) gets the SST
+  section appended.
+
+Every function is idempotent (re-import, both import orders). Without the start-up hook
+(``SST_MERGE_NO_AUTOLOAD=1``) call :func:`install` before running a merge. This module imports
+only ``mergekit.merge_methods`` at module level, because it is first imported while
+``mergekit.merge`` is still half-initialised.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+import shutil
+from types import ModuleType
+from typing import Any
+
+from mergekit import merge_methods
+
+from sst_merge_plugin.mergekit import session as sessions
+from sst_merge_plugin.mergekit.methods import SSTMergeMethod
+from sst_merge_plugin.mergekit.params import METHOD_NAMES
+
+#: attribute set on the functions this module wrapped (so they are wrapped once)
+WRAPPED_MARK = "__sst_merge_wrapped__"
+
+
+def register_methods() -> None:
+    """Register the four SST methods with mergekit (skipping names already registered)."""
+    known = {method.spec.name for method in merge_methods.registered_methods()}
+    for name in METHOD_NAMES:
+        if name not in known:
+            merge_methods.register(SSTMergeMethod(name))
+
+
+def _wrap(owner: Any, attribute: str, make_wrapper: Any) -> None:
+    original = getattr(owner, attribute)
+    if getattr(original, WRAPPED_MARK, False):
+        return
+    wrapper = functools.wraps(original)(make_wrapper(original))
+    setattr(wrapper, WRAPPED_MARK, True)
+    setattr(owner, attribute, wrapper)
+
+
+def patch_planner(plan: ModuleType) -> None:
+    """Wrap ``plan.MergePlanner._plan`` with the SST up-front validation (see module doc)."""
+
+    def make(original: Any) -> Any:
+        def _plan(self: Any) -> Any:
+            method = self.config.merge_method
+            if method not in METHOD_NAMES:
+                return original(self)
+            from sst_merge_plugin.mergekit.params import check_config_keys
+            from sst_merge_plugin.mergekit.validation import validate_planned_merge
+
+            check_config_keys(self.config, method)
+            result = original(self)
+            sessions.activate(validate_planned_merge(method, self._tensors))
+            return result
+
+        return _plan
+
+    _wrap(plan.MergePlanner, "_plan", make)
+
+
+def patch_merge(merge: ModuleType) -> None:
+    """Wrap ``merge.run_merge`` and ``merge.generate_card`` (see module doc)."""
+
+    def make_run(original: Any) -> Any:
+        def run_merge(merge_config: Any, out_path: str, *args: Any, **kwargs: Any) -> Any:
+            if merge_config.merge_method not in METHOD_NAMES:
+                return original(merge_config, out_path, *args, **kwargs)
+            from sst_merge_plugin.mergekit.report import write_outputs
+
+            config_yaml = kwargs.get("config_source") or merge_config.to_yaml()
+            base = merge_config.base_model
+            existed = os.path.exists(out_path)
+            sessions.release()
+            try:
+                result = original(merge_config, out_path, *args, **kwargs)
+                session = sessions.active()
+                if session is not None:
+                    write_outputs(session, out_path, config_yaml, str(base.model.path))
+            except BaseException:
+                if not existed and os.path.isdir(out_path):
+                    shutil.rmtree(out_path, ignore_errors=True)
+                raise
+            finally:
+                sessions.release()
+            return result
+
+        return run_merge
+
+    def make_card(original: Any) -> Any:
+        def generate_card(config: Any, *args: Any, **kwargs: Any) -> str:
+            card = original(config, *args, **kwargs)
+            session = sessions.active()
+            if session is None or session.method != config.merge_method:
+                return card
+            from sst_merge_plugin.mergekit.report import card_section
+
+            return card + card_section(session)
+
+        return generate_card
+
+    _wrap(merge, "run_merge", make_run)
+    _wrap(merge, "generate_card", make_card)
+
+
+_HANDLERS = {
+    "mergekit.merge_methods": lambda module: register_methods(),
+    "mergekit.plan": patch_planner,
+    "mergekit.merge": patch_merge,
+}
+
+
+def on_module_imported(name: str, module: ModuleType) -> None:
+    """Called by :mod:`sst_merge_plugin._autoload` once ``name`` has finished importing."""
+    _HANDLERS[name](module)
+
+
+def install() -> None:
+    """Import the three mergekit modules and apply every hook (explicit, idempotent)."""
+    for name, handler in _HANDLERS.items():
+        handler(importlib.import_module(name))

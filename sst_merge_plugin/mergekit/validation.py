@@ -1,0 +1,209 @@
+"""Up-front validation of a planned SST merge — everything checked before mergekit writes.
+
+mergekit creates the output directory when its ``TensorWriterTask`` first runs, i.e. after
+planning; the planner hook (:mod:`.registration`) calls :func:`check_config_keys
+<sst_merge_plugin.mergekit.params.check_config_keys>` on the raw configuration and then
+:func:`validate_planned_merge` on the planned per-tensor tasks, so a bad configuration fails
+with a specific :class:`~sst_merge_plugin.core.SSTError` and no output directory.
+
+Checked up front, for every planned tensor (parameters as mergekit resolved them for it):
+
+* parameter values (``select``/``k``/…, ``utility_merge``, ``missing_fisher``, …) and exactly
+  one ``role: safety`` input;
+* every Fisher file named: exists, is a readable ``sst-fisher/1`` safetensors file with a
+  complete key layout (:class:`~sst_merge_plugin.fisher.file.FisherFile`); the two shared
+  files have one kind and, when both record one, one ``model_fingerprint``; per-input files of
+  ``sst_fisher_merge`` are ``diag``; ``write_adapter`` needs lora-kind Fishers;
+* each file's ``model_fingerprint`` (when recorded) against
+  :func:`~sst_merge_plugin.fisher.fingerprint.checkpoint_fingerprint` of the base model folder
+  (for ``sst_fisher_merge`` files: the base's or that input's folder; for a ``base+lora``
+  reference the folder of its base) when that is a local folder;
+* the Fisher weight shape of every 2-D tensor with entries against the tensor's shape (read
+  from the base checkpoint's safetensors header; skipped for ``.bin`` checkpoints);
+* a file that has entries for none of the merge's tensors (a naming mismatch);
+* ``missing_fisher: error``: 2-D tensors without entries whose safety delta (for
+  ``sst_fisher_merge``: any input's delta) is non-zero — this reads those tensors (only
+  those) from the base and the inputs.
+
+Checked only per tensor, during the merge: the factor *values* (finite, symmetric, PSD,
+orthonormal ``U``/``V``, identical lora subspaces of the two files), which would otherwise
+mean reading every factor twice. A failure there aborts the merge; the ``run_merge`` hook then
+removes the output directory if the merge created it.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from safetensors import safe_open
+
+from sst_merge_plugin.core.errors import SSTError
+from sst_merge_plugin.fisher.file import FisherFile
+from sst_merge_plugin.fisher.fingerprint import checkpoint_fingerprint
+from sst_merge_plugin.mergekit.fisher_source import FisherSources, describe_fisher
+from sst_merge_plugin.mergekit.params import (
+    PROJECTING,
+    SST_FISHER_MERGE,
+    parse_inputs,
+    parse_shared,
+    safety_input,
+)
+from sst_merge_plugin.mergekit.session import MergeSession
+
+#: at most this many problems are listed in one error message
+MAX_PROBLEMS = 20
+
+
+@functools.lru_cache(maxsize=64)
+def _header_shapes(path: str) -> dict[str, tuple[int, ...]]:
+    with safe_open(path, framework="pt") as handle:
+        return {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}  # noqa: SIM118
+
+
+@functools.lru_cache(maxsize=16)
+def _folder_fingerprint(path: str) -> str | None:
+    return checkpoint_fingerprint(path) if os.path.isdir(path) else None
+
+
+def _load_tasks(task: Any) -> dict[Any, Any]:
+    """mergekit's ``LoadTensor`` task of each input model of a planned merge task."""
+    from mergekit.io.tasks import GatherTensors
+
+    gather = task.gather_tensors
+    while not isinstance(gather, GatherTensors):  # PermutedVocabulary / TruncatedVocabulary
+        gather = gather.gather_tensors
+    arguments = gather.arguments()
+    return {model: arguments[f"{model}:{info.name}"] for model, info in gather.weight_info.items()}
+
+
+def _planned_shape(load: Any) -> tuple[int, ...] | None:
+    """The shape of the tensor ``load`` would read, from the safetensors header (no data)."""
+    from mergekit.io.tasks import LoaderCache
+
+    index = LoaderCache().get(load.model).index
+    names = [load.tensor, *(load.aliases or ()), *(load.tied_names or ())]
+    found = next((n for n in names if n in index.tensor_paths), None)
+    if found is None or not index.is_safetensors:
+        return None
+    return _header_shapes(os.path.join(index.base_path, index.tensor_paths[found]))[found]
+
+
+def _differs(load: Any, base_load: Any) -> bool:
+    tensor, base = load.execute(), base_load.execute()
+    if tensor is None or base is None:
+        return False
+    return tensor.shape != base.shape or bool((tensor != base).any())
+
+
+def validate_planned_merge(method: str, planned: Sequence[tuple[Any, Any]]) -> MergeSession:
+    """Check a planned merge (``MergePlanner._tensors``: ``(WeightInfo, task)`` pairs).
+
+    Returns the :class:`MergeSession` for the run, with ``settings`` and ``checks`` (Fisher
+    file descriptions with sha256, fingerprint results) filled in. Raises :class:`SSTError`
+    listing up to :data:`MAX_PROBLEMS` problems.
+    """
+    session = MergeSession(method)
+    problems: list[str] = []
+    # (label, path) -> (file, models whose folders may match its fingerprint)
+    files: dict[tuple[str, str], tuple[FisherFile, list[Any]]] = {}
+    matched: dict[tuple[str, str], int] = {}
+    for weight, task in planned:
+        name = weight.name
+        try:
+            settings = parse_shared(method, dict(task.parameters.items()))
+            models = [m for m in task.model_order if m != task.base_model]
+            inputs = parse_inputs(
+                method, {m: dict(task.input_parameters[m].items()) for m in models}
+            )
+            fishers = FisherSources.open(settings, inputs)
+        except SSTError as error:
+            raise SSTError(f"{method}, tensor {name}: {error}") from None
+        summary = settings.as_dict()
+        if summary not in session.settings:
+            session.settings.append(summary)
+        labelled = fishers.labelled()
+        for label, opened in labelled.items():
+            model = next((m for m in models if label == f"{m}: fisher"), None)
+            key = (label, str(opened.path))
+            files.setdefault(key, (opened, [task.base_model] + ([model] if model else [])))
+            matched.setdefault(key, 0)
+        if settings.write_adapter not in (None, "none") and fishers.harm.kind != "lora":
+            raise SSTError(
+                f"write_adapter: {settings.write_adapter} needs lora-kind Fisher files; "
+                f"harm_fisher is {fishers.harm.kind!r}"
+            )
+        loads = _load_tasks(task)
+        shape = _planned_shape(loads[task.base_model])
+        if shape is None or len(shape) != 2:
+            continue
+        lacking = []
+        for label, opened in labelled.items():
+            if name not in opened:
+                lacking.append(label)
+                continue
+            matched[(label, str(opened.path))] += 1
+            if opened.weight_shape(name) != shape:
+                problems.append(
+                    f"{name}: {label} {str(opened.path)!r} has Fisher entries for a weight of "
+                    f"shape {opened.weight_shape(name)}, but the model tensor has shape {shape}"
+                )
+        if lacking and settings.missing_fisher == "error":
+            if method == SST_FISHER_MERGE:
+                changed = any(_differs(loads[m], loads[task.base_model]) for m in models)
+            elif method in PROJECTING:
+                changed = _differs(loads[safety_input(inputs)], loads[task.base_model])
+            else:
+                changed = False
+            if changed:
+                where = ", ".join(f"{label} {str(labelled[label].path)!r}" for label in lacking)
+                problems.append(
+                    f"{name}: {where} has no Fisher entries for this tensor, but its "
+                    "delta is non-zero (missing_fisher: error; 'keep' adds the unprojected "
+                    "delta, 'drop' leaves it out)"
+                )
+    checks: dict[str, Any] = {"fisher_files": {}, "fingerprints": {}}
+    labels = [label for label, _ in files]
+    for (label, path), (opened, models) in files.items():
+        if matched[(label, path)] == 0 and planned:
+            problems.append(
+                f"{label} {path!r} has Fisher entries for none of the merged tensors (file: "
+                f"{opened.weight_names()[0]!r}, …; model: {planned[0][0].name!r}, …) — was it "
+                "collected on another model?"
+            )
+        key = label if labels.count(label) == 1 else f"{label} ({path})"
+        checks["fingerprints"][key] = _check_fingerprint(label, opened, models, problems)
+    if problems:
+        more = len(problems) - MAX_PROBLEMS
+        raise SSTError(
+            f"{method}: the merge cannot run:\n  "
+            + "\n  ".join(problems[:MAX_PROBLEMS])
+            + (f"\n  … and {more} more" if more > 0 else "")
+        )
+    for (label, path), (opened, _) in files.items():
+        key = label if labels.count(label) == 1 else f"{label} ({path})"
+        checks["fisher_files"][key] = describe_fisher(opened)
+    session.checks = checks
+    return session
+
+
+def _check_fingerprint(
+    label: str, opened: FisherFile, models: list[Any], problems: list[str]
+) -> str:
+    """Compare ``opened``'s fingerprint with the folders of ``models``; returns the outcome."""
+    recorded = opened.model_fingerprint
+    if not recorded:
+        return "not recorded in the Fisher file"
+    fingerprints = {str(m): _folder_fingerprint(str(m.model.path)) for m in models}
+    known = {m: fp for m, fp in fingerprints.items() if fp is not None}
+    if not known:
+        return "not checked (the model is not a local folder)"
+    if recorded in known.values():
+        return "matches " + next(m for m, fp in known.items() if fp == recorded)
+    problems.append(
+        f"{label} {str(opened.path)!r} was collected on another model: its model_fingerprint "
+        f"{recorded[:12]}… does not match {', '.join(f'{m} ({fp[:12]}…)' for m, fp in known.items())}"
+    )
+    return "mismatch"
