@@ -58,7 +58,6 @@ from torch import nn
 
 from sst_merge_plugin.atomic import write_text
 from sst_merge_plugin.core.errors import FisherFileError, SSTError
-from sst_merge_plugin.fisher.file import FisherFile
 from sst_merge_plugin.fisher.fingerprint import checkpoint_fingerprint
 from sst_merge_plugin.fusion_bench.fisher_cache import OPTIONS, FisherRequest, cached_fisher_file
 from sst_merge_plugin.mergekit.fisher_source import FisherSources, describe_fisher
