@@ -45,6 +45,7 @@ import inspect
 import json
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +96,17 @@ COLLECTION_KEYS = (
 #: pool-entry keys naming a model folder / a PEFT adapter folder (ours, then FusionBench's)
 FOLDER_KEYS = ("pretrained_model_name_or_path", "base_model_path")
 ADAPTER_KEYS = ("adapter_path", "peft_model_path")
+
+
+@dataclass(frozen=True)
+class PreparedMerge:
+    """What :meth:`SSTMergeAlgorithm.prepare` validated: settings, inputs, opened Fisher files
+    and the fingerprint check outcome per file."""
+
+    settings: SharedSettings
+    inputs: dict[str, InputSettings]
+    fishers: FisherSources
+    fingerprint_checks: dict[str, str]
 
 
 def _plain(value: Any) -> Any:
@@ -293,9 +305,7 @@ class SSTMergeAlgorithm(SimpleProfilerMixin, BaseAlgorithm):
                 )
                 values["fisher"] = str(cached_fisher_file(request, cache_dir))
 
-    def settings(
-        self, modelpool: BaseModelPool
-    ) -> tuple[SharedSettings, dict[str, InputSettings], FisherSources]:
+    def prepare(self, modelpool: BaseModelPool) -> PreparedMerge:
         """Validated settings and opened Fisher files for ``modelpool`` (collecting as needed).
 
         Everything is checked before a Fisher file is collected and before any model is loaded.
@@ -314,25 +324,36 @@ class SSTMergeAlgorithm(SimpleProfilerMixin, BaseAlgorithm):
         settings = parse_shared(method, shared)
         parsed = parse_inputs(method, inputs)
         fishers = FisherSources.open(settings, parsed)
-        self._check_fingerprints(modelpool, fishers)
-        return settings, parsed, fishers
+        checks = self._check_fingerprints(modelpool, fishers)
+        return PreparedMerge(settings, parsed, fishers, checks)
 
-    def _check_fingerprints(self, modelpool: BaseModelPool, fishers: FisherSources) -> None:
-        """Each file's ``model_fingerprint`` (if any) must be the ``_pretrained_`` folder's."""
+    def _check_fingerprints(
+        self, modelpool: BaseModelPool, fishers: FisherSources
+    ) -> dict[str, str]:
+        """Each file's ``model_fingerprint`` (if any) must be the ``_pretrained_`` folder's.
+
+        Returns the outcome per file label (the report's ``fingerprint_checks``).
+        """
+        labelled = fishers.labelled()
         try:
             base_dir, _ = _model_source(modelpool, "_pretrained_")
         except SSTError:
-            log.warning("_pretrained_ is not a local folder: Fisher fingerprints not checked")
-            return
+            return dict.fromkeys(labelled, "not checked (_pretrained_ is not a local folder)")
         fingerprint = checkpoint_fingerprint(base_dir)
-        for label, opened in fishers.labelled().items():
+        outcomes = {}
+        for label, opened in labelled.items():
             recorded = opened.model_fingerprint
-            if recorded and recorded != fingerprint:
+            if not recorded:
+                outcomes[label] = "not recorded in the Fisher file"
+            elif recorded != fingerprint:
                 raise FisherFileError(
                     f"{label} {str(opened.path)!r} was collected on another model "
                     f"(model_fingerprint {recorded[:12]}…, _pretrained_ {base_dir!r} has "
                     f"{fingerprint[:12]}…)"
                 )
+            else:
+                outcomes[label] = f"matches _pretrained_ ({base_dir})"
+        return outcomes
 
     # ---- merge --------------------------------------------------------------------------
     @torch.no_grad()
@@ -342,7 +363,8 @@ class SSTMergeAlgorithm(SimpleProfilerMixin, BaseAlgorithm):
             modelpool = BaseModelPool(dict(modelpool))
         method = self.merge_method
         with self.profile("validate settings and Fisher files"):
-            settings, inputs, fishers = self.settings(modelpool)
+            prepared = self.prepare(modelpool)
+        settings, inputs, fishers = prepared.settings, prepared.inputs, prepared.fishers
         with self.profile("load models"):
             merged_model = _loaded(modelpool, "_pretrained_")
             states = {name: _loaded(modelpool, name).state_dict() for name in inputs}
@@ -361,7 +383,8 @@ class SSTMergeAlgorithm(SimpleProfilerMixin, BaseAlgorithm):
         session.checks = {
             "fisher_files": {
                 label: describe_fisher(opened) for label, opened in fishers.labelled().items()
-            }
+            },
+            "fingerprints": prepared.fingerprint_checks,
         }
         self.merge_report = build_report(session, OmegaConf.to_yaml(self.config))
         self._write_report()
