@@ -1,0 +1,269 @@
+"""Bad SST configurations fail with a specific message and leave no output directory.
+
+Each case runs ``mergekit-yaml``'s own click command (``mergekit.scripts.run_yaml.main``)
+in-process through click's test runner: the same code as the console script without its
+~10 s start-up (one real subprocess run is in ``test_mergekit_merge.py``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from test_mergekit_support import (
+    linear_names,
+    merge_config,
+    shared_scenario,
+    write_config,
+    write_kfac,
+    write_lora,
+)
+
+from sst_merge_plugin.core import KFACFisher
+from sst_merge_plugin.fisher.file import FisherMetadata, write_fisher_file
+from sst_merge_plugin.fisher.fingerprint import checkpoint_fingerprint
+
+
+@pytest.fixture(scope="module")
+def scenario(tmp_path_factory):
+    return shared_scenario(tmp_path_factory)
+
+
+@pytest.fixture
+def fishers(scenario, tmp_path):
+    names = linear_names()
+    shapes = {n: tuple(scenario.base_weights[n].shape) for n in names}
+    write_kfac(tmp_path / "h.safetensors", names, shapes, seed=1)
+    write_kfac(tmp_path / "b.safetensors", names, shapes, seed=2, objective="kl")
+    return tmp_path / "h.safetensors", tmp_path / "b.safetensors"
+
+
+def sst_models(scenario, safety=None, utility=None):
+    return [
+        {"model": scenario.ref(scenario.safety), "parameters": safety or {"role": "safety"}},
+        {"model": scenario.ref(scenario.utility[0]), "parameters": utility or {"weight": 1.0}},
+    ]
+
+
+def shared(harm, benign, **extra):
+    return {
+        "harm_fisher": str(harm),
+        "benign_fisher": str(benign),
+        "select": "top_k",
+        "k": 3,
+        **extra,
+    }
+
+
+def run_cli(scenario, tmp_path, config):
+    from mergekit.scripts.run_yaml import main
+
+    path = write_config(tmp_path / "config.yml", config)
+    out = tmp_path / "out"
+    args = [
+        str(path),
+        str(out),
+        "--no-copy-tokenizer",
+        "--lora-merge-cache",
+        str(scenario.lora_cache),
+    ]
+    result = CliRunner().invoke(main, args)
+    return result, out
+
+
+def assert_fails(scenario, tmp_path, config, *fragments):
+    result, out = run_cli(scenario, tmp_path, config)
+    assert result.exit_code != 0
+    message = str(result.exception)
+    for fragment in fragments:
+        assert fragment in message, message
+    assert not out.exists()
+
+
+def test_valid_config_runs(scenario, tmp_path, fishers):
+    """The baseline the error cases perturb: it succeeds and writes the model and report."""
+    result, out = run_cli(
+        scenario,
+        tmp_path,
+        merge_config(scenario, "sst_merge", shared(*fishers), sst_models(scenario)),
+    )
+    assert result.exit_code == 0, result.output
+    assert (out / "model.safetensors").is_file() and (out / "sst_merge_report.json").is_file()
+
+
+def test_misspelled_per_model_key(scenario, tmp_path, fishers):
+    models = sst_models(scenario, safety={"rol": "safety"})
+    config = merge_config(scenario, "sst_merge", shared(*fishers), models)
+    assert_fails(scenario, tmp_path, config, "unknown parameter 'rol'", "did you mean 'role'")
+
+
+def test_misspelled_shared_key_and_misplaced_shared_key(scenario, tmp_path, fishers):
+    parameters = shared(*fishers)
+    parameters["dampng"] = 0.1
+    models = sst_models(scenario, safety={"role": "safety", "scale": 2.0})
+    config = merge_config(scenario, "sst_merge", parameters, models)
+    assert_fails(
+        scenario,
+        tmp_path,
+        config,
+        "'dampng'",
+        "did you mean 'damping'",
+        "'scale' is a shared parameter",
+    )
+
+
+def test_two_safety_inputs(scenario, tmp_path, fishers):
+    models = sst_models(scenario, utility={"role": "safety"})
+    config = merge_config(scenario, "sst_merge", shared(*fishers), models)
+    assert_fails(scenario, tmp_path, config, "exactly one input with 'role: safety'", "got 2")
+
+
+def test_missing_fisher_file(scenario, tmp_path, fishers):
+    config = merge_config(
+        scenario,
+        "sst_merge",
+        shared(tmp_path / "nope.safetensors", fishers[1]),
+        sst_models(scenario),
+    )
+    assert_fails(
+        scenario, tmp_path, config, "harm_fisher: cannot open Fisher file", "nope.safetensors"
+    )
+
+
+def test_corrupted_fisher_file(scenario, tmp_path, fishers):
+    data = fishers[1].read_bytes()
+    fishers[1].write_bytes(data[: len(data) // 2])
+    config = merge_config(scenario, "sst_merge", shared(*fishers), sst_models(scenario))
+    assert_fails(scenario, tmp_path, config, "benign_fisher", "not a readable safetensors file")
+
+
+def test_kind_mismatch(scenario, tmp_path, fishers):
+    write_lora(tmp_path / "lora.safetensors", scenario, linear_names(), seed=3)
+    config = merge_config(
+        scenario,
+        "sst_merge",
+        shared(tmp_path / "lora.safetensors", fishers[1]),
+        sst_models(scenario),
+    )
+    assert_fails(scenario, tmp_path, config, "different Fisher kinds", "'lora'", "'kfac'")
+
+
+def test_shape_mismatch(scenario, tmp_path, fishers):
+    names = linear_names()
+    wrong = {n: (8, 8) for n in names}  # the real weights are 16×16 (q) and 8×16 (v)
+    write_kfac(tmp_path / "small.safetensors", names, wrong, seed=4, objective="kl")
+    config = merge_config(
+        scenario,
+        "sst_merge",
+        shared(fishers[0], tmp_path / "small.safetensors"),
+        sst_models(scenario),
+    )
+    assert_fails(
+        scenario, tmp_path, config, names[0], "shape (8, 8)", "model tensor has shape (16, 16)"
+    )
+
+
+def test_fingerprint_mismatch_with_base_and_between_files(scenario, tmp_path, fishers):
+    names = linear_names()
+    shapes = {n: tuple(scenario.base_weights[n].shape) for n in names}
+    other = "f" * 64
+    write_kfac(tmp_path / "fp.safetensors", names, shapes, seed=5, fingerprint=other)
+    config = merge_config(
+        scenario, "sst_merge", shared(tmp_path / "fp.safetensors", fishers[1]), sst_models(scenario)
+    )
+    assert_fails(scenario, tmp_path, config, "collected on another model", "ffffffffffff")
+
+    right = checkpoint_fingerprint(scenario.base)
+    write_kfac(
+        tmp_path / "fp_b.safetensors", names, shapes, seed=6, objective="kl", fingerprint=right
+    )
+    pair = shared(tmp_path / "fp.safetensors", tmp_path / "fp_b.safetensors")
+    config = merge_config(scenario, "sst_merge", pair, sst_models(scenario))
+    assert_fails(scenario, tmp_path, config, "collected on different models")
+
+
+def test_matching_fingerprint_is_accepted_and_reported(scenario, tmp_path, fishers):
+    names = linear_names()
+    shapes = {n: tuple(scenario.base_weights[n].shape) for n in names}
+    right = checkpoint_fingerprint(scenario.base)
+    write_kfac(tmp_path / "fp.safetensors", names, shapes, seed=5, fingerprint=right)
+    config = merge_config(
+        scenario, "sst_merge", shared(tmp_path / "fp.safetensors", fishers[1]), sst_models(scenario)
+    )
+    result, out = run_cli(scenario, tmp_path, config)
+    assert result.exit_code == 0, result.output
+    assert "matches" in (out / "sst_merge_report.json").read_text()
+
+
+def test_missing_entries_with_nonzero_safety_delta(scenario, tmp_path):
+    names = linear_names()
+    shapes = {n: tuple(scenario.base_weights[n].shape) for n in names}
+    only_q = [n for n in names if "q_proj" in n]
+    write_kfac(tmp_path / "h.safetensors", only_q, shapes, seed=7)
+    write_kfac(tmp_path / "b.safetensors", only_q, shapes, seed=8, objective="kl")
+    config = merge_config(
+        scenario,
+        "sst_merge",
+        shared(tmp_path / "h.safetensors", tmp_path / "b.safetensors"),
+        sst_models(scenario),
+    )
+    v_proj = next(n for n in names if "v_proj" in n)
+    assert_fails(scenario, tmp_path, config, v_proj, "no Fisher entries", "missing_fisher: error")
+
+
+def test_fisher_named_for_another_model(scenario, tmp_path):
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.standard_normal((4, 6)))
+    fisher = KFACFisher(x @ x.T, x @ x.T)
+    meta = FisherMetadata("kfac", "refusal", 1, 1, "0" * 64)
+    for name in ("h", "b"):
+        write_fisher_file(
+            tmp_path / f"{name}.safetensors", {"transformer.h.0.attn.weight": fisher}, meta
+        )
+    models = sst_models(scenario)
+    config = merge_config(
+        scenario,
+        "sst_merge",
+        shared(tmp_path / "h.safetensors", tmp_path / "b.safetensors", missing_fisher="keep"),
+        models,
+    )
+    assert_fails(scenario, tmp_path, config, "has Fisher entries for none of the merged tensors")
+
+
+def test_bad_values(scenario, tmp_path, fishers):
+    config = merge_config(
+        scenario, "sst_merge", shared(*fishers, utility_merge="tie"), sst_models(scenario)
+    )
+    assert_fails(
+        scenario, tmp_path, config, "utility_merge: unknown value 'tie'", "did you mean 'ties'"
+    )
+    parameters = shared(*fishers, energy=0.5)
+    config = merge_config(scenario, "sst_merge", parameters, sst_models(scenario))
+    assert_fails(scenario, tmp_path, config, "select 'top_k' does not take parameter(s) ['energy']")
+    config = merge_config(
+        scenario, "sst_merge", shared(*fishers, write_adapter="safety"), sst_models(scenario)
+    )
+    assert_fails(scenario, tmp_path, config, "write_adapter: safety needs lora-kind Fisher files")
+
+
+def test_factor_error_during_merge_removes_the_new_output(scenario, tmp_path, fishers):
+    """Factor values are checked per tensor; a failure there still leaves no output folder."""
+    names = linear_names()
+    a = np.eye(16)
+    a[0, 1] = a[1, 0] = 2.0  # eigenvalue −1: passes the header checks, fails when loaded
+    meta = FisherMetadata("kfac", "kl", 1, 1, "0" * 64)
+    from safetensors.torch import save_file
+
+    tensors = {}
+    for n in names:
+        tensors[f"{n}::A"] = torch.from_numpy(a).float()
+        tensors[f"{n}::G"] = torch.eye(scenario.base_weights[n].shape[0])
+    save_file(tensors, str(tmp_path / "bad.safetensors"), metadata=meta.as_header())
+    config = merge_config(
+        scenario,
+        "sst_merge",
+        shared(fishers[0], tmp_path / "bad.safetensors"),
+        sst_models(scenario),
+    )
+    assert_fails(scenario, tmp_path, config, "not positive semi-definite")
