@@ -356,7 +356,6 @@ class SSTMergeAlgorithm(SimpleProfilerMixin, BaseAlgorithm):
         return outcomes
 
     # ---- merge --------------------------------------------------------------------------
-    @torch.no_grad()
     def run(self, modelpool: BaseModelPool | Mapping[str, nn.Module]) -> nn.Module:
         """Merge the pool's models into ``_pretrained_`` (see the module docstring)."""
         if not isinstance(modelpool, BaseModelPool):
@@ -370,7 +369,7 @@ class SSTMergeAlgorithm(SimpleProfilerMixin, BaseAlgorithm):
             states = {name: _loaded(modelpool, name).state_dict() for name in inputs}
         session = MergeSession(method)
         merged_state: dict[str, torch.Tensor] = {}
-        with self.profile("merge weights"):
+        with self.profile("merge weights"), torch.no_grad():
             for name, base in sorted(merged_model.state_dict().items()):
                 missing = [model for model, state in states.items() if name not in state]
                 if missing:
