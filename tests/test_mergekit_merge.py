@@ -10,6 +10,8 @@ utility part of every SST merge must equal them bit for bit.
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -366,3 +368,33 @@ def test_missing_fisher_keep_and_drop(scenario, tmp_path, policy):
     assert_sst_equals(read_weights(out), builtin(scenario, tmp_path, "task_arithmetic"), patches)
     report = json.loads((out / "sst_merge_report.json").read_text())
     assert report["summary"]["actions"][f"missing_fisher_{policy}"] == len(names) - len(present)
+
+
+def test_shipped_configs_run_on_a_tiny_model(scenario, tmp_path, monkeypatch):
+    """configs/mergekit/*.yml, placeholders filled as configs/mergekit/README.md says."""
+    import yaml
+
+    adapters = tmp_path / "adapters"
+    adapters.mkdir()
+    for link, target in zip(
+        ("safety", "math", "text"), (scenario.safety, *scenario.utility), strict=True
+    ):
+        (adapters / link).symlink_to(target)
+    fishers = tmp_path / "fishers"
+    fishers.mkdir()
+    write_lora(fishers / "harm.safetensors", scenario, linear_names(), seed=81)
+    write_lora(fishers / "benign.safetensors", scenario, linear_names(), seed=82, objective="kl")
+    for key, value in (("BASE_MODEL", scenario.base), ("ADAPTERS", adapters), ("FISHERS", fishers)):
+        monkeypatch.setenv(key, str(value))
+    configs = Path(__file__).resolve().parents[1] / "configs" / "mergekit"
+    outputs = {}
+    for name in ("sst", "task_arithmetic", "ties", "dare_ties"):
+        config = yaml.safe_load(os.path.expandvars((configs / f"{name}.yml").read_text()))
+        outputs[name] = tmp_path / name
+        run_in_process(scenario, config, outputs[name], seed=0)
+    report = json.loads((outputs["sst"] / "sst_merge_report.json").read_text())
+    assert report["summary"]["actions"]["projected"] == len(linear_names())
+    assert (outputs["sst"] / "sst_adapter" / "adapter_model.safetensors").is_file()
+    for name in ("task_arithmetic", "ties", "dare_ties"):
+        assert (outputs[name] / "model.safetensors").is_file()
+        assert not (outputs[name] / "sst_merge_report.json").exists()
