@@ -41,7 +41,7 @@ from sst_merge_plugin.fisher.file import FisherMetadata, write_fisher_file
 from sst_merge_plugin.fisher.hooks import FisherHooks
 from sst_merge_plugin.fisher.objectives import PreparedData, with_sampled_responses
 from sst_merge_plugin.fisher.sampling import model_device
-from sst_merge_plugin.fisher.statistics import compute_dtype, make_statistics
+from sst_merge_plugin.fisher.statistics import LayerStatistics, compute_dtype, make_statistics
 from sst_merge_plugin.fisher.targets import find_target_layers, layer_shape
 
 Subspaces = Mapping[str, tuple[Tensor, Tensor]]
@@ -192,7 +192,24 @@ def resolve_layers(
     return restricted
 
 
-def collect_statistics(
+@dataclass
+class AccumulatedStatistics:
+    """The float64 accumulators after a pass, before averaging (see :mod:`.statistics`)."""
+
+    statistics: dict[str, LayerStatistics]
+    n_tokens: int = 0
+    n_loss_tokens: int = 0
+    n_examples: int = 0
+
+    def finalize(self) -> CollectedFisher:
+        """Divide by ``n_tokens`` and build the validated containers."""
+        if self.n_examples == 0:
+            raise SSTError("no data: the collection received no batches")
+        fishers = {name: stat.result(self.n_tokens) for name, stat in self.statistics.items()}
+        return CollectedFisher(fishers, self.n_tokens, self.n_loss_tokens, self.n_examples)
+
+
+def accumulate_statistics(
     model: nn.Module,
     batches: Iterable[Mapping[str, Tensor]],
     *,
@@ -201,23 +218,28 @@ def collect_statistics(
     subspaces: Subspaces | None = None,
     total: int | None = None,
     progress: bool = False,
-) -> CollectedFisher:
+) -> AccumulatedStatistics:
     """Accumulate the ``kind`` statistics of the targeted layers over ``batches`` (module doc).
 
     ``subspaces`` (dense weight name → ``(U, V)``) restricts ``lora`` collection; weights
     without one are skipped. Raises :class:`SSTError` for malformed, padding-only or loss-free
-    batches, a non-finite loss, no batches at all, or non-finite statistics.
+    batches and a non-finite loss.
     """
     layers = resolve_layers(model, kind, targets, subspaces)
     device = model_device(model)
-    statistics = {
-        name: make_statistics(
-            kind, name, layer_shape(module), device, None if subspaces is None else subspaces[name]
-        )
-        for name, module in layers.items()
-    }
-    n_tokens = n_loss_tokens = n_examples = 0
-    with collection_mode(model), FisherHooks(layers, statistics) as hooks:
+    accumulated = AccumulatedStatistics(
+        {
+            name: make_statistics(
+                kind,
+                name,
+                layer_shape(module),
+                device,
+                None if subspaces is None else subspaces[name],
+            )
+            for name, module in layers.items()
+        }
+    )
+    with collection_mode(model), FisherHooks(layers, accumulated.statistics) as hooks:
         iterator = tqdm(
             batches, total=total, desc=f"{kind} Fisher", unit="batch", disable=not progress
         )
@@ -229,13 +251,20 @@ def collect_statistics(
             if not bool(torch.isfinite(loss)):
                 raise SSTError(f"batch {index}: the loss is not finite ({float(loss.detach())})")
             loss.backward()
-            n_tokens += int((batch["attention_mask"] != 0).sum())
-            n_loss_tokens += int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
-            n_examples += int(batch["input_ids"].shape[0])
-    if n_examples == 0:
-        raise SSTError("no data: the collection received no batches")
-    fishers = {name: stat.result(n_tokens) for name, stat in statistics.items()}
-    return CollectedFisher(fishers, n_tokens, n_loss_tokens, n_examples)
+            accumulated.n_tokens += int((batch["attention_mask"] != 0).sum())
+            accumulated.n_loss_tokens += int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+            accumulated.n_examples += int(batch["input_ids"].shape[0])
+    return accumulated
+
+
+def collect_statistics(
+    model: nn.Module, batches: Iterable[Mapping[str, Tensor]], **options: Any
+) -> CollectedFisher:
+    """:func:`accumulate_statistics` then :meth:`~AccumulatedStatistics.finalize`.
+
+    Raises :class:`SSTError` also for no batches at all and for non-finite statistics.
+    """
+    return accumulate_statistics(model, batches, **options).finalize()
 
 
 def example_batches(
