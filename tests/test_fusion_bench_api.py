@@ -1,0 +1,330 @@
+"""FusionBench adapters used programmatically: loader, algorithm settings and errors, the other
+SST methods against mergekit, the Fisher cache, the task pool against evaluate_model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+from test_fusion_bench_world import ADAPTERS, World
+from test_fusion_bench_world import world as world  # the fixture
+
+from sst_merge_plugin.core import DiagFisher, SSTError
+from sst_merge_plugin.core.errors import FisherFileError
+
+LOADER = "sst_merge_plugin.fusion_bench.loaders.load_lora_causal_lm"
+
+
+def make_pool(world: World, adapters=ADAPTERS):
+    from fusion_bench.modelpool import CausalLMPool
+
+    models = {"_pretrained_": str(world.base)}
+    for name in adapters:
+        models[name] = {
+            "_target_": LOADER,
+            "pretrained_model_name_or_path": str(world.base),
+            "adapter_path": str(world.adapter(name)),
+        }
+    return CausalLMPool(models=models, tokenizer=str(world.base), model_kwargs={})
+
+
+def no_loading(pool):
+    """``pool`` whose models may not be loaded (errors must come before any loading)."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the settings were validated")
+
+    pool.load_model = refuse
+    return pool
+
+
+# ---- loader ------------------------------------------------------------------------------
+
+
+def test_loader_merges_the_adapter_and_leaves_parameters_trainable(world: World) -> None:
+    from sst_merge_plugin.fusion_bench.loaders import load_lora_causal_lm
+
+    model = load_lora_causal_lm(world.base, world.adapter("math"))
+    assert all(p.requires_grad for p in model.parameters())
+    assert next(model.parameters()).dtype == torch.float32
+    config = json.loads((world.adapter("math") / "adapter_config.json").read_text())
+    scale = config["lora_alpha"] / config["r"]
+    base = load_file(world.base / "model.safetensors")
+    prefix = "base_model.model.model.layers.1.mlp.down_proj"
+    with safe_open(str(world.adapter("math") / "adapter_model.safetensors"), "pt") as handle:
+        lora_a = handle.get_tensor(f"{prefix}.lora_A.weight")
+        lora_b = handle.get_tensor(f"{prefix}.lora_B.weight")
+    name = "model.layers.1.mlp.down_proj.weight"
+    expected = base[name].double() + scale * lora_b.double() @ lora_a.double()
+    torch.testing.assert_close(model.state_dict()[name].double(), expected, rtol=0, atol=1e-6)
+
+
+def test_loader_rejects_a_folder_without_adapter(world: World) -> None:
+    from sst_merge_plugin.fusion_bench.loaders import load_lora_causal_lm
+
+    with pytest.raises(SSTError, match=r"has no adapter_config\.json"):
+        load_lora_causal_lm(world.base, world.base)
+
+
+# ---- algorithm: validation before anything is loaded ---------------------------------------
+
+
+def algorithm(**settings):
+    from sst_merge_plugin.fusion_bench.algorithm import SSTMergeAlgorithm
+
+    return SSTMergeAlgorithm(**settings)
+
+
+def fisher_settings(world: World) -> dict:
+    return {
+        "harm_fisher": str(world.harm_fisher),
+        "benign_fisher": str(world.benign_fisher),
+        "safety_model": "safety",
+    }
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"selct": "top_k"}, r"unknown parameter\(s\) 'selct' \(did you mean 'select'\?\)"),
+        ({"threshold": 0.5}, "sst_merge does not take the parameter 'threshold'"),
+        ({"merge_method": "sst_magic"}, "unknown merge_method 'sst_magic'"),
+        ({"k": "many"}, r"k: invalid value 'many'"),
+    ],
+)
+def test_bad_settings_fail_at_construction(settings: dict, message: str) -> None:
+    with pytest.raises(SSTError, match=message):
+        algorithm(**settings)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"select": "top_k"}, "select: select 'top_k' needs the parameter 'k'"),
+        ({"select": "energy", "k": 3}, r"does not take parameter\(s\) \['k'\]"),
+        ({"utility_merge": "tie"}, "did you mean 'ties'"),
+        ({"safety_model": "guard"}, r"safety_model must name .* got 'guard'"),
+        ({"weight": {"maths": 2.0}}, r"weight: no model\(s\) \['maths'\] in the pool"),
+        ({"harm_fisher": None}, "needs 'harm_fisher' .* or fisher_collection.harm_data"),
+        ({"fisher_collection": {"harm_dta": "x"}}, r"unknown key\(s\) \['harm_dta'\]"),
+    ],
+)
+def test_bad_settings_fail_before_loading_models(
+    world: World, settings: dict, message: str
+) -> None:
+    with pytest.raises(SSTError, match=message):
+        algorithm(**{**fisher_settings(world), **settings}).run(no_loading(make_pool(world)))
+
+
+def test_fisher_of_another_model_is_refused_before_loading(world: World, tmp_path: Path) -> None:
+    from sst_merge_plugin.fisher.file import FisherFile, FisherMetadata, write_fisher_file
+
+    source = FisherFile(world.harm_fisher)
+    fishers = {name: source.get(name) for name in source.weight_names()}
+    other = tmp_path / "other.safetensors"
+    write_fisher_file(other, fishers, FisherMetadata("kfac", "refusal", 1, 1, "0" * 64, "f" * 64))
+    settings = {**fisher_settings(world), "harm_fisher": str(other), "benign_fisher": str(other)}
+    with pytest.raises(FisherFileError, match=r"harm_fisher .* was collected on another model"):
+        algorithm(**settings).run(no_loading(make_pool(world)))
+
+
+def test_kind_mismatch_between_fisher_files_is_refused(world: World, tmp_path: Path) -> None:
+    from sst_merge_plugin.fisher.file import FisherFile, FisherMetadata, write_fisher_file
+
+    source = FisherFile(world.harm_fisher)
+    diag = {
+        name: DiagFisher(torch.ones(source.weight_shape(name), dtype=torch.float64))
+        for name in source.weight_names()
+    }
+    path = tmp_path / "diag.safetensors"
+    write_fisher_file(path, diag, FisherMetadata("diag", "kl", 1, 1, "0" * 64))
+    with pytest.raises(FisherFileError, match="different Fisher kinds"):
+        algorithm(**{**fisher_settings(world), "benign_fisher": str(path)}).run(
+            no_loading(make_pool(world))
+        )
+
+
+# ---- the other SST methods equal the mergekit path ----------------------------------------
+
+
+def _diag_fishers(world: World, folder: Path) -> dict[str, Path]:
+    """One positive diagonal Fisher file per adapter model (seeded), base fingerprint."""
+    from sst_merge_plugin.fisher.file import FisherFile, FisherMetadata, write_fisher_file
+    from sst_merge_plugin.fisher.fingerprint import checkpoint_fingerprint
+
+    source = FisherFile(world.harm_fisher)
+    fingerprint = checkpoint_fingerprint(world.base)
+    paths = {}
+    for index, model in enumerate(ADAPTERS):
+        generator = torch.Generator().manual_seed(10 + index)
+        fishers = {
+            name: DiagFisher(torch.rand(source.weight_shape(name), generator=generator) + 0.01)
+            for name in source.weight_names()
+        }
+        paths[model] = folder / f"{model}_diag.safetensors"
+        metadata = FisherMetadata("diag", "kl", 10, 2, "0" * 64, fingerprint)
+        write_fisher_file(paths[model], fishers, metadata)
+    return paths
+
+
+def _mergekit(world: World, method: str, shared: dict, per_model: dict, out: Path) -> dict:
+    import mergekit.merge
+    from mergekit.config import MergeConfiguration
+    from mergekit.options import MergeOptions
+
+    from sst_merge_plugin.mergekit import registration
+
+    registration.install()
+    config = {
+        "merge_method": method,
+        "base_model": str(world.base),
+        "dtype": "float32",
+        "parameters": shared,
+        "models": [
+            {"model": f"{world.base}+{world.adapter(name)}", "parameters": per_model[name]}
+            for name in ADAPTERS
+        ],
+    }
+    options = MergeOptions(
+        lora_merge_cache=str(out.parent / "lora_cache"), copy_tokenizer=False,
+        write_model_card=False,
+    )  # fmt: skip
+    mergekit.merge.run_merge(MergeConfiguration.model_validate(config), str(out), options=options)
+    return load_file(out / "model.safetensors")
+
+
+@pytest.mark.parametrize("method", ["sst_safe_lora", "sst_fisher_merge"])
+def test_baseline_methods_equal_the_mergekit_path(
+    world: World, tmp_path: Path, method: str
+) -> None:
+    if method == "sst_safe_lora":
+        shared = {"threshold": 0.3, "gate": "merge", "scale": 0.8}
+        per_model = {"safety": {"role": "safety"}, "math": {"weight": 0.6}, "text": {}}
+        fb_settings = {**shared, "safety_model": "safety", "weight": {"math": 0.6}}
+    else:
+        fishers = _diag_fishers(world, tmp_path)
+        shared = {"normalise": True}
+        per_model = {name: {"fisher": str(path)} for name, path in fishers.items()}
+        per_model["math"]["weight"] = 2.0
+        fb_settings = {
+            **shared,
+            "fisher": {name: str(path) for name, path in fishers.items()},
+            "weight": {"math": 2.0},
+        }
+    sst = algorithm(merge_method=method, **fb_settings)
+    merged = sst.run(make_pool(world))
+    expected = _mergekit(world, method, shared, per_model, tmp_path / "mergekit")
+    state = merged.state_dict()
+    for name, tensor in expected.items():
+        assert torch.equal(state[name], tensor), name
+    actions = sst.merge_report["summary"]["actions"]
+    if method == "sst_safe_lora":  # the gate fired on some projections, not on all
+        assert actions["gated"] > 0 and actions["not_gated"] > 0
+    else:
+        assert actions == {"fisher_weighted": 14, "utility_only": 7}
+
+
+# ---- Fisher cache -------------------------------------------------------------------------
+
+
+def _request(world: World, data: Path, **options):
+    from sst_merge_plugin.fusion_bench.fisher_cache import FisherRequest
+
+    return FisherRequest(
+        label="harm",
+        model_dir=str(world.base),
+        data=str(data),
+        objective="refusal",
+        kind="lora",
+        restrict_to=str(world.adapter("safety")),
+        options={"split": "all", "batch_size": 2, "max_length": 32, **options},
+    )
+
+
+def test_fisher_cache_key_follows_content_and_reuses_files(
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sst_merge_plugin.fisher import cli
+    from sst_merge_plugin.fusion_bench.fisher_cache import cached_fisher_file, content_key
+
+    data = tmp_path / "harmful.txt"
+    data.write_text(world.data("harmful.txt").read_text())
+    key = content_key(_request(world, data))
+    assert key == content_key(_request(world, data, device="cpu"))  # device is not content
+    assert key != content_key(_request(world, data, seed=1))
+    copy = tmp_path / "copy.txt"
+    copy.write_text(data.read_text())
+    assert key == content_key(_request(world, copy))  # the prompts count, not the file name
+    data.write_text(data.read_text() + "how to build a bomb\n")
+    assert key != content_key(_request(world, data))
+    with pytest.raises(SSTError, match="unknown option"):
+        content_key(_request(world, data, max_exampels=3))
+    with pytest.raises(SSTError, match="argument --split: invalid choice"):
+        content_key(_request(world, data, split="test"))
+
+    calls = []
+    real_run = cli.run
+    monkeypatch.setattr(cli, "run", lambda args: calls.append(args.out) or real_run(args))
+    first = cached_fisher_file(_request(world, data), tmp_path / "cache")
+    second = cached_fisher_file(_request(world, data), tmp_path / "cache")
+    assert first == second and calls == [str(first)]
+    assert first.name.startswith("harm-refusal-lora-")
+
+
+# ---- task pool ------------------------------------------------------------------------------
+
+
+def eval_settings(world: World) -> dict:
+    return {
+        "harmful": str(world.data("harmful.txt")),
+        "benign": str(world.data("benign.txt")),
+        "utility": [str(world.data("add.jsonl"))],
+        "truefalse": str(world.data("truefalse.json")),
+        "max_new_tokens": 3,
+    }
+
+
+def test_task_pool_is_evaluate_model_plus_a_markdown_row(world: World, tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from sst_merge_plugin.evaluation.suite import EvalConfig, evaluate_model
+    from sst_merge_plugin.fusion_bench.taskpool import SSTSafetyTaskPool
+
+    markdown = tmp_path / "row.md"
+    pool = SSTSafetyTaskPool(
+        evaluation=eval_settings(world), tokenizer=str(world.base), name="base", knob=0.5,
+        markdown_path=str(markdown),
+    )  # fmt: skip
+    model = AutoModelForCausalLM.from_pretrained(world.base)
+    report = pool.evaluate(model)
+    settings = {**eval_settings(world), "utility": (str(world.data("add.jsonl")),)}
+    direct = evaluate_model(
+        model, AutoTokenizer.from_pretrained(world.base), EvalConfig(**settings), progress=False
+    )
+    timing = ("seconds", "seconds_by_part")
+    assert {k: v for k, v in report.items() if k not in timing} == {
+        "name": "base", "knob": 0.5, **{k: v for k, v in direct.items() if k not in timing}
+    }  # fmt: skip
+    lines = markdown.read_text().splitlines()
+    assert len(lines) == 3 and lines[2].startswith("| base | 0.5 |")
+
+
+@pytest.mark.parametrize(
+    ("evaluation", "message"),
+    [
+        ({"harmfull": "advbench"}, "unknown key 'harmfull' \\(did you mean 'harmful'\\?\\)"),
+        ({"harmful": "/no/such/prompts.txt"}, "neither a registered prompt set"),
+        ({"n_harmful": 0}, "n_harmful must be >= 1"),
+    ],
+)
+def test_task_pool_rejects_bad_evaluation_settings_when_built(
+    evaluation: dict, message: str
+) -> None:
+    from sst_merge_plugin.fusion_bench.taskpool import SSTSafetyTaskPool
+
+    with pytest.raises(SSTError, match=message):
+        SSTSafetyTaskPool(evaluation=evaluation)
