@@ -47,6 +47,8 @@ from sst_merge_plugin.mergekit.fisher_source import FisherSources, describe_fish
 from sst_merge_plugin.mergekit.params import (
     PROJECTING,
     SST_FISHER_MERGE,
+    InputSettings,
+    SharedSettings,
     parse_inputs,
     parse_shared,
     safety_input,
@@ -107,11 +109,9 @@ def validate_planned_merge(method: str, planned: Sequence[tuple[Any, Any]]) -> M
     """
     session = MergeSession(method)
     problems: list[str] = []
-    # (label, path) -> (file, models whose folders may match its fingerprint)
-    files: dict[tuple[str, str], tuple[FisherFile, list[Any]]] = {}
-    matched: dict[tuple[str, str], int] = {}
+    # (label, path) -> [file, models whose folders may match its fingerprint, tensors matched]
+    files: dict[tuple[str, str], list[Any]] = {}
     for weight, task in planned:
-        name = weight.name
         try:
             settings = parse_shared(method, dict(task.parameters.items()))
             models = [m for m in task.model_order if m != task.base_model]
@@ -120,61 +120,35 @@ def validate_planned_merge(method: str, planned: Sequence[tuple[Any, Any]]) -> M
             )
             fishers = FisherSources.open(settings, inputs)
         except SSTError as error:
-            raise SSTError(f"{method}, tensor {name}: {error}") from None
-        summary = settings.as_dict()
-        if summary not in session.settings:
-            session.settings.append(summary)
-        labelled = fishers.labelled()
-        for label, opened in labelled.items():
-            model = next((m for m in models if label == f"{m}: fisher"), None)
-            key = (label, str(opened.path))
-            files.setdefault(key, (opened, [task.base_model] + ([model] if model else [])))
-            matched.setdefault(key, 0)
+            raise SSTError(f"{method}, tensor {weight.name}: {error}") from None
+        if settings.as_dict() not in session.settings:
+            session.settings.append(settings.as_dict())
         if settings.write_adapter not in (None, "none") and fishers.harm.kind != "lora":
             raise SSTError(
                 f"write_adapter: {settings.write_adapter} needs lora-kind Fisher files; "
                 f"harm_fisher is {fishers.harm.kind!r}"
             )
-        loads = _load_tasks(task)
-        shape = _planned_shape(loads[task.base_model])
-        if shape is None or len(shape) != 2:
-            continue
-        lacking = []
-        for label, opened in labelled.items():
-            if name not in opened:
-                lacking.append(label)
-                continue
-            matched[(label, str(opened.path))] += 1
-            if opened.weight_shape(name) != shape:
-                problems.append(
-                    f"{name}: {label} {str(opened.path)!r} has Fisher entries for a weight of "
-                    f"shape {opened.weight_shape(name)}, but the model tensor has shape {shape}"
-                )
-        if lacking and settings.missing_fisher == "error":
-            if method == SST_FISHER_MERGE:
-                changed = any(_differs(loads[m], loads[task.base_model]) for m in models)
-            elif method in PROJECTING:
-                changed = _differs(loads[safety_input(inputs)], loads[task.base_model])
-            else:
-                changed = False
-            if changed:
-                where = ", ".join(f"{label} {str(labelled[label].path)!r}" for label in lacking)
-                problems.append(
-                    f"{name}: {where} has no Fisher entries for this tensor, but its "
-                    "delta is non-zero (missing_fisher: error; 'keep' adds the unprojected "
-                    "delta, 'drop' leaves it out)"
-                )
-    checks: dict[str, Any] = {"fisher_files": {}, "fingerprints": {}}
+        for label, opened in fishers.labelled().items():
+            own = [m for m in models if label == f"{m}: fisher"]
+            files.setdefault((label, str(opened.path)), [opened, [task.base_model, *own], 0])
+        for label, opened in _check_tensor(weight.name, task, settings, inputs, fishers, problems):
+            files[(label, str(opened.path))][2] += 1
     labels = [label for label, _ in files]
-    for (label, path), (opened, models) in files.items():
-        if matched[(label, path)] == 0 and planned:
+
+    def key(label: str, path: str) -> str:
+        return label if labels.count(label) == 1 else f"{label} ({path})"
+
+    checks: dict[str, Any] = {"fisher_files": {}, "fingerprints": {}}
+    for (label, path), (opened, models, matched) in files.items():
+        if matched == 0 and planned:
             problems.append(
                 f"{label} {path!r} has Fisher entries for none of the merged tensors (file: "
                 f"{opened.weight_names()[0]!r}, …; model: {planned[0][0].name!r}, …) — was it "
                 "collected on another model?"
             )
-        key = label if labels.count(label) == 1 else f"{label} ({path})"
-        checks["fingerprints"][key] = _check_fingerprint(label, opened, models, problems)
+        checks["fingerprints"][key(label, path)] = _check_fingerprint(
+            label, opened, models, problems
+        )
     if problems:
         more = len(problems) - MAX_PROBLEMS
         raise SSTError(
@@ -182,11 +156,52 @@ def validate_planned_merge(method: str, planned: Sequence[tuple[Any, Any]]) -> M
             + "\n  ".join(problems[:MAX_PROBLEMS])
             + (f"\n  … and {more} more" if more > 0 else "")
         )
-    for (label, path), (opened, _) in files.items():
-        key = label if labels.count(label) == 1 else f"{label} ({path})"
-        checks["fisher_files"][key] = describe_fisher(opened)
+    for (label, path), (opened, _, _) in files.items():
+        checks["fisher_files"][key(label, path)] = describe_fisher(opened)
     session.checks = checks
     return session
+
+
+def _check_tensor(
+    name: str,
+    task: Any,
+    settings: SharedSettings,
+    inputs: dict[Any, InputSettings],
+    fishers: FisherSources,
+    problems: list[str],
+) -> list[tuple[str, FisherFile]]:
+    """Shape and ``missing_fisher: error`` checks of one planned 2-D tensor.
+
+    Appends to ``problems``; returns the ``(label, file)`` pairs that have entries for ``name``.
+    """
+    loads = _load_tasks(task)
+    base = loads[task.base_model]
+    shape = _planned_shape(base)
+    if shape is None or len(shape) != 2:
+        return []
+    labelled = fishers.labelled()
+    present = [(label, f) for label, f in labelled.items() if name in f]
+    for label, opened in present:
+        if opened.weight_shape(name) != shape:
+            problems.append(
+                f"{name}: {label} {str(opened.path)!r} has Fisher entries for a weight of "
+                f"shape {opened.weight_shape(name)}, but the model tensor has shape {shape}"
+            )
+    lacking = [label for label in labelled if label not in dict(present)]
+    if not lacking or settings.missing_fisher != "error":
+        return present
+    if settings.method == SST_FISHER_MERGE:
+        changed = any(_differs(loads[m], base) for m in inputs)
+    else:
+        changed = settings.method in PROJECTING and _differs(loads[safety_input(inputs)], base)
+    if changed:
+        where = ", ".join(f"{label} {str(labelled[label].path)!r}" for label in lacking)
+        problems.append(
+            f"{name}: {where} has no Fisher entries for this tensor, but its delta is "
+            "non-zero (missing_fisher: error; 'keep' adds the unprojected delta, 'drop' "
+            "leaves it out)"
+        )
+    return present
 
 
 def _check_fingerprint(

@@ -1,0 +1,285 @@
+"""Cost of ``mergekit-yaml`` with ``sst_merge`` (each Fisher kind) against mergekit's ``ties``.
+
+Setup (not timed): a SmolLM2-135M-shaped model — the converted SmolLM2 folder when it exists
+(``sst_merge_plugin.data.smollm2.smollm2_location()``), else a random Llama with its shapes
+(30 layers, hidden 576, MLP 1536, 9 heads / 3 KV heads, vocab 49152, tied embeddings) — three
+random rank-8 LoRA adapters on all 7 projections (one safety, two utility; ``A`` and ``B``
+non-zero), the adapters merged once into a shared ``--lora-merge-cache``, and synthetic Fisher
+files of the right shapes for every projection (``lora``: the safety adapter's column/row
+spaces and random SPD 8×8 factors; ``kfac``: random SPD factors, ``A`` shared by q/k/v and by
+gate/up as in a real collection; ``diag``: random positive).
+
+Timed: each merge in a fresh ``mergekit-yaml`` subprocess, started from a fresh wrapper process
+so its peak RSS (``ru_maxrss`` of the one child) is its own. ``ties`` merges the three adapters;
+``sst_merge`` projects the safety adapter and merges the two utility adapters with ``ties``
+(same densities). Ratios are against ``ties`` in the same run. The Python start-up cost of the
+``.pth`` hook is measured too (``python -X importtime`` of ``sst_merge_plugin._autoload``, and
+``python -c pass`` with and without ``SST_MERGE_NO_AUTOLOAD``).
+
+    python benchmarks/merge_cost.py                 # markdown table
+    python benchmarks/merge_cost.py --kinds lora --repeats 3 --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+RANK = 8
+TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+KINDS = ("lora", "diag", "kfac")
+MEASURE = r"""
+import json, resource, subprocess, sys, time
+start = time.perf_counter()
+code = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+wall = time.perf_counter() - start
+peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+print(json.dumps({"rc": code.returncode, "wall_s": wall, "peak_rss_mb": peak,
+                  "stderr": code.stderr[-2000:] if code.returncode else ""}))
+"""
+
+
+def base_model_dir(workdir: Path) -> tuple[Path, str]:
+    """The SmolLM2 folder if converted already, else a saved random model with its shapes."""
+    from sst_merge_plugin.data.smollm2 import conversion_record, smollm2_location
+
+    real = smollm2_location()
+    if conversion_record(real):
+        return real, "SmolLM2-135M-Instruct (converted folder)"
+    target = workdir / "smollm2_shaped"
+    if not (target / "config.json").is_file():
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        config = LlamaConfig(
+            hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+            num_attention_heads=9, num_key_value_heads=3, vocab_size=49152,
+            tie_word_embeddings=True, max_position_embeddings=2048,
+        )  # fmt: skip
+        torch.manual_seed(0)
+        LlamaForCausalLM(config).save_pretrained(str(target), safe_serialization=True)
+    return target, "random Llama with SmolLM2-135M shapes"
+
+
+def make_adapter(base: Path, path: Path, seed: int) -> None:
+    if (path / "adapter_model.safetensors").is_file():
+        return
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
+    model = get_peft_model(
+        model, LoraConfig(r=RANK, lora_alpha=2 * RANK, target_modules=list(TARGETS))
+    )
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_" in name:
+                param.copy_(0.02 * torch.randn(param.shape, generator=generator))
+    model.save_pretrained(str(path))
+
+
+def adapter_factors(adapter: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Weight name → ``(B, A)`` of a saved PEFT adapter."""
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(adapter / "adapter_model.safetensors"))
+    out = {}
+    for key, a in tensors.items():
+        if key.endswith("lora_A.weight"):
+            module = key[len("base_model.model.") : -len(".lora_A.weight")]
+            out[f"{module}.weight"] = (tensors[key.replace("lora_A", "lora_B")], a)
+    return out
+
+
+def input_group(name: str) -> str:
+    """Weights that read the same input (q/k/v; gate/up) share K-FAC's ``A`` factor."""
+    module = name.split(".")[-2]
+    family = {"k_proj": "q_proj", "v_proj": "q_proj", "up_proj": "gate_proj"}.get(module, module)
+    return f"{name.split('.')[2]}.{family}"
+
+
+def spd(dim: int, generator: torch.Generator) -> torch.Tensor:
+    x = torch.randn(dim, 2 * dim if dim <= 64 else 64, generator=generator)
+    return x @ x.T / x.shape[1] + 1e-3 * torch.eye(dim)
+
+
+def write_fishers(kind: str, safety: Path, folder: Path) -> tuple[Path, Path]:
+    from sst_merge_plugin.core import DiagFisher, KFACFisher, LoRAFisher
+    from sst_merge_plugin.fisher.file import FisherMetadata, write_fisher_file
+
+    paths = (folder / f"{kind}_harm.safetensors", folder / f"{kind}_benign.safetensors")
+    if all(p.is_file() for p in paths):
+        return paths
+    factors = adapter_factors(safety)
+    for index, (path, objective) in enumerate(zip(paths, ("refusal", "kl"), strict=True)):
+        generator = torch.Generator().manual_seed(100 + index)
+        fishers, shared = {}, {}
+        for name, (b, a) in sorted(factors.items()):
+            d_out, d_in = b.shape[0], a.shape[1]
+            if kind == "lora":
+                u, v = torch.linalg.qr(b.double()).Q, torch.linalg.qr(a.double().T).Q
+                fishers[name] = LoRAFisher(u, v, spd(RANK, generator), spd(RANK, generator))
+            elif kind == "diag":
+                fishers[name] = DiagFisher(torch.rand(d_out, d_in, generator=generator) + 1e-3)
+            else:
+                group = input_group(name)
+                if group not in shared:
+                    shared[group] = spd(d_in, generator)
+                fishers[name] = KFACFisher(shared[group], spd(d_out, generator))
+        write_fisher_file(path, fishers, FisherMetadata(kind, objective, 1000, 100, "0" * 64))
+    return paths
+
+
+def config_for(
+    method: str, base: Path, adapters: dict[str, Path], fishers: tuple[Path, Path] | None
+) -> dict:
+    models = []
+    for role, adapter in adapters.items():
+        params = {"weight": 1.0, "density": 0.5}
+        if method == "sst_merge" and role == "safety":
+            params = {"role": "safety"}
+        models.append({"model": f"{base}+{adapter}", "parameters": params})
+    config = {"merge_method": method, "base_model": str(base), "dtype": "float32", "models": models}
+    if fishers is not None:
+        config["parameters"] = {
+            "harm_fisher": str(fishers[0]), "benign_fisher": str(fishers[1]),
+            "select": "energy", "energy": 0.9, "utility_merge": "ties",
+        }  # fmt: skip
+    return config
+
+
+def timed_merge(config: dict, workdir: Path, name: str, cache: Path) -> dict:
+    path = workdir / f"{name}.yml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    script = Path(sys.executable).with_name("mergekit-yaml")
+    out = workdir / "out" / name
+    argv = [
+        str(script),
+        str(path),
+        str(out),
+        "--lora-merge-cache",
+        str(cache),
+        "--no-copy-tokenizer",
+        "--no-write-model-card",
+    ]
+    result = subprocess.run(
+        [sys.executable, "-c", MEASURE, *argv], capture_output=True, text=True, check=True
+    )
+    record = json.loads(result.stdout)
+    if record["rc"] != 0:
+        raise RuntimeError(f"{name} failed:\n{record['stderr']}")
+    return record
+
+
+def startup_overhead(runs: int = 20) -> dict:
+    """Import cost of the .pth hook and ``python -c pass`` with the hook on and off."""
+    importtime = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", "pass"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stderr
+    cumulative = [
+        int(line.split("|")[1])
+        for line in importtime.splitlines()
+        if line.rstrip().endswith("sst_merge_plugin._autoload")
+    ]
+
+    def wall(env: dict) -> float:
+        times = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            subprocess.run([sys.executable, "-c", "pass"], env=env, check=True)
+            times.append(time.perf_counter() - start)
+        return statistics.median(times)
+
+    on = {k: v for k, v in os.environ.items() if k != "SST_MERGE_NO_AUTOLOAD"}
+    return {
+        "autoload_import_cumulative_ms": cumulative[0] / 1000 if cumulative else None,
+        "python_c_pass_ms_hook_on": 1000 * wall(on),
+        "python_c_pass_ms_hook_off": 1000 * wall({**on, "SST_MERGE_NO_AUTOLOAD": "1"}),
+        "runs": runs,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--kinds", default=",".join(KINDS), help="comma-separated Fisher kinds")
+    parser.add_argument("--repeats", type=int, default=1, help="runs per method (median reported)")
+    parser.add_argument("--workdir", type=Path, help="keep models/adapters/Fishers here (reused)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of markdown")
+    args = parser.parse_args(argv)
+    kinds = [k for k in args.kinds.split(",") if k]
+    if unknown := set(kinds) - set(KINDS):
+        parser.error(f"unknown kinds {sorted(unknown)}")
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="sst_merge_cost_"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    base, base_label = base_model_dir(workdir)
+    adapters = {role: workdir / f"adapter_{role}" for role in ("safety", "math", "text")}
+    for seed, path in enumerate(adapters.values()):
+        make_adapter(base, path, seed)
+    cache = workdir / "lora_cache"
+    from mergekit.common import ModelPath, ModelReference
+
+    for adapter in adapters.values():  # merge the LoRAs once; the timed runs reuse the cache
+        ModelReference(model=ModelPath(path=str(base)), lora=ModelPath(path=str(adapter))).merged(
+            cache_dir=str(cache)
+        )
+    runs = {"ties": config_for("ties", base, adapters, None)}
+    for kind in kinds:
+        runs[f"sst_merge ({kind})"] = config_for(
+            "sst_merge", base, adapters, write_fishers(kind, adapters["safety"], workdir)
+        )
+    results = {}
+    for name, config in runs.items():
+        records = [
+            timed_merge(config, workdir, name.replace(" ", "_").strip("()"), cache)
+            for _ in range(args.repeats)
+        ]
+        results[name] = {
+            "wall_s": statistics.median(r["wall_s"] for r in records),
+            "peak_rss_mb": max(r["peak_rss_mb"] for r in records),
+        }
+    reference = results["ties"]
+    for record in results.values():
+        record["time_ratio_vs_ties"] = record["wall_s"] / reference["wall_s"]
+        record["rss_ratio_vs_ties"] = record["peak_rss_mb"] / reference["peak_rss_mb"]
+    report = {
+        "base": base_label,
+        "repeats": args.repeats,
+        "runs": results,
+        "startup": startup_overhead(),
+    }
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(
+        f"mergekit-yaml on {base_label}, 3 rank-{RANK} LoRAs on all 7 projections; median of {args.repeats}\n"
+    )
+    print("| method | wall s | × ties | peak RSS MB | × ties |")
+    print("|---|---:|---:|---:|---:|")
+    for name, r in results.items():
+        print(
+            f"| {name} | {r['wall_s']:.1f} | {r['time_ratio_vs_ties']:.2f} | {r['peak_rss_mb']:.0f} | {r['rss_ratio_vs_ties']:.2f} |"
+        )
+    s = report["startup"]
+    print(
+        f"\nPython start-up: .pth hook import {s['autoload_import_cumulative_ms']} ms (-X importtime); "
+        f"`python -c pass` {s['python_c_pass_ms_hook_on']:.1f} ms with the hook, "
+        f"{s['python_c_pass_ms_hook_off']:.1f} ms with SST_MERGE_NO_AUTOLOAD=1 (median of {s['runs']})"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
