@@ -197,11 +197,15 @@ def _mergekit(world: World, method: str, shared: dict, per_model: dict, out: Pat
     return load_file(out / "model.safetensors")
 
 
-@pytest.mark.parametrize("method", ["sst_safe_lora", "sst_fisher_merge"])
+@pytest.mark.parametrize("method", ["sst_single_fisher", "sst_safe_lora", "sst_fisher_merge"])
 def test_baseline_methods_equal_the_mergekit_path(
     world: World, tmp_path: Path, method: str
 ) -> None:
-    if method == "sst_safe_lora":
+    if method == "sst_single_fisher":
+        shared = {"harm_fisher": str(world.harm_fisher), "select": "ratio", "ratio": 2.0}
+        per_model = {"safety": {"role": "safety", "weight": 0.5}, "math": {}, "text": {}}
+        fb_settings = {**shared, "safety_model": "safety", "weight": {"safety": 0.5}}
+    elif method == "sst_safe_lora":
         shared = {"threshold": 0.3, "gate": "merge", "scale": 0.8}
         per_model = {"safety": {"role": "safety"}, "math": {"weight": 0.6}, "text": {}}
         fb_settings = {**shared, "safety_model": "safety", "weight": {"math": 0.6}}
@@ -222,7 +226,9 @@ def test_baseline_methods_equal_the_mergekit_path(
     for name, tensor in expected.items():
         assert torch.equal(state[name], tensor), name
     actions = sst.merge_report["summary"]["actions"]
-    if method == "sst_safe_lora":  # the gate fired on some projections, not on all
+    if method == "sst_single_fisher":
+        assert actions == {"projected": 14, "utility_only": 7}
+    elif method == "sst_safe_lora":  # the gate fired on some projections, not on all
         assert actions["gated"] > 0 and actions["not_gated"] > 0
     else:
         assert actions == {"fisher_weighted": 14, "utility_only": 7}
@@ -328,3 +334,23 @@ def test_task_pool_rejects_bad_evaluation_settings_when_built(
 
     with pytest.raises(SSTError, match=message):
         SSTSafetyTaskPool(evaluation=evaluation)
+
+
+def test_fisher_merge_collects_one_diag_fisher_per_model_on_its_adapter(
+    world: World, tmp_path: Path
+) -> None:
+    from sst_merge_plugin.fisher.file import FisherFile
+
+    data = {name: str(world.data("benign.txt")) for name in ADAPTERS}
+    collection = {"data": data, "split": "all", "batch_size": 2, "max_length": 32,
+                  "response_tokens": 3, "cache_dir": str(tmp_path / "cache")}  # fmt: skip
+    sst = algorithm(merge_method="sst_fisher_merge", fisher_collection=collection)
+    sst.run(make_pool(world))
+    assert sst.merge_report["summary"]["actions"] == {"fisher_weighted": 14, "utility_only": 7}
+    files = sst.merge_report["fisher_files"]
+    assert set(files) == {f"{name}: fisher" for name in ADAPTERS}
+    for name in ADAPTERS:
+        opened = FisherFile(files[f"{name}: fisher"]["path"])
+        assert opened.kind == "diag" and opened.objective == "kl"
+        assert opened.metadata["adapter"] == str(world.adapter(name))
+    assert sorted(p.name.split("-")[0] for p in (tmp_path / "cache").iterdir()) == sorted(ADAPTERS)

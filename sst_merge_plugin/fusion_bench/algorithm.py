@@ -44,6 +44,7 @@ import difflib
 import inspect
 import json
 import logging
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,7 +61,12 @@ from torch import nn
 from sst_merge_plugin.atomic import write_text
 from sst_merge_plugin.core.errors import FisherFileError, SSTError
 from sst_merge_plugin.fisher.fingerprint import checkpoint_fingerprint
-from sst_merge_plugin.fusion_bench.fisher_cache import OPTIONS, FisherRequest, cached_fisher_file
+from sst_merge_plugin.fusion_bench.fisher_cache import (
+    OPTIONS,
+    FisherRequest,
+    cached_fisher_file,
+    parse_request,
+)
 from sst_merge_plugin.mergekit.fisher_source import FisherSources, describe_fisher
 from sst_merge_plugin.mergekit.params import (
     METHOD_NAMES,
@@ -235,14 +241,15 @@ class SSTMergeAlgorithm(SimpleProfilerMixin, BaseAlgorithm):
         return collection
 
     # ---- Fisher files -------------------------------------------------------------------
-    def _fisher_paths(
+    def _collection_requests(
         self, modelpool: BaseModelPool, shared: dict[str, Any], inputs: dict[str, dict[str, Any]]
-    ) -> None:
-        """Fill in the Fisher paths the config leaves out by collecting them (cached)."""
+    ) -> dict[str, FisherRequest]:
+        """The Fisher files to collect, keyed by what they fill in: ``harm_fisher``,
+        ``benign_fisher`` or (``sst_fisher_merge``) a model name."""
         method = self.merge_method
         collection = self._collection()
         options = {key: collection[key] for key in OPTIONS if key in collection}
-        cache_dir = collection.get("cache_dir")
+        requests: dict[str, FisherRequest] = {}
         needed: list[tuple[str, str, str]] = []  # (parameter, data key, objective)
         if method in PROJECTING and "harm_fisher" not in shared:
             needed.append(("harm_fisher", "harm_data", collection.get("harm_objective", "refusal")))
@@ -250,6 +257,12 @@ class SSTMergeAlgorithm(SimpleProfilerMixin, BaseAlgorithm):
             needed.append(
                 ("benign_fisher", "benign_data", collection.get("benign_objective", "kl"))
             )
+        for parameter, data_key, _ in needed:
+            if not collection.get(data_key):
+                raise SSTError(
+                    f"{method} needs '{parameter}' (a Fisher file) or "
+                    f"fisher_collection.{data_key} (data to collect it from)"
+                )
         if needed:
             kind = collection.get("kind", "lora")
             base_dir, _ = _model_source(modelpool, "_pretrained_")
@@ -263,12 +276,7 @@ class SSTMergeAlgorithm(SimpleProfilerMixin, BaseAlgorithm):
                         "use kind kfac or diag, or give the Fisher files"
                     )
             for parameter, data_key, objective in needed:
-                if not collection.get(data_key):
-                    raise SSTError(
-                        f"{method} needs '{parameter}' (a Fisher file) or "
-                        f"fisher_collection.{data_key} (data to collect it from)"
-                    )
-                request = FisherRequest(
+                requests[parameter] = FisherRequest(
                     label=parameter.removesuffix("_fisher"),
                     model_dir=base_dir,
                     data=str(collection[data_key]),
@@ -277,33 +285,51 @@ class SSTMergeAlgorithm(SimpleProfilerMixin, BaseAlgorithm):
                     restrict_to=restrict,
                     options=options,
                 )
-                shared[parameter] = str(cached_fisher_file(request, cache_dir))
-        if method == SST_FISHER_MERGE:
-            data = collection.get("data") or {}
-            unknown = sorted(set(data) - set(inputs))
-            if unknown:
-                raise SSTError(f"fisher_collection.data: no model(s) {unknown} in the pool")
-            for name, values in inputs.items():
-                if values.get("fisher") is not None:
-                    continue
-                if name not in data:
-                    raise SSTError(
-                        f"{method}: model {name!r} needs a Fisher file (fisher.{name}) or data "
-                        f"to collect it from (fisher_collection.data.{name})"
-                    )
-                model_dir, adapter = _model_source(modelpool, name)
-                if adapter is not None:
-                    model_dir, _ = _model_source(modelpool, "_pretrained_")
-                request = FisherRequest(
-                    label=name,
-                    model_dir=model_dir,
-                    data=str(data[name]),
-                    objective=collection.get("objective", "kl"),
-                    kind="diag",
-                    adapter=adapter,
-                    options=options,
+        if method != SST_FISHER_MERGE:
+            return requests
+        if collection.get("kind", "diag") != "diag":
+            raise SSTError(f"{method} merges with diagonal Fishers: fisher_collection.kind diag")
+        data = collection.get("data") or {}
+        unknown = sorted(set(data) - set(inputs))
+        if unknown:
+            raise SSTError(f"fisher_collection.data: no model(s) {unknown} in the pool")
+        for name, values in inputs.items():
+            if values.get("fisher") is not None:
+                continue
+            if name not in data:
+                raise SSTError(
+                    f"{method}: model {name!r} needs a Fisher file (fisher.{name}) or data to "
+                    f"collect it from (fisher_collection.data.{name})"
                 )
-                values["fisher"] = str(cached_fisher_file(request, cache_dir))
+            model_dir, adapter = _model_source(modelpool, name)
+            if adapter is not None:  # collected on base + adapter, fingerprinted as the base
+                model_dir, _ = _model_source(modelpool, "_pretrained_")
+            requests[name] = FisherRequest(
+                label=name,
+                model_dir=model_dir,
+                data=str(data[name]),
+                objective=collection.get("objective", "kl"),
+                kind="diag",
+                adapter=adapter,
+                options=options,
+            )
+        return requests
+
+    def _collect_fishers(
+        self, modelpool: BaseModelPool, shared: dict[str, Any], inputs: dict[str, dict[str, Any]]
+    ) -> None:
+        """Fill in the Fisher paths the config leaves out: every request is validated first
+        (``sst-merge fisher``'s parser), then each file is reused from the cache or collected."""
+        requests = self._collection_requests(modelpool, shared, inputs)
+        for request in requests.values():
+            parse_request(request, os.devnull)
+        cache_dir = self._collection().get("cache_dir")
+        for target, request in requests.items():
+            path = str(cached_fisher_file(request, cache_dir))
+            if target in ("harm_fisher", "benign_fisher"):
+                shared[target] = path
+            else:
+                inputs[target]["fisher"] = path
 
     def prepare(self, modelpool: BaseModelPool) -> PreparedMerge:
         """Validated settings and opened Fisher files for ``modelpool`` (collecting as needed).
@@ -320,7 +346,7 @@ class SSTMergeAlgorithm(SimpleProfilerMixin, BaseAlgorithm):
         pending = "(to be collected)"
         parse_shared(method, {"harm_fisher": pending, "benign_fisher": pending, **shared})
         parse_inputs(method, {n: {"fisher": pending, **v} for n, v in inputs.items()})
-        self._fisher_paths(modelpool, shared, inputs)
+        self._collect_fishers(modelpool, shared, inputs)
         settings = parse_shared(method, shared)
         parsed = parse_inputs(method, inputs)
         fishers = FisherSources.open(settings, parsed)
