@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -243,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     for name, config in runs.items():
         records = [
-            timed_merge(config, workdir, name.replace(" ", "_").strip("()"), cache)
+            timed_merge(config, workdir, re.sub(r"\W+", "_", name).strip("_"), cache)
             for _ in range(args.repeats)
         ]
         results[name] = {

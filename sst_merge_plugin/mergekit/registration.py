@@ -89,14 +89,14 @@ def patch_merge(merge: ModuleType) -> None:
             from sst_merge_plugin.mergekit.report import write_outputs
 
             config_yaml = kwargs.get("config_source") or merge_config.to_yaml()
-            base = merge_config.base_model
+            base = str(merge_config.base_model.model.path) if merge_config.base_model else ""
             existed = os.path.exists(out_path)
             sessions.release()
             try:
                 result = original(merge_config, out_path, *args, **kwargs)
                 session = sessions.active()
                 if session is not None:
-                    write_outputs(session, out_path, config_yaml, str(base.model.path))
+                    write_outputs(session, out_path, config_yaml, base)
             except BaseException:
                 if not existed and os.path.isdir(out_path):
                     shutil.rmtree(out_path, ignore_errors=True)

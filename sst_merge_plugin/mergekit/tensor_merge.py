@@ -170,9 +170,9 @@ def merge_tensor(
         {key: inputs[key] for key in utility_ids},
         settings.utility_merge,
     )
-    safety_delta = tensors[safety].double() - base.double()
-    if not bool(safety_delta.any()):
+    if torch.equal(tensors[safety], base):
         return MergedTensor(merged, None)
+    safety_delta = tensors[safety].double() - base.double()
     factor = settings.scale * inputs[safety].weight
     if settings.method == SST_SAFE_LORA:
         return _safe_lora(base, merged, safety_delta, factor, settings)
@@ -261,9 +261,9 @@ def _fisher_merge(
     fishers: FisherSources,
 ) -> MergedTensor:
     ids = list(tensors)
-    deltas = [tensors[key].double() - base.double() for key in ids]
-    if not any(bool(delta.any()) for delta in deltas):
+    if all(torch.equal(tensors[key], base) for key in ids):
         return MergedTensor(base, None)
+    deltas = [tensors[key].double() - base.double() for key in ids]
     weights = [inputs[key].weight for key in ids]
     missing = [key for key in ids if name not in fishers.per_input[key]]
     if base.ndim == 2 and missing:
