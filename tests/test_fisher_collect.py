@@ -13,6 +13,7 @@ from test_fisher_support import VOCAB, lora_model, save_tiny_adapter, tiny_llama
 
 from sst_merge_plugin.core.errors import SSTError
 from sst_merge_plugin.data.chat import IGNORE_INDEX, EncodedChat, collate
+from sst_merge_plugin.fisher import statistics
 from sst_merge_plugin.fisher.adapter import adapter_subspaces, read_lora_adapter
 from sst_merge_plugin.fisher.collect import collect_statistics, example_batches
 from sst_merge_plugin.fisher.targets import find_target_layers
@@ -120,6 +121,19 @@ def test_kfac_and_diag_equal_per_token_brute_force(model64, reference):
         assert_close(kfac.fishers[name].G, expected["G"])
         assert_close(diag.fishers[name].diag, expected["diag"])
         assert float(expected["G"].abs().max()) > 0  # gradients really reached every layer
+
+
+def test_windows_and_block_triangular_products_change_nothing(model64, reference, monkeypatch):
+    """Small float32 windows (flushed every 2 batches) and 4-8 Gram blocks give the same sums."""
+    monkeypatch.setattr(statistics, "WINDOW", 2)
+    monkeypatch.setattr(statistics, "GRAM_BLOCK", 8)
+    assert statistics._blocks(64) == [(i, i + 8) for i in range(0, 64, 8)]
+    assert statistics._blocks(20) == [(0, 10), (10, 20)]
+    kfac, diag = collect(model64, "kfac", batch_size=1), collect(model64, "diag", batch_size=1)
+    for name, expected in reference.items():
+        assert_close(kfac.fishers[name].A, expected["A"])
+        assert_close(kfac.fishers[name].G, expected["G"])
+        assert_close(diag.fishers[name].diag, expected["diag"])
 
 
 @pytest.mark.parametrize("kind", ["diag", "kfac"])

@@ -230,11 +230,7 @@ def accumulate_statistics(
     accumulated = AccumulatedStatistics(
         {
             name: make_statistics(
-                kind,
-                name,
-                layer_shape(module),
-                device,
-                None if subspaces is None else subspaces[name],
+                kind, name, layer_shape(module), None if subspaces is None else subspaces[name]
             )
             for name, module in layers.items()
         }

@@ -21,12 +21,19 @@ different data (harm, benign) are on one per-token scale. Biases are not part of
 
 Cost per batch of ``n`` rows: one matmul per statistic (``diag``: ``n·d_out·d_in``; ``kfac``:
 ``n·d_in²`` — shared by layers reading the same input, see :class:`SharedInput` — and
-``n·d_out²``; ``lora``: ``n·d·r``), computed in float32 (float64 inputs stay float64) and added
-into float64 buffers; the ``lora`` kind never forms a ``d × d`` matrix.
+``n·d_out²``, each computed on its block upper triangle only, :func:`add_gram_`, i.e. about
+``(k+1)/(2k)`` of that with ``k`` blocks; ``lora``: ``n·d·r``); the ``lora`` kind never forms a
+``d × d`` matrix.
+
+Precision (:class:`WindowedSum`): products are computed in float32 (float64 inputs stay
+float64) and summed in float32 over a window of at most ``WINDOW`` batches — fused into the
+matmul (``addmm_``) where possible — then added into a float64 total; so float32 round-off is
+that of one window, and the sum over the whole data set is float64.
 """
 
 from __future__ import annotations
 
+import itertools
 from abc import ABC, abstractmethod
 
 import torch
@@ -36,11 +43,47 @@ from sst_merge_plugin.core.errors import SSTError
 from sst_merge_plugin.core.fisher import DiagFisher, Fisher, KFACFisher, LoRAFisher
 
 ACCUMULATE_DTYPE = torch.float64
+#: batches summed in float32 before the sum is added into the float64 total
+WINDOW = 16
+#: smallest column block of the block-triangular Gram products (:func:`add_gram_`)
+GRAM_BLOCK = 192
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """Dtype of the per-batch products: float64 stays, everything else becomes float32."""
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _blocks(dim: int) -> list[tuple[int, int]]:
+    """``min(8, dim // GRAM_BLOCK)`` (at least 1) near-equal column blocks of ``range(dim)``."""
+    count = max(1, min(8, dim // GRAM_BLOCK))
+    edges = [round(i * dim / count) for i in range(count + 1)]
+    return list(itertools.pairwise(edges))
+
+
+def add_gram_(out: Tensor, rows: Tensor, beta: float) -> None:
+    """``out ← beta·out + rowsᵀ rows`` on the diagonal and upper off-diagonal blocks only.
+
+    A symmetric product needs only its block upper triangle: with ``k`` blocks this costs
+    ``(k+1)/(2k)`` of the full matmul. The lower off-diagonal blocks of ``out`` are left as they
+    are (:func:`mirror_upper_blocks_` restores them). ``beta = 0`` ignores ``out``'s contents.
+    """
+    blocks = _blocks(rows.shape[1])
+    for index, (row_start, row_end) in enumerate(blocks):
+        for col_start, col_end in blocks[index:]:
+            out[row_start:row_end, col_start:col_end].addmm_(
+                rows[:, row_start:row_end].T, rows[:, col_start:col_end], beta=beta
+            )
+
+
+def mirror_upper_blocks_(matrix: Tensor) -> None:
+    """Copy the upper off-diagonal blocks (of :func:`_blocks`) onto the lower ones, transposed."""
+    blocks = _blocks(matrix.shape[0])
+    for index, (row_start, row_end) in enumerate(blocks):
+        for col_start, col_end in blocks[index + 1 :]:
+            matrix[col_start:col_end, row_start:row_end] = matrix[
+                row_start:row_end, col_start:col_end
+            ].T
 
 
 class SharedInput:
@@ -57,9 +100,12 @@ class SharedInput:
         self._squared_norm: Tensor | None = None
 
     def gram(self) -> Tensor:
-        """``Σ_s x_s x_sᵀ`` over this batch's rows."""
+        """``Σ_s x_s x_sᵀ`` over this batch's rows (block-triangular matmul, then mirrored)."""
         if self._gram is None:
-            self._gram = self.rows.T @ self.rows
+            dim = self.rows.shape[1]
+            self._gram = self.rows.new_empty((dim, dim))
+            add_gram_(self._gram, self.rows, beta=0)
+            mirror_upper_blocks_(self._gram)
         return self._gram
 
     def squared(self) -> Tensor:
@@ -75,24 +121,92 @@ class SharedInput:
         return self._squared_norm
 
 
+class WindowedSum:
+    """A sum of per-batch terms: float32 within windows of ``WINDOW`` terms, float64 across.
+
+    The window buffer is created by the first term and reused afterwards (``beta=0`` starts a
+    new window), so a term costs one fused ``addmm_`` (a Gram term: its block upper triangle,
+    see :func:`add_gram_`, mirrored once per window) or one ``add_``.
+    """
+
+    def __init__(self) -> None:
+        self.total: Tensor | None = None
+        self._window: Tensor | None = None
+        self._terms = 0
+        self._mirror = False
+
+    def _beta(self) -> float:
+        return 1.0 if self._terms else 0.0
+
+    def add_product(self, left: Tensor, right: Tensor) -> None:
+        """Add ``leftᵀ @ right``."""
+        if self._window is None:
+            self._window = left.new_empty((left.shape[1], right.shape[1]))
+        self._window.addmm_(left.T, right, beta=self._beta())
+        self._count()
+
+    def add_gram(self, rows: Tensor) -> None:
+        """Add the symmetric ``rowsᵀ @ rows`` (block upper triangle only, see :func:`add_gram_`)."""
+        if self._window is None:
+            self._window = rows.new_empty((rows.shape[1], rows.shape[1]))
+        add_gram_(self._window, rows, beta=self._beta())
+        self._mirror = True
+        self._count()
+
+    def add(self, term: Tensor) -> None:
+        """Add ``term`` (e.g. a shared product or a 0-d sum)."""
+        if self._window is None:
+            self._window = term.clone()
+        elif self._terms:
+            self._window.add_(term)
+        else:
+            self._window.copy_(term)
+        self._count()
+
+    def _count(self) -> None:
+        self._terms += 1
+        if self._terms == WINDOW:
+            self.flush()
+
+    def flush(self) -> None:
+        """Add the window into the float64 total and start a new window."""
+        if not self._terms:
+            return
+        assert self._window is not None
+        if self._mirror:
+            mirror_upper_blocks_(self._window)
+            self._mirror = False
+        if self.total is None:
+            self.total = self._window.to(ACCUMULATE_DTYPE, copy=True)
+        else:
+            self.total.add_(self._window)
+        self._terms = 0
+
+    def value(self) -> Tensor:
+        """The float64 sum of every term so far (flushes the window)."""
+        self.flush()
+        if self.total is None:
+            raise SSTError("no statistics were accumulated")
+        return self.total
+
+
 class LayerStatistics(ABC):
-    """Float64 accumulators of one layer; :meth:`result` divides by ``N`` (module doc).
+    """The :class:`WindowedSum` s of one layer; :meth:`result` divides by ``N`` (module doc).
 
     Per forward call :meth:`forward` receives the input rows and returns what
     :meth:`backward` needs later together with the output-gradient rows of that same call.
     """
 
     kind: str
+    #: names of the sums, in the order of the container's fields
+    sum_names: tuple[str, ...]
 
-    def __init__(self, name: str, d_out: int, d_in: int, device: torch.device) -> None:
+    def __init__(self, name: str, d_out: int, d_in: int) -> None:
         self.name = name
         self.d_out, self.d_in = d_out, d_in
-        self.device = device
+        self.sums = {key: WindowedSum() for key in self.sum_names}
         self.n_forward = 0
         self.n_backward = 0
-
-    def _zeros(self, *shape: int) -> Tensor:
-        return torch.zeros(shape, dtype=ACCUMULATE_DTYPE, device=self.device)
 
     def forward(self, inputs: SharedInput) -> object:
         self.n_forward += 1
@@ -109,11 +223,7 @@ class LayerStatistics(ABC):
     def _backward(self, saved: object, grads: Tensor) -> None: ...
 
     @abstractmethod
-    def _fisher(self, n_tokens: int) -> Fisher: ...
-
-    def buffers(self) -> dict[str, Tensor]:
-        """The accumulators by name (for the non-finite check)."""
-        return {key: value for key, value in vars(self).items() if isinstance(value, Tensor)}
+    def _fisher(self, averages: dict[str, Tensor]) -> Fisher: ...
 
     def result(self, n_tokens: int) -> Fisher:
         """The validated Fisher container (float64), averaged over ``n_tokens`` positions."""
@@ -124,14 +234,17 @@ class LayerStatistics(ABC):
                 f"{self.name}: no gradient reached the layer's output (it does not influence "
                 "the loss tokens)"
             )
-        for key, buffer in self.buffers().items():
-            if not bool(torch.isfinite(buffer).all()):
+        averages = {}
+        for key, windowed in self.sums.items():
+            total = windowed.value()
+            if not bool(torch.isfinite(total).all()):
                 raise SSTError(
                     f"{self.name}: the accumulated statistic {key} contains NaN/Inf (overflow "
                     "or a non-finite model output); nothing was written"
                 )
+            averages[key] = total / n_tokens
         try:
-            return self._fisher(n_tokens)
+            return self._fisher(averages)
         except SSTError as error:
             raise SSTError(f"{self.name}: {error}") from None
 
@@ -140,95 +253,80 @@ class DiagStatistics(LayerStatistics):
     """``diag = (1/N) Σ_s (δ_s ⊙ δ_s)(x_s ⊙ x_s)ᵀ``."""
 
     kind = "diag"
-
-    def __init__(self, name: str, d_out: int, d_in: int, device: torch.device) -> None:
-        super().__init__(name, d_out, d_in, device)
-        self.diag = self._zeros(d_out, d_in)
+    sum_names = ("diag",)
 
     def _forward(self, inputs: SharedInput) -> Tensor:
         return inputs.squared()
 
     def _backward(self, saved: object, grads: Tensor) -> None:
         assert isinstance(saved, Tensor)
-        self.diag.add_(grads.square().T @ saved)
+        self.sums["diag"].add_product(grads.square(), saved)
 
-    def _fisher(self, n_tokens: int) -> DiagFisher:
-        return DiagFisher(self.diag / n_tokens)
+    def _fisher(self, averages: dict[str, Tensor]) -> DiagFisher:
+        return DiagFisher(averages["diag"])
 
 
 class KFACStatistics(LayerStatistics):
     """``A = (1/N) Σ_s x_s x_sᵀ``, ``G = (1/N) Σ_s δ_s δ_sᵀ``."""
 
     kind = "kfac"
-
-    def __init__(self, name: str, d_out: int, d_in: int, device: torch.device) -> None:
-        super().__init__(name, d_out, d_in, device)
-        self.A = self._zeros(d_in, d_in)
-        self.G = self._zeros(d_out, d_out)
+    sum_names = ("A", "G")
 
     def _forward(self, inputs: SharedInput) -> None:
-        self.A.add_(inputs.gram())
+        self.sums["A"].add(inputs.gram())
 
     def _backward(self, saved: object, grads: Tensor) -> None:
-        self.G.add_(grads.T @ grads)
+        self.sums["G"].add_gram(grads)
 
-    def _fisher(self, n_tokens: int) -> KFACFisher:
-        return KFACFisher(self.A / n_tokens, self.G / n_tokens)
+    def _fisher(self, averages: dict[str, Tensor]) -> KFACFisher:
+        return KFACFisher(averages["A"], averages["G"])
 
 
 class LoRAStatistics(LayerStatistics):
     """``A_r = VᵀAV``, ``G_r = UᵀGU`` and the full traces, from ``n × r`` projections only."""
 
     kind = "lora"
+    sum_names = ("A_r", "G_r", "A_trace", "G_trace")
 
-    def __init__(
-        self, name: str, d_out: int, d_in: int, device: torch.device, U: Tensor, V: Tensor
-    ) -> None:
-        super().__init__(name, d_out, d_in, device)
+    def __init__(self, name: str, d_out: int, d_in: int, U: Tensor, V: Tensor) -> None:
+        super().__init__(name, d_out, d_in)
         if U.shape[0] != d_out or V.shape[0] != d_in:
             raise SSTError(
                 f"{name}: adapter subspace U {tuple(U.shape)}, V {tuple(V.shape)} does not fit "
                 f"the layer's weight ({d_out}, {d_in})"
             )
-        self.U, self.V = U.to(device, ACCUMULATE_DTYPE), V.to(device, ACCUMULATE_DTYPE)
-        self._projections: dict[torch.dtype, tuple[Tensor, Tensor]] = {}
-        self.A_r = self._zeros(V.shape[1], V.shape[1])
-        self.G_r = self._zeros(U.shape[1], U.shape[1])
-        self.A_trace = self._zeros()
-        self.G_trace = self._zeros()
+        self.U, self.V = U.to(ACCUMULATE_DTYPE), V.to(ACCUMULATE_DTYPE)
+        self._bases: dict[tuple[torch.dtype, torch.device], tuple[Tensor, Tensor]] = {}
 
-    def _bases(self, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        if dtype not in self._projections:
-            self._projections[dtype] = (self.U.to(dtype), self.V.to(dtype))
-        return self._projections[dtype]
+    def _basis(self, which: int, like: Tensor) -> Tensor:
+        key = (like.dtype, like.device)
+        if key not in self._bases:
+            self._bases[key] = (self.U.to(like), self.V.to(like))
+        return self._bases[key][which]
 
     def _forward(self, inputs: SharedInput) -> None:
-        projected = inputs.rows @ self._bases(inputs.rows.dtype)[1]
-        self.A_r.add_(projected.T @ projected)
-        self.A_trace.add_(inputs.squared_norm())
+        projected = inputs.rows @ self._basis(1, inputs.rows)
+        self.sums["A_r"].add_gram(projected)
+        self.sums["A_trace"].add(inputs.squared_norm())
 
     def _backward(self, saved: object, grads: Tensor) -> None:
-        projected = grads @ self._bases(grads.dtype)[0]
-        self.G_r.add_(projected.T @ projected)
-        self.G_trace.add_(torch.linalg.vector_norm(grads).square())
+        projected = grads @ self._basis(0, grads)
+        self.sums["G_r"].add_gram(projected)
+        self.sums["G_trace"].add(torch.linalg.vector_norm(grads).square())
 
-    def _fisher(self, n_tokens: int) -> LoRAFisher:
+    def _fisher(self, averages: dict[str, Tensor]) -> LoRAFisher:
         return LoRAFisher(
             self.U,
             self.V,
-            self.A_r / n_tokens,
-            self.G_r / n_tokens,
-            A_trace=float(self.A_trace) / n_tokens,
-            G_trace=float(self.G_trace) / n_tokens,
+            averages["A_r"],
+            averages["G_r"],
+            A_trace=float(averages["A_trace"]),
+            G_trace=float(averages["G_trace"]),
         )
 
 
 def make_statistics(
-    kind: str,
-    name: str,
-    shape: tuple[int, int],
-    device: torch.device,
-    subspace: tuple[Tensor, Tensor] | None = None,
+    kind: str, name: str, shape: tuple[int, int], subspace: tuple[Tensor, Tensor] | None = None
 ) -> LayerStatistics:
     """The accumulator of ``kind`` for a weight of ``shape = (d_out, d_in)``.
 
@@ -236,11 +334,11 @@ def make_statistics(
     """
     d_out, d_in = shape
     if kind == "diag":
-        return DiagStatistics(name, d_out, d_in, device)
+        return DiagStatistics(name, d_out, d_in)
     if kind == "kfac":
-        return KFACStatistics(name, d_out, d_in, device)
+        return KFACStatistics(name, d_out, d_in)
     if kind == "lora":
         if subspace is None:
             raise SSTError(f"{name}: the lora kind needs the adapter subspace (U, V)")
-        return LoRAStatistics(name, d_out, d_in, device, *subspace)
+        return LoRAStatistics(name, d_out, d_in, *subspace)
     raise SSTError(f"unknown Fisher kind {kind!r}; expected diag, kfac or lora")
