@@ -267,3 +267,20 @@ def test_factor_error_during_merge_removes_the_new_output(scenario, tmp_path, fi
         sst_models(scenario),
     )
     assert_fails(scenario, tmp_path, config, "not positive semi-definite")
+
+
+def test_report_is_strict_json_when_nothing_is_kept(scenario, tmp_path, fishers):
+    """``k: 0`` keeps no coordinate (λ of the kept set undefined): the report stays strict JSON."""
+    import json
+
+    config = merge_config(scenario, "sst_merge", shared(*fishers, k=0), sst_models(scenario))
+    result, out = run_cli(scenario, tmp_path, config)
+    assert result.exit_code == 0, result.output
+
+    def reject(constant):
+        raise ValueError(f"non-JSON constant {constant}")
+
+    report = json.loads((out / "sst_merge_report.json").read_text(), parse_constant=reject)
+    record = report["tensors"][linear_names()[0]]
+    assert record["kept"] == 0 and record["lambda_min_kept"] is None
+    assert record["gain_kept_fraction"] == 0.0

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -35,10 +36,22 @@ def _mergekit_version() -> str:
         return "unknown"
 
 
+def _json_safe(value: Any) -> Any:
+    """``value`` with non-finite floats (e.g. ``lambda_min_kept`` when nothing was kept) as
+    ``None``, so the report is strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(item) for item in value]
+    return value
+
+
 def build_report(session: MergeSession, config_yaml: str) -> dict[str, Any]:
     """The report's content (see the module doc)."""
     records = session.snapshot()
-    return {
+    report = {
         "format": REPORT_FORMAT,
         "sst_merge_version": __version__,
         "mergekit_version": _mergekit_version(),
@@ -53,6 +66,7 @@ def build_report(session: MergeSession, config_yaml: str) -> dict[str, Any]:
             for name, record in records.items()
         },
     }
+    return _json_safe(report)
 
 
 def write_outputs(
@@ -69,7 +83,7 @@ def write_outputs(
                 )
             )
         report["adapter"] = adapter
-    write_text(Path(out_path) / REPORT_NAME, json.dumps(report, indent=2, allow_nan=True) + "\n")
+    write_text(Path(out_path) / REPORT_NAME, json.dumps(report, indent=2, allow_nan=False) + "\n")
     return report
 
 
