@@ -218,6 +218,7 @@ ERROR_CASES = {  # case: (options replacing the defaults, expected message)
     "too long": ({"--max-length": "8"}, "raise max_length"),
     "bad number": ({"--batch-size": "0"}, "--batch-size must be >= 1"),
     "not an adapter": ({"--adapter": "{root}/model"}, "not a PEFT adapter folder"),
+    **({} if torch.cuda.is_available() else {"no cuda": ({"--device": "cuda"}, "no CUDA device")}),
 }
 
 
@@ -273,3 +274,22 @@ def test_ctrl_c_leaves_no_file(workspace, tmp_path, monkeypatch, capsys):
     )
     assert status == 130 and len(calls) == 2
     assert list(tmp_path.iterdir()) == []
+
+
+def test_lm_completions_files(tmp_path):
+    from sst_merge_plugin.core.errors import SSTError
+    from sst_merge_plugin.fisher.objectives import load_completions
+
+    (tmp_path / "pairs.csv").write_text('question,answer\n"Add 1, 2.", The sum is 3.\nHi, Hello\n')
+    assert load_completions(tmp_path / "pairs.csv", "question", "answer") == [
+        ("Add 1, 2.", " The sum is 3."),
+        ("Hi", " Hello"),
+    ]
+    (tmp_path / "pairs.json").write_text('[{"prompt": "Hi", "response": "Hello"}]')
+    assert load_completions(tmp_path / "pairs.json") == [("Hi", "Hello")]
+    (tmp_path / "bad.jsonl").write_text('{"prompt": "Hi", "reply": "Hello"}\n')
+    with pytest.raises(SSTError, match=r"bad.jsonl:1: field 'response' must be a non-empty"):
+        load_completions(tmp_path / "bad.jsonl")
+    (tmp_path / "pairs.txt").write_text("Hi\n")
+    with pytest.raises(SSTError, match=r"from \.jsonl, \.json, \.csv files, not '\.txt'"):
+        load_completions(tmp_path / "pairs.txt")

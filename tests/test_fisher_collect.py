@@ -254,6 +254,15 @@ def test_non_finite_values_fail_clearly():
         collect(model, "kfac")
 
 
+def test_overflowing_statistics_fail_clearly():
+    """Finite activations whose squares overflow float32 are caught before any container."""
+    layer = statistics.make_statistics("kfac", "w.weight", (2, 3))
+    rows = torch.full((4, 3), 1e20)  # (1e20)² · 4 overflows float32
+    layer.backward(layer.forward(statistics.SharedInput(rows)), torch.ones(4, 2))
+    with pytest.raises(SSTError, match=r"w.weight: the accumulated statistic A contains NaN/Inf"):
+        layer.result(n_tokens=4)
+
+
 def test_restriction_from_another_model_is_rejected(tmp_path, model64):
     wider = tiny_llama(hidden=48, dtype=torch.float64)
     subspaces = adapter_subspaces(read_lora_adapter(save_tiny_adapter(tmp_path / "a", wider)))

@@ -123,7 +123,7 @@ def load_data(args: argparse.Namespace) -> tuple[dict, dict[str, str]]:
         name, texts = prompt_set.name, prompts
     if args.split != "all":
         part = _split_part(prompts, args.split)
-        kept = [index for index, prompt in enumerate(prompts) if prompt.strip() in part]
+        kept = [index for index, prompt in enumerate(prompts) if prompt in part]
         items, texts = [items[i] for i in kept], [texts[i] for i in kept]
     items = _seeded_subset(items, texts, args.max_examples, args.seed)
     if not items:

@@ -2,7 +2,8 @@
 
 Two levels:
 
-* :func:`collect_statistics` — the pass itself over already-tokenized batches
+* :func:`accumulate_statistics` / :func:`collect_statistics` — the pass itself (then the
+  averaged, validated containers) over already-tokenized batches
   (``input_ids``, ``attention_mask``, ``labels`` with ``-100`` on non-loss positions, Hugging Face
   alignment as produced by :func:`sst_merge_plugin.data.chat.collate`). Per batch: one forward
   with explicit ``position_ids`` (so left and right padding are equivalent), the **summed**
@@ -11,7 +12,8 @@ Two levels:
   computed (the statistics need ``δ = ∂ℓ/∂y``, never ``∂ℓ/∂W``). The estimator and its
   normalisation are documented in :mod:`.statistics`.
 * :func:`collect_fisher` — takes the prepared data of an objective
-  (:func:`~.objectives.prepare_data`; for ``kl`` it samples the responses), batches it, runs :func:`collect_statistics` and returns the containers with their
+  (:func:`~.objectives.prepare_data`; for ``kl`` it samples the responses first), batches it,
+  runs :func:`collect_statistics` and returns the containers with their
   :class:`~.file.FisherMetadata`; :func:`collect_fisher_file` also writes the file atomically.
 
 Every input error is an :class:`SSTError` raised before anything is written; Ctrl-C during the
@@ -42,7 +44,7 @@ from sst_merge_plugin.fisher.hooks import FisherHooks
 from sst_merge_plugin.fisher.objectives import PreparedData, with_sampled_responses
 from sst_merge_plugin.fisher.sampling import model_device
 from sst_merge_plugin.fisher.statistics import LayerStatistics, compute_dtype, make_statistics
-from sst_merge_plugin.fisher.targets import find_target_layers, layer_shape
+from sst_merge_plugin.fisher.targets import find_target_layers, layer_shape, linear_candidates
 
 Subspaces = Mapping[str, tuple[Tensor, Tensor]]
 
@@ -169,8 +171,6 @@ def resolve_layers(
         return layers
     if not subspaces:
         raise SSTError("--kind lora needs --restrict-to ADAPTER (the subspace to restrict to)")
-    from sst_merge_plugin.fisher.targets import linear_candidates
-
     candidates = linear_candidates(model)
     for name, (U, V) in subspaces.items():
         if name not in candidates:

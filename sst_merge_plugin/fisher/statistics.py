@@ -183,8 +183,9 @@ class WindowedSum:
         self._terms = 0
 
     def value(self) -> Tensor:
-        """The float64 sum of every term so far (flushes the window)."""
+        """The float64 sum of every term so far (flushes and releases the window buffer)."""
         self.flush()
+        self._window = None
         if self.total is None:
             raise SSTError("no statistics were accumulated")
         return self.total
