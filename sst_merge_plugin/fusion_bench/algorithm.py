@@ -54,7 +54,7 @@ import torch
 from fusion_bench import BaseAlgorithm, BaseModelPool
 from fusion_bench.mixins import SimpleProfilerMixin, auto_register_config
 from mergekit.merge_methods.base import ParameterScope
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 from pydantic import ValidationError
 from torch import nn
 
@@ -117,7 +117,7 @@ class PreparedMerge:
 
 def _plain(value: Any) -> Any:
     """OmegaConf containers as plain Python (the settings are compared, hashed, serialised)."""
-    if isinstance(value, DictConfig) or OmegaConf.is_config(value):
+    if OmegaConf.is_config(value):
         return OmegaConf.to_container(value, resolve=True)
     return value
 
