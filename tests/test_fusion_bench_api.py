@@ -354,3 +354,24 @@ def test_fisher_merge_collects_one_diag_fisher_per_model_on_its_adapter(
         assert opened.kind == "diag" and opened.objective == "kl"
         assert opened.metadata["adapter"] == str(world.adapter(name))
     assert sorted(p.name.split("-")[0] for p in (tmp_path / "cache").iterdir()) == sorted(ADAPTERS)
+
+
+@pytest.mark.parametrize(
+    "method", ["sst_merge", "sst_single_fisher", "sst_safe_lora", "sst_fisher_merge"]
+)
+def test_shipped_method_configs_instantiate_with_valid_settings(method: str) -> None:
+    """Every shipped method YAML names existing, method-appropriate parameters (the algorithm
+    rejects unknown ones and those its method does not take)."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from sst_merge_plugin.fusion_bench.algorithm import SSTMergeAlgorithm
+
+    config = OmegaConf.load(
+        Path(__file__).parents[1] / f"configs/fusion_bench/method/{method}.yaml"
+    )
+    if method == "sst_fisher_merge":
+        config.fisher_collection.data = {"math": "benign-edgy"}
+    sst = instantiate(config)
+    assert isinstance(sst, SSTMergeAlgorithm) and sst.merge_method == method
+    assert sst.config.merge_method == method
