@@ -15,6 +15,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
+def _read_umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+#: the process umask, read once at import (``os.umask`` can only be read by setting it, which
+#: is not thread-safe)
+_UMASK = _read_umask()
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str], *, directory: bool = False) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success move it onto ``path``.
@@ -34,6 +45,7 @@ def atomic_path(path: str | os.PathLike[str], *, directory: bool = False) -> Ite
         temporary = Path(name)
     try:
         yield temporary
+        _default_permissions(temporary, directory)
         if directory and final.is_dir():
             old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
             old.rmdir()
@@ -48,6 +60,11 @@ def atomic_path(path: str | os.PathLike[str], *, directory: bool = False) -> Ite
         else:
             temporary.unlink(missing_ok=True)
         raise
+
+
+def _default_permissions(path: Path, directory: bool) -> None:
+    """Give ``path`` the mode a plain ``open``/``mkdir`` would have (mkstemp/mkdtemp use 0600/0700)."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~_UMASK)
 
 
 def write_text(path: str | os.PathLike[str], text: str) -> None:
