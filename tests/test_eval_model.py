@@ -9,7 +9,6 @@ the suite and the CLI have known right answers.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
@@ -352,37 +351,55 @@ def test_registered_training_sets_are_evaluated_on_their_held_out_part():
     assert other.harmful.prompts != data.harmful.prompts
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    """Run ``sst-merge evaluate`` (the real entry point) on one thread, as the tiny model wants."""
-    return subprocess.run(
-        [sys.executable, "-m", "sst_merge_plugin.cli", "evaluate", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
+def test_cli_evaluates_a_saved_model_with_an_adapter(assets, tokenizer, tmp_path):
+    """The real ``sst-merge evaluate`` in a subprocess, with a random (non-zero) LoRA adapter,
+    agrees with evaluating the adapter-merged model in-process; the adapter visibly changes the
+    model (the base refuses every harmful prompt with REFUSAL)."""
+    from peft import LoraConfig, PeftModel, get_peft_model
 
-
-def test_cli_evaluates_a_saved_model(assets, tmp_path):
     root = assets["root"]
+    lora = LoraConfig(
+        r=4, lora_alpha=64, target_modules=["v_proj", "down_proj"], init_lora_weights=False
+    )
+    base = LlamaForCausalLM.from_pretrained(assets["model_dir"])
+    get_peft_model(base, lora).save_pretrained(tmp_path / "adapter")
     out = tmp_path / "result.json"
-    completed = _cli(
-        "--model", str(assets["model_dir"]),
-        "--harmful", str(root / "harmful.txt"),
-        "--benign", str(root / "benign.jsonl"), "--benign-field", "text",
-        "--utility", "uppercase", str(root / "shouting.jsonl"),
-        "--truefalse", str(root / "pairs.json"),
-        "--n", "3", "--max-new-tokens", "40", "--batch-size", "4",
-        "--json", str(out), "--markdown", str(tmp_path / "result.md"), "--no-progress",
+    completed = subprocess.run(
+        [
+            sys.executable, "-m", "sst_merge_plugin.cli", "evaluate",
+            "--model", str(assets["model_dir"]), "--adapter", str(tmp_path / "adapter"),
+            "--harmful", str(root / "harmful.txt"),
+            "--benign", str(root / "benign.jsonl"), "--benign-field", "text",
+            "--utility", "uppercase", str(root / "shouting.jsonl"),
+            "--truefalse", str(root / "pairs.json"),
+            "--n", "3", "--n-benign", "2", "--max-new-tokens", "30", "--batch-size", "4",
+            "--threads", "1", "--json", str(out), "--markdown", str(tmp_path / "result.md"),
+            "--no-progress",
+        ],
+        capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert completed.returncode == 0, completed.stderr
     result = json.loads(out.read_text(encoding="utf-8"))
-    assert result["harmful_refusal"] == 1.0 and result["benign_over_refusal"] == 0.0
-    assert result["utility"] == {"uppercase": 1.0, "shouting": 1.0}
-    assert result["n_harmful"] == 3 and result["n_truefalse"] == 3
-    assert result["model"] == str(assets["model_dir"]) and result["adapter"] is None
+    assert result["adapter"] == str(tmp_path / "adapter")
+    assert result["n_harmful"] == 3 and result["n_benign"] == 2 and result["n_truefalse"] == 3
+
+    merged = PeftModel.from_pretrained(
+        LlamaForCausalLM.from_pretrained(assets["model_dir"]), tmp_path / "adapter"
+    ).merge_and_unload()
+    config = EvalConfig(**{**result["config"], "utility": tuple(result["config"]["utility"])})
+    expected = evaluate_model(merged.eval(), tokenizer, config, progress=False)
+    for key in (
+        "harmful_refusal",
+        "benign_over_refusal",
+        "utility",
+        "truefalse_accuracy",
+        "examples",
+    ):
+        assert result[key] == expected[key], key
+    assert [e["response"] for e in result["examples"]["harmful"]] != [REFUSAL] * 3
+
     markdown = (tmp_path / "result.md").read_text(encoding="utf-8")
-    assert "| harmful refusal ↑ | 1.000 | 3 |" in markdown
+    assert f"| harmful refusal ↑ | {result['harmful_refusal']:.3f} | 3 |" in markdown
     assert markdown in completed.stdout
 
 

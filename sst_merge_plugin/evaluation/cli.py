@@ -15,6 +15,7 @@ from sst_merge_plugin.atomic import write_text
 from sst_merge_plugin.core.errors import SSTError
 
 ADAPTER_CONFIG = "adapter_config.json"
+PARTS = ("harmful", "benign", "utility", "truefalse")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,10 +39,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--truefalse", help="true/false statement-pair set name or JSON file")
     parser.add_argument("--n", type=int, default=32, help="items per set (default 32)")
+    for part in PARTS:
+        parser.add_argument(
+            f"--n-{part}",
+            type=int,
+            help=f"items for {part} (per skill/file for utility); default --n",
+        )
     parser.add_argument("--max-new-tokens", type=int, default=48, help="default 48")
     parser.add_argument("--batch-size", type=int, default=8, help="default 8")
     parser.add_argument("--seed", type=int, default=0, help="subset selection seed (default 0)")
     parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="torch CPU threads (default: torch's choice; 1 is often fastest on a busy machine)",
+    )
     parser.add_argument("--json", required=True, type=Path, help="output JSON file")
     parser.add_argument("--markdown", type=Path, help="output Markdown summary table")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -57,9 +69,17 @@ def _check_inputs(args: argparse.Namespace) -> None:
         raise SSTError(
             f"--adapter {args.adapter!r} is not a PEFT adapter folder (no {ADAPTER_CONFIG})"
         )
+    if args.threads is not None and args.threads < 1:
+        raise SSTError(f"--threads must be >= 1, got {args.threads}")
     for option, path in (("--json", args.json), ("--markdown", args.markdown)):
         if path is not None and path.is_dir():
             raise SSTError(f"{option} {str(path)!r} is a directory, expected a file path")
+
+
+def _count(args: argparse.Namespace, part: str) -> int:
+    """``--n-<part>`` when given, else ``--n``."""
+    specific = getattr(args, f"n_{part}")
+    return args.n if specific is None else specific
 
 
 def run(args: argparse.Namespace) -> int:
@@ -73,10 +93,7 @@ def run(args: argparse.Namespace) -> int:
         benign=args.benign,
         utility=tuple(args.utility),
         truefalse=args.truefalse,
-        n_harmful=args.n,
-        n_benign=args.n,
-        n_utility=args.n,
-        n_truefalse=args.n,
+        **{f"n_{part}": _count(args, part) for part in PARTS},
         max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size,
         seed=args.seed,
@@ -90,6 +107,8 @@ def run(args: argparse.Namespace) -> int:
 
     from sst_merge_plugin.evaluation.suite import evaluate_model
 
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
