@@ -162,14 +162,18 @@ def manual_mean_logprob(model, tokenizer, text: str) -> float:
     return total / (len(ids) - 1)
 
 
-def test_batched_generation_equals_one_by_one(random_model, tokenizer):
+@pytest.mark.parametrize("templated", [True, False])
+def test_batched_generation_equals_one_by_one(random_model, templated):
+    tokenizer = tiny_chat_tokenizer()
+    if not templated:
+        tokenizer.chat_template = None  # the data layer's "User: ...\nAssistant: " fallback
     prompts = [
         "hi",
         "What is 2 + 2?",
         "Tell me a long story about a dragon.",
         "x" * 40,
         "ok",
-        "a b c",
+        "a b",
         "Why?",
     ]
     batched = generate_responses(

@@ -1,7 +1,8 @@
 """Batched greedy generation with the model's chat template.
 
-Each prompt becomes ``prompt_text(tokenizer, prompt, system)`` (the templated user turn plus the
-generation prompt) and is tokenised without extra special tokens (the template already has them).
+Each prompt is encoded exactly as training encodes it, by
+``encode_chat(tokenizer, prompt, None, system=system)`` (the chat-templated user turn plus the
+generation prompt; the data layer's fallback format for tokenizers without a template).
 Prompts are batched by token length (longest first, so batches hold similar lengths), LEFT-padded,
 and passed with an attention mask; the model decodes greedily (``do_sample=False``) up to
 ``max_new_tokens``. A response ends at the first stop token: the tokenizer's EOS, the model's
@@ -18,12 +19,13 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from sst_merge_plugin.core.errors import SSTError
-from sst_merge_plugin.data.chat import prompt_text
+from sst_merge_plugin.data.chat import encode_chat
 
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+UNLIMITED = 1 << 30  # prompts are never truncated
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>")
 
 
@@ -85,9 +87,7 @@ def generate_responses(
         pad_token_id=pad_id,
     )
     encoded = [
-        tokenizer(prompt_text(tokenizer, prompt, system=system), add_special_tokens=False)[
-            "input_ids"
-        ]
+        encode_chat(tokenizer, prompt, None, max_length=UNLIMITED, system=system).input_ids
         for prompt in prompts
     ]
     order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
