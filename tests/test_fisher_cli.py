@@ -33,6 +33,7 @@ def workspace(tmp_path_factory):
     pairs = [{"prompt": f"Add {i} and 2.", "response": f"The sum is {i + 2}."} for i in range(6)]
     (root / "pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
     base = tiny_llama()
+    base.save_pretrained(root / "bare")  # weights and config, no tokenizer
     save_tiny_adapter(root / "adapter", base)
     save_tiny_adapter(root / "wide_adapter", tiny_llama(hidden=48))
     return root, model_dir
@@ -218,6 +219,8 @@ ERROR_CASES = {  # case: (options replacing the defaults, expected message)
     "too long": ({"--max-length": "8"}, "raise max_length"),
     "bad number": ({"--batch-size": "0"}, "--batch-size must be >= 1"),
     "not an adapter": ({"--adapter": "{root}/model"}, "not a PEFT adapter folder"),
+    "not a model": ({"--model": "{root}/adapter"}, "cannot read the model config"),
+    "no tokenizer": ({"--model": "{root}/bare"}, "cannot load a tokenizer"),
     **({} if torch.cuda.is_available() else {"no cuda": ({"--device": "cuda"}, "no CUDA device")}),
 }
 

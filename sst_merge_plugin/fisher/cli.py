@@ -144,8 +144,11 @@ def _meta_model(model_dir: Path):
         config = AutoConfig.from_pretrained(model_dir)
     except (OSError, ValueError) as error:
         raise SSTError(f"cannot read the model config in {str(model_dir)!r}: {error}") from None
-    with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(config)
+    try:
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(config)
+    except (ValueError, KeyError) as error:
+        raise SSTError(f"{str(model_dir)!r} is not a causal language model: {error}") from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -182,7 +185,10 @@ def run(args: argparse.Namespace) -> int:
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    except (OSError, ValueError) as error:
+        raise SSTError(f"cannot load a tokenizer from {str(model_dir)!r}: {error}") from None
     data = prepare_data(
         tokenizer,
         objective=args.objective,
