@@ -100,6 +100,7 @@ class PromptSelection:
     prompts: tuple[str, ...]
 
     def describe(self) -> dict[str, str | int]:
+        """``{"source", "n", "sha256"}`` for the result's ``data`` record."""
         return {
             "source": self.source,
             "n": len(self.prompts),
@@ -130,9 +131,9 @@ def select_subset(items: Sequence[T], keys: Sequence[str], n: int, seed: int) ->
 def _select_prompts(source: str, field_name: str | None, n: int, seed: int) -> PromptSelection:
     prompt_set = load_prompts(source, field=field_name)
     if source in TRAINING_SETS:
-        prompt_set = split_prompts(prompt_set, eval_fraction=HELD_OUT_FRACTION, seed=HELD_OUT_SEED)[
-            1
-        ]
+        _, prompt_set = split_prompts(
+            prompt_set, eval_fraction=HELD_OUT_FRACTION, seed=HELD_OUT_SEED
+        )
     prompts = select_subset(prompt_set.prompts, prompt_set.prompts, n, seed)
     return PromptSelection(prompt_set.name, tuple(prompts))
 
