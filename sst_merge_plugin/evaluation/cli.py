@@ -13,6 +13,7 @@ from pathlib import Path
 
 from sst_merge_plugin.atomic import write_text
 from sst_merge_plugin.core.errors import SSTError
+from sst_merge_plugin.data.tasks import SKILLS
 
 ADAPTER_CONFIG = "adapter_config.json"
 PARTS = ("harmful", "benign", "utility", "truefalse")
@@ -35,16 +36,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="+",
         default=[],
         metavar="SKILL|FILE",
-        help="utility skills (see sst_merge_plugin.data.tasks.SKILLS) and/or JSONL prompt/answer files",
+        help=f"utility skills ({', '.join(SKILLS)}) and/or JSONL prompt/answer files",
     )
     parser.add_argument("--truefalse", help="true/false statement-pair set name or JSON file")
     parser.add_argument("--n", type=int, default=32, help="items per set (default 32)")
     for part in PARTS:
-        parser.add_argument(
-            f"--n-{part}",
-            type=int,
-            help=f"items for {part} (per skill/file for utility); default --n",
-        )
+        what = "items per skill/file" if part == "utility" else "items"
+        parser.add_argument(f"--n-{part}", type=int, help=f"{part} {what} (default: --n)")
     parser.add_argument("--max-new-tokens", type=int, default=48, help="default 48")
     parser.add_argument("--batch-size", type=int, default=8, help="default 8")
     parser.add_argument("--seed", type=int, default=0, help="subset selection seed (default 0)")
