@@ -238,7 +238,7 @@ def test_baseline_methods_equal_the_mergekit_path(
 
 
 def _request(world: World, data: Path, **options):
-    from sst_merge_plugin.fusion_bench.fisher_cache import FisherRequest
+    from sst_merge_plugin.fisher.cache import FisherRequest
 
     return FisherRequest(
         label="harm",
@@ -255,7 +255,7 @@ def test_fisher_cache_key_follows_content_and_reuses_files(
     world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from sst_merge_plugin.fisher import cli
-    from sst_merge_plugin.fusion_bench.fisher_cache import cached_fisher_file, content_key
+    from sst_merge_plugin.fisher.cache import cached_fisher_file, content_key
 
     data = tmp_path / "harmful.txt"
     data.write_text(world.data("harmful.txt").read_text())

@@ -2,7 +2,7 @@
 
 * :mod:`.algorithm` — :class:`SSTMergeAlgorithm`, the four SST methods (``sst_merge``,
   ``sst_single_fisher``, ``sst_safe_lora``, ``sst_fisher_merge``) over mergekit's per-tensor
-  ``merge_tensor``; :mod:`.fisher_cache` — Fisher files collected for a run, cached by content.
+  ``merge_tensor``; :mod:`sst_merge_plugin.fisher.cache` collects the Fisher files a run needs, cached by content.
 * :mod:`.taskpool` — :class:`SSTSafetyTaskPool` (``taskpool=sst_safety``), usable with any method.
 * :mod:`.loaders` — :func:`load_lora_causal_lm` for ``CausalLMPool`` entries (base + LoRA).
 

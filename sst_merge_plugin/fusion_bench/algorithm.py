@@ -22,13 +22,13 @@ Config (FusionBench method YAML) → mergekit parameters:
   model named by ``safety_model``, every other model is a utility input; ``fisher`` —
   ``sst_fisher_merge``: mapping ``{model name: diagonal Fisher file}``.
 * ``fisher_collection`` — collect the Fisher files a method needs and that are not given, with
-  ``sst-merge fisher`` semantics, cached by content (:mod:`.fisher_cache`). Keys:
+  ``sst-merge fisher`` semantics, cached by content (:mod:`sst_merge_plugin.fisher.cache`). Keys:
   ``harm_data`` (objective ``harm_objective``, default ``refusal``) and ``benign_data``
   (``benign_objective``, default ``kl``) — collected on ``_pretrained_``; ``data`` —
   ``sst_fisher_merge``: ``{model name: data}`` collected on that model (base + its adapter)
   with ``objective`` (default ``kl``) and kind ``diag``; ``kind`` (``lora``; a ``lora`` Fisher
   is restricted to the safety model's adapter, ``adapter_path`` of its pool entry);
-  ``cache_dir``; and the ``sst-merge fisher`` options of :data:`.fisher_cache.OPTIONS`.
+  ``cache_dir``; and the ``sst-merge fisher`` options of :data:`sst_merge_plugin.fisher.cache.OPTIONS`.
 
 Before any model is loaded: every setting is validated, Fisher files are collected or opened
 and checked together (kind, fingerprints), and each file's ``model_fingerprint`` is compared
@@ -60,13 +60,13 @@ from torch import nn
 
 from sst_merge_plugin.atomic import write_text
 from sst_merge_plugin.core.errors import FisherFileError, SSTError
-from sst_merge_plugin.fisher.fingerprint import checkpoint_fingerprint
-from sst_merge_plugin.fusion_bench.fisher_cache import (
+from sst_merge_plugin.fisher.cache import (
     OPTIONS,
     FisherRequest,
     cached_fisher_file,
     parse_request,
 )
+from sst_merge_plugin.fisher.fingerprint import checkpoint_fingerprint
 from sst_merge_plugin.mergekit.fisher_source import FisherSources, describe_fisher
 from sst_merge_plugin.mergekit.params import (
     METHOD_NAMES,

@@ -1,6 +1,6 @@
-"""Fisher files for FusionBench runs: collected like ``sst-merge fisher``, cached by content.
+"""Fisher files collected like ``sst-merge fisher`` and cached by content (FusionBench runs, benchmarks).
 
-When a method config names data instead of Fisher files (``fisher_collection.harm_data``, ...),
+When a caller names data instead of Fisher files (a FusionBench ``fisher_collection``, the benchmark pipeline),
 :func:`cached_fisher_file` returns the path of a Fisher file collected with exactly the
 ``sst-merge fisher`` command (:mod:`sst_merge_plugin.fisher.cli`: same validation, data split
 and subset, collection, metadata, atomic write), run in-process with options built from the
