@@ -296,12 +296,14 @@ def test_safe_lora_gates(scenario, tmp_path, gate):
     for n in names:
         base = scenario.base_weights[n].double().numpy()
         delta = utility[n].double().numpy() - base
-        if n not in gated:
+        safety = 0.5 * scenario.safety_delta(n)
+        if n not in gated and gate == "merge":
             assert torch.equal(merged[n], utility[n])
             continue
-        expected = base + (
-            mapped[n] if gate == "project" else delta + 0.5 * scenario.safety_delta(n)
-        )
+        if gate == "project":  # the aligned model W0 + s·ΔW_s plus the (projected) utility delta
+            expected = base + safety + (mapped[n] if n in gated else delta)
+        else:
+            expected = base + delta + safety
         np.testing.assert_allclose(merged[n].double().numpy(), expected, rtol=0, atol=1e-6)
     report = json.loads((out / "sst_merge_report.json").read_text())
     assert sum(r["action"] == "gated" for r in report["tensors"].values()) == len(gated)

@@ -30,8 +30,8 @@ Shared parameters (top-level ``parameters:``), methods that take them, default:
 * ``missing_fisher`` — sst_merge, sst_single_fisher, sst_fisher_merge: ``error|keep|drop``
   (``error``), what to do with a tensor that needs a Fisher but has no entry.
 * ``threshold`` — sst_safe_lora: the cosine gate τ (required).
-* ``gate`` — sst_safe_lora: ``project`` (Safe LoRA: replace the utility delta ``U`` by
-  ``C U`` where gated) or ``merge`` (SafeMERGE: add ``s·ΔW_s`` where gated) (``project``).
+* ``gate`` — sst_safe_lora: ``project`` (Safe LoRA: add ``s·ΔW_s`` and replace the utility
+  delta ``U`` by ``C U`` where gated) or ``merge`` (SafeMERGE: add ``s·ΔW_s`` where gated) (``project``).
 * ``floor`` (1e-6), ``normalise`` (false) — sst_fisher_merge (see
   :func:`~sst_merge_plugin.core.fisher_weighted_average`).
 

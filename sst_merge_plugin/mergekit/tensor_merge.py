@@ -18,8 +18,10 @@ Per weight ``W`` (name ``name``) with base ``W0``, safety input ``s`` and utilit
   factors of ``name`` (read lazily, moved to the tensor's device; one shared ``GEVPCache``).
 * ``sst_single_fisher`` — the same with :func:`~sst_merge_plugin.core.project_single_fisher`.
 * ``sst_safe_lora`` — on the merged utility delta ``U = W_U − W0`` and the alignment matrix
-  ``ΔW_s``: ``gate: project`` → Safe LoRA (:func:`~sst_merge_plugin.core.safe_lora_project`,
-  ``U → C U`` where ``cos(U, C U) < threshold``); ``gate: merge`` → SafeMERGE
+  ``ΔW_s``: ``gate: project`` → Safe LoRA (:func:`~sst_merge_plugin.core.safe_lora_project`):
+  ``W = W0 + s·w_s·ΔW_s + U'`` with ``U' = C U`` where ``cos(U, C U) < threshold``, else
+  ``U`` — the aligned model ``W0 + ΔW_s`` plus the projected fine-tuning deltas, as in the
+  paper (there the aligned checkpoint already contains ``ΔW_s``); ``gate: merge`` → SafeMERGE
   (:func:`~sst_merge_plugin.core.cosine_gated_merge`, ``U → U + s·w_s·ΔW_s`` where gated).
   With one utility input this is exactly the published per-layer rule; with several, the gate
   acts on their merge. Non-2-D tensors keep ``W_U``.
@@ -235,21 +237,23 @@ def _safe_lora(
     base: Tensor, merged: Tensor, safety_delta: Tensor, factor: float, settings: SharedSettings
 ) -> MergedTensor:
     if base.ndim != 2:
-        return MergedTensor(merged, {"action": "not_gated", "reason": "not 2-D"})
+        return _add(merged, factor * safety_delta, {"action": "not_gated", "reason": "not 2-D"})
     utility_delta = merged.double() - base.double()
     if settings.gate == "project":
         decision = safe_lora_project(utility_delta, safety_delta, settings.threshold)
+        delta = factor * safety_delta + decision.delta
     else:
         decision = cosine_gated_merge(
             utility_delta, safety_delta, settings.threshold, safety_weight=factor
         )
+        delta = decision.delta
     record = {
         "action": "gated" if decision.gated else "not_gated",
         "similarity": decision.similarity,
     }
-    if not decision.gated:
+    if not decision.gated and settings.gate == "merge":
         return MergedTensor(merged, record)
-    return MergedTensor((base.double() + decision.delta).to(base.dtype), record)
+    return MergedTensor((base.double() + delta).to(base.dtype), record)
 
 
 def _fisher_merge(
