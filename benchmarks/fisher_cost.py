@@ -35,119 +35,35 @@ import argparse
 import json
 import statistics
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from _common import (
+    LLAMA2_7B,
+    cpu_timed,
+    file_costs,
+    memory_row,
+    model_weight_shapes,
+    plain_forward_backward,
+    random_subspaces,
+)
 
 from sst_merge_plugin.data.chat import collate
 from sst_merge_plugin.data.prompts import load_prompts, split_prompts
 from sst_merge_plugin.data.smollm2 import smollm2_model_dir
 from sst_merge_plugin.evaluation.suite import HELD_OUT_FRACTION, HELD_OUT_SEED
 from sst_merge_plugin.fisher import KINDS
-from sst_merge_plugin.fisher.collect import (
-    accumulate_statistics,
-    collection_mode,
-    pad_token_id,
-    summed_nll,
-)
-from sst_merge_plugin.fisher.file import FisherMetadata, write_fisher_file
+from sst_merge_plugin.fisher.collect import accumulate_statistics, pad_token_id
 from sst_merge_plugin.fisher.objectives import prepare_data
 from sst_merge_plugin.fisher.targets import find_target_layers, layer_shape
 
 TARGET_RATIO = {"diag": 1.5, "kfac": 1.3, "lora": 1.3}
-LLAMA2_7B = {
-    "hidden_size": 4096,
-    "intermediate_size": 11008,
-    "num_hidden_layers": 32,
-    "num_attention_heads": 32,
-    "num_key_value_heads": 32,
-    "vocab_size": 32000,
-}
-
-
-def factor_floats(kind: str, d_out: int, d_in: int, rank: int) -> int:
-    """Stored numbers per weight (module doc)."""
-    if kind == "diag":
-        return d_out * d_in
-    if kind == "kfac":
-        return d_in * d_in + d_out * d_out
-    return rank * (d_out + d_in) + 2 * rank * rank + 2
-
-
-def memory_row(label: str, shapes: list[tuple[int, int]], rank: int) -> dict[str, object]:
-    floats = {kind: sum(factor_floats(kind, *shape, rank) for shape in shapes) for kind in KINDS}
-    return {
-        "model": label,
-        "n_weights": len(shapes),
-        **{f"{kind}_file_GiB": 4 * n / 2**30 for kind, n in floats.items()},
-        **{f"{kind}_accumulators_GiB": 8 * n / 2**30 for kind, n in floats.items()},
-    }
 
 
 def llama2_7b_shapes() -> list[tuple[int, int]]:
     """Default-target weight shapes of a Llama-2-7B-shaped model (meta device, no weights)."""
-    from transformers import AutoModelForCausalLM, LlamaConfig
-
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(LlamaConfig(**LLAMA2_7B))
-    return [layer_shape(module) for module in find_target_layers(model).values()]
-
-
-def random_subspaces(model, rank: int, seed: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    generator = torch.Generator().manual_seed(seed)
-    subspaces = {}
-    for name, module in find_target_layers(model).items():
-        d_out, d_in = layer_shape(module)
-        subspaces[name] = tuple(
-            torch.linalg.qr(torch.randn(dim, rank, generator=generator, dtype=torch.float64)).Q
-            for dim in (d_out, d_in)
-        )
-    return subspaces
-
-
-def timed(function: Callable[[], object]) -> tuple[float, object]:
-    """Wall seconds of ``function()`` and its value."""
-    start = time.perf_counter()
-    value = function()
-    return time.perf_counter() - start, value
-
-
-def cpu_timed(function: Callable[[], object]) -> tuple[float, float, object]:
-    """Wall seconds, process CPU seconds (all threads) of ``function()``, and its value."""
-    start_cpu = time.process_time()
-    wall, value = timed(function)
-    return wall, time.process_time() - start_cpu, value
-
-
-def plain_forward_backward(model, batches, frozen: bool) -> None:
-    if frozen:
-        with collection_mode(model):
-            for batch in batches:
-                summed_nll(model, batch, track_inputs=True).backward()
-        return
-    model.requires_grad_(True)
-    for batch in batches:
-        summed_nll(model, batch, track_inputs=False).backward()
-    model.zero_grad(set_to_none=True)
-
-
-def file_costs(accumulated, kind: str, folder: Path, data_sha256: str) -> dict[str, float]:
-    """Seconds to finalize and to write the Fisher file, and its size."""
-    finalize_seconds, collected = timed(accumulated.finalize)
-    path = folder / f"{kind}.safetensors"
-    metadata = FisherMetadata(
-        kind, "refusal", collected.n_tokens, collected.n_examples, data_sha256
-    )
-    write_seconds, _ = timed(lambda: write_fisher_file(path, collected.fishers, metadata))
-    size = path.stat().st_size
-    path.unlink()
-    return {
-        "finalize_seconds": finalize_seconds,
-        "write_seconds": write_seconds,
-        "file_MiB": size / 2**20,
-    }
+    return list(model_weight_shapes(LLAMA2_7B).values())
 
 
 def print_tables(rows: list[dict], memory: list[dict], repeats: int, rank: int) -> None:

@@ -25,122 +25,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
+from _common import PROJECTION_METHODS, RANK, build_inputs, measure_projection, parse_shape
 
-METHODS = ("svd", "kfac_dense", "kfac_topk", "lora", "diag")
-RANK = 16
-LOW_RANK_FACTOR = 256  # rank of the low-rank part of the synthetic Fisher factors
-
-
-def spd_factor(dim: int, generator: torch.Generator) -> torch.Tensor:
-    """``D + Y Yᵀ``: a positive diagonal plus a low-rank part with power-law column scales."""
-    width = min(LOW_RANK_FACTOR, dim)
-    scales = torch.arange(1, width + 1, dtype=torch.float32) ** -0.75
-    y = torch.randn(dim, width, generator=generator) * scales
-    diag = torch.rand(dim, generator=generator) * 0.05 + 0.01
-    return y @ y.T + torch.diag(diag)
-
-
-def build_inputs(d_out: int, d_in: int, path: Path, seed: int) -> None:
-    """Factors, patch and restricted Fishers for one shape, saved as one safetensors file."""
-    g = torch.Generator().manual_seed(seed)
-    lora_b = torch.randn(d_out, RANK, generator=g) / RANK**0.5
-    lora_a = torch.randn(RANK, d_in, generator=g) / d_in**0.5
-    tensors = {"lora_B": lora_b, "lora_A": lora_a}
-    u = torch.linalg.qr(lora_b).Q
-    v = torch.linalg.qr(lora_a.T).Q
-    tensors.update(U=u.contiguous(), V=v.contiguous())
-    for side in ("harm", "benign"):
-        a, gg = spd_factor(d_in, g), spd_factor(d_out, g)
-        tensors[f"{side}_A"], tensors[f"{side}_G"] = a, gg
-        tensors[f"{side}_A_r"] = (v.T @ a @ v).contiguous()
-        tensors[f"{side}_G_r"] = (u.T @ gg @ u).contiguous()
-        tensors[f"{side}_A_trace"] = torch.trace(a).reshape(())
-        tensors[f"{side}_G_trace"] = torch.trace(gg).reshape(())
-        tensors[f"{side}_diag"] = torch.rand(d_out, d_in, generator=g) ** 2
-    save_file(tensors, str(path))
-
-
-def rss_mb() -> float:
-    """Peak resident set size of this process so far, in MiB (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def current_rss_mb() -> float:
-    with open("/proc/self/statm") as handle:
-        pages = int(handle.read().split()[1])
-    return pages * resource.getpagesize() / 2**20
+METHODS = PROJECTION_METHODS
 
 
 def run_child(method: str, path: Path, repeats: int, device: str) -> dict[str, float]:
     """Load what ``method`` needs, then time it; returns seconds and extra peak RSS."""
-    from sst_merge_plugin.core import DiagFisher, KFACFisher, LoRAFisher, Selection, project_patch
-    from sst_merge_plugin.core.gevp import GEVPCache
-
-    needs = {
-        "svd": [],
-        "kfac_dense": ["A", "G"],
-        "kfac_topk": ["A", "G"],
-        "lora": ["A_r", "G_r", "A_trace", "G_trace"],
-        "diag": ["diag"],
-    }[method]
-    with safe_open(str(path), framework="pt", device=device) as handle:
-        patch = handle.get_tensor("lora_B") @ handle.get_tensor("lora_A")
-        loaded = {
-            f"{side}_{key}": handle.get_tensor(f"{side}_{key}")
-            for side in ("harm", "benign")
-            for key in needs
-        }
-        u, v = handle.get_tensor("U"), handle.get_tensor("V")
-
-    def fisher(side: str):
-        if method.startswith("kfac"):
-            return KFACFisher(loaded[f"{side}_A"], loaded[f"{side}_G"])
-        if method == "lora":
-            return LoRAFisher(
-                u, v, loaded[f"{side}_A_r"], loaded[f"{side}_G_r"],
-                A_trace=float(loaded[f"{side}_A_trace"]), G_trace=float(loaded[f"{side}_G_trace"]),
-            )  # fmt: skip
-        return DiagFisher(loaded[f"{side}_diag"])
-
-    if method == "svd":
-        task = lambda: torch.linalg.svd(patch, full_matrices=False)  # noqa: E731
-    else:
-        harm, benign = fisher("harm"), fisher("benign")
-        if method == "kfac_topk":
-            selection, solver = Selection.create("top_k", k=RANK), "krylov"
-        else:
-            selection, solver = Selection.create("ratio", ratio=1.0), "dense"
-        task = lambda: project_patch(  # noqa: E731
-            patch, harm, benign, selection, solver=solver, cache=GEVPCache()
-        )
-    baseline = current_rss_mb()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        task()
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return {"seconds": statistics.median(times), "peak_extra_mb": max(0.0, rss_mb() - baseline)}
-
-
-def parse_shape(text: str) -> tuple[int, int]:
-    try:
-        d_out, d_in = (int(part) for part in text.lower().split("x"))
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"shape must look like 4096x14336, got {text!r}") from exc
-    return d_out, d_in
+    result = measure_projection(method, path, repeats, device)
+    return {"seconds": result["seconds"], "peak_extra_mb": result["peak_extra_mb"]}
 
 
 def main(argv: list[str] | None = None) -> int:

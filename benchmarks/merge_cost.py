@@ -35,6 +35,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from _common import SMOLLM2_135M, input_group
 
 RANK = 8
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -61,11 +62,7 @@ def base_model_dir(workdir: Path) -> tuple[Path, str]:
     if not (target / "config.json").is_file():
         from transformers import LlamaConfig, LlamaForCausalLM
 
-        config = LlamaConfig(
-            hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-            num_attention_heads=9, num_key_value_heads=3, vocab_size=49152,
-            tie_word_embeddings=True, max_position_embeddings=2048,
-        )  # fmt: skip
+        config = LlamaConfig(**SMOLLM2_135M)
         torch.manual_seed(0)
         LlamaForCausalLM(config).save_pretrained(str(target), safe_serialization=True)
     return target, "random Llama with SmolLM2-135M shapes"
@@ -100,13 +97,6 @@ def adapter_factors(adapter: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor
             module = key[len("base_model.model.") : -len(".lora_A.weight")]
             out[f"{module}.weight"] = (tensors[key.replace("lora_A", "lora_B")], a)
     return out
-
-
-def input_group(name: str) -> str:
-    """Weights that read the same input (q/k/v; gate/up) share K-FAC's ``A`` factor."""
-    module = name.split(".")[-2]
-    family = {"k_proj": "q_proj", "v_proj": "q_proj", "up_proj": "gate_proj"}.get(module, module)
-    return f"{name.split('.')[2]}.{family}"
 
 
 def spd(dim: int, generator: torch.Generator) -> torch.Tensor:
