@@ -74,7 +74,7 @@ def test_write_report_writes_json_markdown_and_a_valid_png(tmp_path):
         title="test",
     )
     payload = json.loads((tmp_path / "out" / "results.json").read_text(encoding="utf-8"))
-    assert payload == {"rows": ROWS, "pareto_front": [0, 1, 2, 3]}
+    assert payload == [{**row, "pareto": True} for row in ROWS]
 
     markdown = (tmp_path / "out" / "results.md").read_text(encoding="utf-8")
     assert markdown == table

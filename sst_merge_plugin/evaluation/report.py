@@ -11,8 +11,8 @@ A *row* is one evaluated model::
 ``harmful_refusal >=`` and ``benign_over_refusal <=`` with at least one strict; utility is shown
 (marker colour and size) but is not a front objective.
 
-Outputs: :func:`markdown_table`, :func:`write_json` (``{"rows": [...], "pareto_front": [row
-indices]}``) and :func:`plot_pareto` (PNG; x = benign over-refusal, y = harmful refusal, one
+Outputs: :func:`markdown_table`, :func:`write_json` (the list of rows, each with ``"pareto"``:
+whether it is on the front) and :func:`plot_pareto` (PNG; x = benign over-refusal, y = harmful refusal, one
 connected series per method ordered by knob, front as a dashed line). All files are written
 atomically; :func:`write_report` validates every row before writing anything.
 """
@@ -159,9 +159,11 @@ def result_summary_table(result: Mapping[str, Any]) -> str:
 
 
 def write_json(rows: Sequence[Row], path: str | os.PathLike[str]) -> None:
-    """Write ``{"rows": rows, "pareto_front": indices}`` as indented JSON, atomically."""
+    """Write the list of rows, each with ``"pareto": bool`` (on the front), as indented JSON,
+    atomically."""
     validate_rows(rows)
-    payload = {"rows": list(rows), "pareto_front": pareto_front(rows)}
+    front = set(pareto_front(rows))
+    payload = [{**row, "pareto": index in front} for index, row in enumerate(rows)]
     try:
         text = json.dumps(payload, indent=2, ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError) as exc:
