@@ -74,7 +74,8 @@ def test_write_report_writes_json_markdown_and_a_valid_png(tmp_path):
         title="test",
     )
     payload = json.loads((tmp_path / "out" / "results.json").read_text(encoding="utf-8"))
-    assert payload == [{**row, "pareto": True} for row in ROWS]
+    on_front = [True, True, True, True, False, False]  # the two task-arithmetic rows are dominated
+    assert payload == [{**row, "pareto": front} for row, front in zip(ROWS, on_front, strict=True)]
 
     markdown = (tmp_path / "out" / "results.md").read_text(encoding="utf-8")
     assert markdown == table
