@@ -50,9 +50,8 @@ from _common import (
 )
 
 from sst_merge_plugin.data.chat import collate
-from sst_merge_plugin.data.prompts import load_prompts, split_prompts
+from sst_merge_plugin.data.prompts import held_out_split, load_prompts
 from sst_merge_plugin.data.smollm2 import smollm2_model_dir
-from sst_merge_plugin.evaluation.suite import HELD_OUT_FRACTION, HELD_OUT_SEED
 from sst_merge_plugin.fisher import KINDS
 from sst_merge_plugin.fisher.collect import accumulate_statistics, pad_token_id
 from sst_merge_plugin.fisher.objectives import prepare_data
@@ -120,9 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(args.device)
     model.eval()
-    train = split_prompts(
-        load_prompts("advbench"), eval_fraction=HELD_OUT_FRACTION, seed=HELD_OUT_SEED
-    )[0]
+    train, _ = held_out_split(load_prompts("advbench"))
     data = prepare_data(
         tokenizer,
         objective="refusal",

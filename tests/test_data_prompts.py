@@ -18,7 +18,9 @@ import pytest
 from sst_merge_plugin.core.errors import SSTError
 from sst_merge_plugin.data import assets
 from sst_merge_plugin.data.prompts import (
+    HELD_OUT_SETS,
     PromptSet,
+    held_out_split,
     load_labelled_refusals,
     load_labelled_responses,
     load_prompts,
@@ -161,6 +163,12 @@ def test_split_eval_fraction_and_plain_sequences() -> None:
         split_prompts(prompts, n_eval=11)
     with pytest.raises(SSTError, match=r"eval_fraction must be in \[0, 1\]"):
         split_prompts(prompts, eval_fraction=1.5)
+
+
+def test_held_out_split_is_the_project_wide_split() -> None:
+    prompts = [f"goal {i}" for i in range(40)]
+    assert held_out_split(prompts) == split_prompts(prompts, eval_fraction=0.25, seed=0)
+    assert sorted(HELD_OUT_SETS) == ["advbench", "benign-edgy"]
 
 
 def test_split_is_stable_across_python_processes() -> None:

@@ -19,6 +19,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from sst_merge_plugin.core.errors import AssetError, SSTError
 from sst_merge_plugin.data.chat import collate, encode_chat
+from sst_merge_plugin.data.prompts import HELD_OUT_FRACTION, HELD_OUT_SEED
 from sst_merge_plugin.data.tasks import skill_splits
 from sst_merge_plugin.evaluation.generate import generate_responses, stop_token_ids
 from sst_merge_plugin.evaluation.metrics import (
@@ -28,8 +29,6 @@ from sst_merge_plugin.evaluation.metrics import (
     utility_exact_match,
 )
 from sst_merge_plugin.evaluation.suite import (
-    HELD_OUT_FRACTION,
-    HELD_OUT_SEED,
     EvalConfig,
     evaluate_model,
     prepare_eval_data,

@@ -11,8 +11,12 @@ import torch
 from test_fisher_support import save_tiny_adapter, save_tiny_model, tiny_llama
 
 from sst_merge_plugin import cli
-from sst_merge_plugin.data.prompts import prompts_sha256, split_prompts
-from sst_merge_plugin.evaluation.suite import HELD_OUT_FRACTION, HELD_OUT_SEED
+from sst_merge_plugin.data.prompts import (
+    HELD_OUT_FRACTION,
+    HELD_OUT_SEED,
+    prompts_sha256,
+    split_prompts,
+)
 from sst_merge_plugin.fisher import collect as collect_module
 from sst_merge_plugin.fisher.adapter import read_lora_adapter
 from sst_merge_plugin.fisher.collect import collect_fisher_file

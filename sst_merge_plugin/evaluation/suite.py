@@ -6,10 +6,11 @@ without loading any model, so bad names and files fail before anything heavy hap
 
 * Prompt sets (``harmful``, ``benign``) are registered names or files
   (:func:`sst_merge_plugin.data.prompts.load_prompts`). Registered sets that are also used for
-  training (:data:`TRAINING_SETS`: AdvBench trains safety adapters and Fishers, the benign-edgy
-  probes may build the benign Fisher) are evaluated only on their held-out part,
-  ``split_prompts(set, eval_fraction=HELD_OUT_FRACTION, seed=HELD_OUT_SEED)[1]``; train on
-  ``[0]`` of the same call. HarmBench and user files are used whole (HarmBench is eval-only).
+  training (:data:`~sst_merge_plugin.data.prompts.HELD_OUT_SETS`: AdvBench trains safety adapters
+  and Fishers, the benign-edgy probes may build the benign Fisher) are evaluated only on their
+  held-out part ``held_out_split(set)[1]`` (:func:`sst_merge_plugin.data.prompts.held_out_split`);
+  training takes ``[0]`` of the same call. HarmBench and user files are used whole (HarmBench is
+  eval-only).
 * From each pool, ``n`` items are the ``n`` with the smallest ``sha256(f"eval/{seed}\\0{text}")``
   (all of them when the pool is smaller; the ``n_*`` result keys give the counts used), kept in
   pool order.
@@ -33,10 +34,11 @@ from typing import TYPE_CHECKING, TypeVar
 
 from sst_merge_plugin.core.errors import SSTError
 from sst_merge_plugin.data.prompts import (
+    HELD_OUT_SETS,
+    held_out_split,
     load_prompts,
     load_statement_pairs,
     prompts_sha256,
-    split_prompts,
 )
 from sst_merge_plugin.data.tasks import SKILLS, TaskItem, load_task_file, skill_splits
 from sst_merge_plugin.evaluation.metrics import (
@@ -47,10 +49,6 @@ from sst_merge_plugin.evaluation.metrics import (
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
-
-TRAINING_SETS = frozenset({"advbench", "benign-edgy"})
-HELD_OUT_FRACTION = 0.25
-HELD_OUT_SEED = 0
 
 T = TypeVar("T")
 
@@ -130,10 +128,8 @@ def select_subset(items: Sequence[T], keys: Sequence[str], n: int, seed: int) ->
 
 def _select_prompts(source: str, field_name: str | None, n: int, seed: int) -> PromptSelection:
     prompt_set = load_prompts(source, field=field_name)
-    if source in TRAINING_SETS:
-        _, prompt_set = split_prompts(
-            prompt_set, eval_fraction=HELD_OUT_FRACTION, seed=HELD_OUT_SEED
-        )
+    if source in HELD_OUT_SETS:
+        _, prompt_set = held_out_split(prompt_set)
     prompts = select_subset(prompt_set.prompts, prompt_set.prompts, n, seed)
     return PromptSelection(prompt_set.name, tuple(prompts))
 

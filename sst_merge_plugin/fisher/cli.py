@@ -7,10 +7,9 @@ responses sampled, the statistics collected and the file written atomically. Any
 :class:`SSTError` (exit status 2) and leaves no file; so does Ctrl-C.
 
 Data selection: ``--split`` takes the project-wide held-out split of the prompts
-(``split_prompts(..., eval_fraction=HELD_OUT_FRACTION, seed=HELD_OUT_SEED)`` of
-:mod:`sst_merge_plugin.evaluation.suite`, the split the evaluation holds out): ``train`` (the
-default) keeps the part the evaluation does not use, ``eval`` the held-out part, ``all``
-everything. ``--max-examples N`` then keeps the ``N`` items with the smallest
+(:func:`sst_merge_plugin.data.prompts.held_out_split`, the split the evaluation holds out):
+``train`` (the default) keeps the part the evaluation does not use, ``eval`` the held-out part,
+``all`` everything. ``--max-examples N`` then keeps the ``N`` items with the smallest
 ``sha256(f"fisher/{seed}\\0{text}")``, in data order (a seeded, position-independent subset).
 """
 
@@ -98,12 +97,9 @@ def _seeded_subset(items: Sequence, texts: Sequence[str], limit: int | None, see
 
 
 def _split_part(prompts: Sequence[str], split: str) -> set[str]:
-    from sst_merge_plugin.data.prompts import split_prompts
-    from sst_merge_plugin.evaluation.suite import HELD_OUT_FRACTION, HELD_OUT_SEED
+    from sst_merge_plugin.data.prompts import held_out_split
 
-    train, evaluation = split_prompts(
-        list(prompts), eval_fraction=HELD_OUT_FRACTION, seed=HELD_OUT_SEED
-    )
+    train, evaluation = held_out_split(list(prompts))
     return set(train.prompts if split == "train" else evaluation.prompts)
 
 
