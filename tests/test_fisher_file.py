@@ -10,7 +10,15 @@ from safetensors.torch import save_file
 
 from sst_merge_plugin.core import DiagFisher, KFACFisher, LoRAFisher
 from sst_merge_plugin.core.errors import FisherFileError
-from sst_merge_plugin.fisher.file import FORMAT, FisherFile, FisherMetadata, write_fisher_file
+from sst_merge_plugin.fisher import KINDS
+from sst_merge_plugin.fisher.file import (
+    FORMAT,
+    OPTIONAL_ENTRIES,
+    REQUIRED_ENTRIES,
+    FisherFile,
+    FisherMetadata,
+    write_fisher_file,
+)
 from sst_merge_plugin.fisher.fingerprint import checkpoint_fingerprint
 
 
@@ -38,6 +46,10 @@ def make(kind: str, d_out: int = 6, d_in: int = 5):
 def meta(kind: str, **kw) -> FisherMetadata:
     return FisherMetadata(kind=kind, objective="refusal", n_tokens=123, n_examples=7,
                           data_sha256="ab" * 32, **kw)  # fmt: skip
+
+
+def test_entry_tables_cover_every_kind():
+    assert tuple(REQUIRED_ENTRIES) == tuple(OPTIONAL_ENTRIES) == KINDS == ("diag", "kfac", "lora")
 
 
 @pytest.mark.parametrize("kind", ["diag", "kfac", "lora"])

@@ -35,10 +35,12 @@ from sst_merge_plugin import __version__
 from sst_merge_plugin.atomic import atomic_path
 from sst_merge_plugin.core.errors import FisherFileError, SSTError
 from sst_merge_plugin.core.fisher import DiagFisher, Fisher, KFACFisher, LoRAFisher
+from sst_merge_plugin.fisher import KINDS, OBJECTIVES
 
 FORMAT = "sst-fisher/1"
 SEPARATOR = "::"
-#: tensor entries each kind requires per weight, and the optional ones
+#: tensor entries each kind (:data:`~sst_merge_plugin.fisher.KINDS`) requires per weight, and the
+#: optional ones
 REQUIRED_ENTRIES: dict[str, tuple[str, ...]] = {
     "diag": ("diag",),
     "kfac": ("A", "G"),
@@ -49,7 +51,6 @@ OPTIONAL_ENTRIES: dict[str, tuple[str, ...]] = {
     "kfac": (),
     "lora": ("A_trace", "G_trace"),
 }
-OBJECTIVES = ("refusal", "kl", "lm")
 REQUIRED_METADATA = ("format", "kind", "objective", "n_tokens", "n_examples", "data_sha256")
 
 
@@ -113,7 +114,7 @@ def write_fisher_file(
     """
     if not fishers:
         raise FisherFileError("refusing to write a Fisher file with no weights")
-    if metadata.kind not in REQUIRED_ENTRIES:
+    if metadata.kind not in KINDS:
         raise FisherFileError(f"unknown Fisher kind {metadata.kind!r}")
     if metadata.objective not in OBJECTIVES:
         raise FisherFileError(
@@ -165,7 +166,7 @@ class FisherFile:
                 f"{str(self.path)!r}: unsupported format {header['format']!r} (expected {FORMAT})"
             )
         self.kind: str = header["kind"]
-        if self.kind not in REQUIRED_ENTRIES:
+        if self.kind not in KINDS:
             raise FisherFileError(f"{str(self.path)!r}: unknown Fisher kind {self.kind!r}")
         self._shapes = shapes
         self._names = self._group_entries(shapes)
