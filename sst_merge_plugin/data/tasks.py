@@ -25,7 +25,6 @@ at both ends). Case is kept: case is part of the uppercase and acronym answers.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import random
 import re
@@ -34,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sst_merge_plugin.core.errors import SSTError
+from sst_merge_plugin.data.records import read_records
 
 # Fraction (per mille) of each skill's problem space reserved for testing.
 TEST_PERMILLE = 200
@@ -242,14 +242,7 @@ def load_task_file(path: str | os.PathLike[str]) -> list[TaskItem]:
     if not file.is_file():
         raise SSTError(f"utility task file {str(file)!r} does not exist")
     items = []
-    for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{file}:{number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise SSTError(f"{where}: invalid JSON ({exc.msg})") from None
+    for where, record in read_records(file, ".jsonl"):
         if not isinstance(record, dict):
             raise SSTError(f"{where}: expected a JSON object with 'prompt' and 'answer'")
         fields = {}

@@ -7,7 +7,8 @@
   responses sampled from the model (:mod:`.sampling`, seeded), so the outer products average
   over exact samples ``y ~ p_θ(·|x)`` (DESIGN 1: the Hessian of the KL to the unpatched model).
 * ``lm`` — empirical Fisher on given completions: ``(prompt, response)`` pairs from a JSONL,
-  JSON or CSV file (:func:`load_completions`); loss on the response tokens.
+  JSON or CSV file (:func:`load_completions`, read by
+  :func:`sst_merge_plugin.data.records.read_records`); loss on the response tokens.
 
 Every turn is chat-templated by :func:`sst_merge_plugin.data.chat.encode_chat`.
 ``data_sha256`` (the Fisher file's) is :func:`sst_merge_plugin.data.prompts.prompts_sha256` of
@@ -16,9 +17,7 @@ the prompts used for ``refusal`` and ``kl``, and :func:`completions_sha256` for 
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import os
 from collections.abc import Sequence
@@ -29,12 +28,11 @@ from typing import TYPE_CHECKING, Any
 from sst_merge_plugin.core.errors import SSTError
 from sst_merge_plugin.data.chat import EncodedChat, encode_chat
 from sst_merge_plugin.data.prompts import prompts_sha256
+from sst_merge_plugin.data.records import RECORD_FORMATS, read_records
 from sst_merge_plugin.fisher import OBJECTIVES
 
 if TYPE_CHECKING:
     from torch import nn
-
-COMPLETION_FORMATS = (".jsonl", ".json", ".csv")
 
 
 def check_objective(objective: str) -> None:
@@ -51,22 +49,6 @@ def completions_sha256(completions: Sequence[tuple[str, str]]) -> str:
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
-def _records(path: Path, text: str) -> list[tuple[str, Any]]:
-    if path.suffix.lower() == ".csv":
-        reader = csv.DictReader(io.StringIO(text, newline=""))
-        return [(f"{path}:{reader.line_num}", row) for row in reader]
-    if path.suffix.lower() == ".json":
-        data = json.loads(text)
-        if not isinstance(data, list):
-            raise SSTError(f"{path}: a .json completions file must hold a list of objects")
-        return [(f"{path}[{index}]", record) for index, record in enumerate(data)]
-    return [
-        (f"{path}:{number}", json.loads(line))
-        for number, line in enumerate(text.splitlines(), start=1)
-        if line.strip()
-    ]
-
-
 def load_completions(
     path: str | os.PathLike[str], prompt_field: str = "prompt", response_field: str = "response"
 ) -> list[tuple[str, str]]:
@@ -78,17 +60,13 @@ def load_completions(
     file = Path(path).expanduser()
     if not file.is_file():
         raise SSTError(f"completions file {str(file)!r} does not exist")
-    if file.suffix.lower() not in COMPLETION_FORMATS:
+    if file.suffix.lower() not in RECORD_FORMATS:
         raise SSTError(
             f"{file}: the lm objective reads (prompt, response) records from "
-            f"{', '.join(COMPLETION_FORMATS)} files, not {file.suffix!r}"
+            f"{', '.join(RECORD_FORMATS)} files, not {file.suffix!r}"
         )
-    try:
-        records = _records(file, file.read_text(encoding="utf-8-sig"))
-    except (json.JSONDecodeError, UnicodeDecodeError, csv.Error) as error:
-        raise SSTError(f"{file}: cannot parse: {error}") from None
     completions = []
-    for where, record in records:
+    for where, record in read_records(file, what="completions"):
         if not isinstance(record, dict):
             raise SSTError(
                 f"{where}: expected an object with fields {prompt_field!r}, "
