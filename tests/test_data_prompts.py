@@ -26,6 +26,7 @@ from sst_merge_plugin.data.prompts import (
     load_prompts,
     load_statement_pairs,
     prompts_sha256,
+    seeded_subset,
     split_prompts,
 )
 
@@ -163,6 +164,19 @@ def test_split_eval_fraction_and_plain_sequences() -> None:
         split_prompts(prompts, n_eval=11)
     with pytest.raises(SSTError, match=r"eval_fraction must be in \[0, 1\]"):
         split_prompts(prompts, eval_fraction=1.5)
+
+
+def test_seeded_subset_keeps_the_smallest_digests_in_input_order() -> None:
+    keys = [f"k{i}" for i in range(30)]
+    items = list(range(30))
+    digest = {i: hashlib.sha256(f"salt/1\0k{i}".encode()).hexdigest() for i in items}
+    expected = sorted(sorted(items, key=digest.__getitem__)[:7])
+    assert seeded_subset(items, keys, 7, "salt/1") == expected
+    assert seeded_subset(items, keys, None, "salt/1") == items
+    assert seeded_subset(items, keys, 99, "salt/1") == items
+    # membership depends on the key only: reversing the input keeps the chosen keys
+    chosen = seeded_subset(items[::-1], keys[::-1], 7, "salt/1")
+    assert sorted(chosen) == expected
 
 
 def test_held_out_split_is_the_project_wide_split() -> None:

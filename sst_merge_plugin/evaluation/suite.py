@@ -25,7 +25,6 @@ without loading any model, so bad names and files fail before anything heavy hap
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -39,6 +38,7 @@ from sst_merge_plugin.data.prompts import (
     load_prompts,
     load_statement_pairs,
     prompts_sha256,
+    seeded_subset,
 )
 from sst_merge_plugin.data.tasks import SKILLS, TaskItem, load_task_file, skill_splits
 from sst_merge_plugin.evaluation.metrics import (
@@ -117,13 +117,9 @@ class EvalData:
 
 
 def select_subset(items: Sequence[T], keys: Sequence[str], n: int, seed: int) -> list[T]:
-    """The ``n`` items whose ``sha256(f"eval/{seed}\\0{key}")`` is smallest, in input order."""
-    ranked = sorted(
-        range(len(items)),
-        key=lambda i: (hashlib.sha256(f"eval/{seed}\0{keys[i]}".encode()).hexdigest(), i),
-    )
-    chosen = set(ranked[:n])
-    return [item for i, item in enumerate(items) if i in chosen]
+    """The ``n`` items whose ``sha256(f"eval/{seed}\\0{key}")`` is smallest, in input order
+    (:func:`~sst_merge_plugin.data.prompts.seeded_subset` with salt ``eval/{seed}``)."""
+    return seeded_subset(items, keys, n, f"eval/{seed}")
 
 
 def _select_prompts(source: str, field_name: str | None, n: int, seed: int) -> PromptSelection:

@@ -16,7 +16,6 @@ Data selection: ``--split`` takes the project-wide held-out split of the prompts
 from __future__ import annotations
 
 import argparse
-import hashlib
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -85,17 +84,6 @@ def _check_numbers(args: argparse.Namespace) -> None:
         raise SSTError(f"--out {args.out!r} is a directory; give a file name")
 
 
-def _seeded_subset(items: Sequence, texts: Sequence[str], limit: int | None, seed: int) -> list:
-    if limit is None or limit >= len(items):
-        return list(items)
-    rank = sorted(
-        range(len(items)),
-        key=lambda i: (hashlib.sha256(f"fisher/{seed}\0{texts[i]}".encode()).hexdigest(), i),
-    )
-    keep = set(rank[:limit])
-    return [item for index, item in enumerate(items) if index in keep]
-
-
 def _split_part(prompts: Sequence[str], split: str) -> set[str]:
     from sst_merge_plugin.data.prompts import held_out_split
 
@@ -105,7 +93,7 @@ def _split_part(prompts: Sequence[str], split: str) -> set[str]:
 
 def load_data(args: argparse.Namespace) -> tuple[dict, dict[str, str]]:
     """The ``prompts=`` or ``completions=`` argument of ``prepare_data``, and its metadata."""
-    from sst_merge_plugin.data.prompts import load_prompts
+    from sst_merge_plugin.data.prompts import load_prompts, seeded_subset
 
     if args.objective == "lm":
         from sst_merge_plugin.fisher.objectives import load_completions
@@ -121,7 +109,7 @@ def load_data(args: argparse.Namespace) -> tuple[dict, dict[str, str]]:
         part = _split_part(prompts, args.split)
         kept = [index for index, prompt in enumerate(prompts) if prompt in part]
         items, texts = [items[i] for i in kept], [texts[i] for i in kept]
-    items = _seeded_subset(items, texts, args.max_examples, args.seed)
+    items = seeded_subset(items, texts, args.max_examples, f"fisher/{args.seed}")
     if not items:
         raise SSTError(f"no examples left in {args.data!r} after --split {args.split}")
     info = {"dataset": str(args.data), "dataset_name": name, "split": args.split}
