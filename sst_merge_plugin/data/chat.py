@@ -147,6 +147,28 @@ def encode_chat(
     return EncodedChat(full_ids, start)
 
 
+def pad_batch(
+    sequences: Sequence[Sequence[int]], pad_id: int, padding_side: str = "right"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(input_ids, attention_mask)``: token-id sequences padded with ``pad_id`` on
+    ``padding_side`` to the longest, as ``long`` tensors of shape ``(batch, longest)``; the mask
+    is 1 on the real tokens."""
+    import torch
+
+    if not sequences:
+        raise SSTError("pad_batch needs at least one sequence")
+    if padding_side not in PADDING_SIDES:
+        raise SSTError(f"padding_side must be one of {PADDING_SIDES}, got {padding_side!r}")
+    width = max(len(ids) for ids in sequences)
+    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, ids in enumerate(sequences):
+        offset = width - len(ids) if padding_side == "left" else 0
+        input_ids[row, offset : offset + len(ids)] = torch.tensor(list(ids), dtype=torch.long)
+        attention_mask[row, offset : offset + len(ids)] = 1
+    return input_ids, attention_mask
+
+
 def collate(
     encoded: Sequence[EncodedChat], pad_id: int, padding_side: str = "right"
 ) -> dict[str, torch.Tensor]:
@@ -160,18 +182,13 @@ def collate(
 
     if not encoded:
         raise SSTError("collate needs at least one encoded example")
-    if padding_side not in PADDING_SIDES:
-        raise SSTError(f"padding_side must be one of {PADDING_SIDES}, got {padding_side!r}")
-    width = max(len(item.input_ids) for item in encoded)
-    shape = (len(encoded), width)
-    input_ids = torch.full(shape, pad_id, dtype=torch.long)
-    attention_mask = torch.zeros(shape, dtype=torch.long)
-    labels = torch.full(shape, IGNORE_INDEX, dtype=torch.long)
+    input_ids, attention_mask = pad_batch(
+        [item.input_ids for item in encoded], pad_id, padding_side
+    )
+    width = input_ids.shape[1]
+    labels = torch.full_like(input_ids, IGNORE_INDEX)
     for row, item in enumerate(encoded):
         offset = width - len(item.input_ids) if padding_side == "left" else 0
-        end = offset + len(item.input_ids)
-        ids = torch.tensor(item.input_ids, dtype=torch.long)
-        input_ids[row, offset:end] = ids
-        attention_mask[row, offset:end] = 1
-        labels[row, offset + item.response_start : end] = ids[item.response_start :]
+        response = slice(offset + item.response_start, offset + len(item.input_ids))
+        labels[row, response] = input_ids[row, response]
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}

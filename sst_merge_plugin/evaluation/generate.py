@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from sst_merge_plugin.core.errors import SSTError
-from sst_merge_plugin.data.chat import encode_chat
+from sst_merge_plugin.data.chat import encode_chat, pad_batch
 
 if TYPE_CHECKING:
     import torch
@@ -105,12 +105,8 @@ def generate_responses(
         )
         for start in bar:
             indices = order[start : start + batch_size]
-            width = max(len(encoded[i]) for i in indices)
-            input_ids = torch.full((len(indices), width), pad_id, dtype=torch.long)
-            attention_mask = torch.zeros((len(indices), width), dtype=torch.long)
-            for row, i in enumerate(indices):
-                input_ids[row, width - len(encoded[i]) :] = torch.tensor(encoded[i])
-                attention_mask[row, width - len(encoded[i]) :] = 1
+            input_ids, attention_mask = pad_batch([encoded[i] for i in indices], pad_id, "left")
+            width = input_ids.shape[1]
             with torch.inference_mode():
                 output = model.generate(
                     input_ids=input_ids.to(device),

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from sst_merge_plugin.core.errors import SSTError
+from sst_merge_plugin.data.chat import pad_batch
 from sst_merge_plugin.data.tasks import TaskItem, exact_match
 from sst_merge_plugin.evaluation.generate import generate_responses, model_device
 from sst_merge_plugin.evaluation.judge import judge
@@ -171,13 +172,7 @@ def mean_token_logprob(
     try:
         starts = range(0, len(encoded), batch_size)
         for start in tqdm(starts, desc="log-likelihood", unit="batch", disable=not progress):
-            batch = encoded[start : start + batch_size]
-            width = max(len(ids) for ids in batch)
-            input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, ids in enumerate(batch):
-                input_ids[row, : len(ids)] = torch.tensor(ids)
-                mask[row, : len(ids)] = 1
+            input_ids, mask = pad_batch(encoded[start : start + batch_size], pad_id)
             input_ids, mask = input_ids.to(device), mask.to(device)
             with torch.inference_mode():
                 logits = model(input_ids=input_ids, attention_mask=mask).logits

@@ -23,6 +23,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from sst_merge_plugin.core.errors import SSTError
+from sst_merge_plugin.data.chat import pad_batch
 
 
 def row_seed(seed: int, index: int) -> int:
@@ -95,12 +96,8 @@ def _sample_batch(
     eos_ids: set[int],
     device: torch.device,
 ) -> list[list[int]]:
-    rows, width = len(chunk), max(len(ids) for ids in chunk)
-    input_ids = torch.full((rows, width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((rows, width), dtype=torch.long)
-    for row, ids in enumerate(chunk):
-        input_ids[row, width - len(ids) :] = torch.tensor(list(ids), dtype=torch.long)
-        attention_mask[row, width - len(ids) :] = 1
+    rows = len(chunk)
+    input_ids, attention_mask = pad_batch(chunk, pad_id, "left")
     input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     generators = [
