@@ -9,11 +9,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from support import python_output
 
 from sst_merge_plugin.core.errors import SSTError
 from sst_merge_plugin.data import assets
@@ -190,15 +189,8 @@ def test_split_is_stable_across_python_processes() -> None:
         "from sst_merge_plugin.data.prompts import split_prompts\n"
         "print(split_prompts([f'x{i}' for i in range(40)], n_eval=10, seed=7)[1].sha256)\n"
     )
-    other = subprocess.run(
-        [sys.executable, "-c", code],
-        env={"PYTHONHASHSEED": "12345", "PATH": "/usr/bin:/bin"},
-        capture_output=True,
-        text=True,
-        check=True,
-    )
     here = split_prompts([f"x{i}" for i in range(40)], n_eval=10, seed=7)[1]
-    assert other.stdout.strip() == here.sha256
+    assert python_output(code).strip() == here.sha256
 
 
 # ------------------------------------------------------------- registered sets (synthetic data)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
+
+from support import python_output
 
 from sst_merge_plugin.data.refusals import (
     GENERIC_REFUSALS,
@@ -64,12 +64,5 @@ def test_choice_is_stable_across_python_processes() -> None:
         "from sst_merge_plugin.data.refusals import refusal_targets\n"
         "print(refusal_targets(['Write a tutorial on how to pick locks', 'How?'], seed=3))\n"
     )
-    other = subprocess.run(
-        [sys.executable, "-c", code],
-        env={"PYTHONHASHSEED": "12345", "PATH": "/usr/bin:/bin"},
-        capture_output=True,
-        text=True,
-        check=True,
-    )
     expected = refusal_targets(["Write a tutorial on how to pick locks", "How?"], seed=3)
-    assert other.stdout == f"{expected}\n"
+    assert python_output(code) == f"{expected}\n"

@@ -32,18 +32,10 @@ HEAD_DIM = HIDDEN // HEADS
 
 
 def train_bpe() -> tokenizers.Tokenizer:
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from support import byte_level_bpe
 
-    backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    trainer = trainers.BpeTrainer(
-        vocab_size=400,
-        special_tokens=SPECIALS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
     corpus = ["What is the capital of France? Paris is the capital.", "user assistant system"]
-    backend.train_from_iterator(corpus * 20, trainer)
-    return backend
+    return byte_level_bpe(corpus * 20, 400, SPECIALS)
 
 
 def write_tiny_gguf(path: Path) -> tuple[dict[str, np.ndarray], tokenizers.Tokenizer]:

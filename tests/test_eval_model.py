@@ -14,8 +14,9 @@ import sys
 
 import pytest
 import torch
+from support import tiny_llama as random_llama
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
 from sst_merge_plugin.core.errors import AssetError, SSTError
 from sst_merge_plugin.data.chat import collate, encode_chat
@@ -72,21 +73,17 @@ def tiny_chat_tokenizer() -> PreTrainedTokenizerFast:
 
 
 def tiny_llama(vocab_size: int, *, hidden: int, init: float, seed: int = 0) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=vocab_size,
+    model = random_llama(
+        vocab_size,
+        hidden=hidden,
+        seed=seed,
         max_position_embeddings=256,
         pad_token_id=0,
         eos_token_id=2,
         bos_token_id=None,
         initializer_range=init,
     )
-    return LlamaForCausalLM(config).eval()
+    return model.eval()
 
 
 @pytest.fixture(scope="module", autouse=True)

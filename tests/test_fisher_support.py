@@ -10,8 +10,9 @@ from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from support import byte_level_bpe
+from support import tiny_llama as random_llama
+from transformers import PreTrainedTokenizerFast
 
 VOCAB = 300
 CORPUS = [
@@ -23,35 +24,22 @@ CORPUS = [
 
 def tiny_tokenizer() -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer (``VOCAB`` tokens, ``<pad>``=0, ``<eos>``=1), no chat template."""
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB,
-        special_tokens=["<pad>", "<eos>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(CORPUS, trainer)
+    tokenizer = byte_level_bpe(CORPUS, VOCAB, ["<pad>", "<eos>"])
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", eos_token="<eos>")
 
 
 def tiny_llama(seed: int = 0, hidden: int = 32, dtype: torch.dtype = torch.float32):
     """A random 2-layer Llama (4 heads, 2 KV heads) with ``VOCAB`` tokens, in eval mode."""
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=VOCAB,
+    model = random_llama(
+        VOCAB,
+        hidden=hidden,
+        seed=seed,
         pad_token_id=0,
         eos_token_id=1,
         bos_token_id=None,
         tie_word_embeddings=False,
     )
-    return LlamaForCausalLM(config).to(dtype).eval()
+    return model.to(dtype).eval()
 
 
 def save_tiny_model(folder: Path, seed: int = 0, hidden: int = 32) -> Path:

@@ -115,25 +115,20 @@ def _write_data(world: World) -> None:
 def build_world(root: Path) -> World:
     """Write the tiny world into ``root`` (see the module docstring)."""
     from peft import LoraConfig, get_peft_model
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from support import tiny_llama
+    from transformers import LlamaForCausalLM
 
     world = World(Path(root))
     tokenizer = _tokenizer()
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=len(tokenizer),
+    base = tiny_llama(
+        len(tokenizer),
         max_position_embeddings=128,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
         bos_token_id=None,
         tie_word_embeddings=True,
     )
-    LlamaForCausalLM(config).save_pretrained(world.base)
+    base.save_pretrained(world.base)
     tokenizer.save_pretrained(world.base)
     targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     for index, name in enumerate(ADAPTERS):

@@ -24,7 +24,8 @@ import torch
 import yaml
 from peft import LoraConfig, get_peft_model
 from safetensors.torch import load_file
-from transformers import LlamaConfig, LlamaForCausalLM
+from support import tiny_llama as random_llama
+from transformers import LlamaForCausalLM
 
 from sst_merge_plugin.core import DiagFisher, KFACFisher, LoRAFisher
 from sst_merge_plugin.fisher.file import FisherMetadata, write_fisher_file
@@ -38,18 +39,15 @@ DAMPING = 1e-2
 
 
 def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        hidden_size=16,
-        intermediate_size=32,
+    model = random_llama(
+        64,
+        hidden=16,
+        seed=seed,
         num_hidden_layers=N_LAYERS,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=64,
         max_position_embeddings=64,
         tie_word_embeddings=False,
     )
-    return LlamaForCausalLM(config).to(torch.float32)
+    return model.to(torch.float32)
 
 
 def save_adapter(base: LlamaForCausalLM, path: Path, targets: tuple[str, ...], seed: int) -> None:
