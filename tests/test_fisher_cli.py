@@ -43,7 +43,12 @@ def workspace(tmp_path_factory):
     return root, model_dir
 
 
-def fisher_args(root, model_dir, out, *extra):
+def goals(root):
+    """``--data``/``--field`` options of the workspace's goals file."""
+    return ["--data", str(root / "goals.jsonl"), "--field", "goal"]
+
+
+def fisher_args(model_dir, out, *extra):
     return [
         "fisher",
         "--model",
@@ -66,13 +71,9 @@ def test_cli_subprocess_writes_the_fisher_file(workspace):
         "-m",
         "sst_merge_plugin.cli",
         *fisher_args(
-            root,
             model_dir,
             out,
-            "--data",
-            str(root / "goals.jsonl"),
-            "--field",
-            "goal",
+            *goals(root),
             "--objective",
             "refusal",
             "--kind",
@@ -147,7 +148,6 @@ def test_cli_lm_lora_with_adapter_applied(workspace, capsys):
     out = root / "lm_lora.safetensors"
     status = cli.main(
         fisher_args(
-            root,
             model_dir,
             out,
             "--data",
@@ -181,13 +181,9 @@ def test_cli_kl_sampling_run(workspace, capsys):
     out = root / "benign.safetensors"
     status = cli.main(
         fisher_args(
-            root,
             model_dir,
             out,
-            "--data",
-            str(root / "goals.jsonl"),
-            "--field",
-            "goal",
+            *goals(root),
             "--objective",
             "kl",
             "--kind",
@@ -244,7 +240,7 @@ def test_cli_input_errors_write_nothing(workspace, tmp_path, capsys, case):
     }
     args = [x.format(root=root) for kv in options.items() if kv[1] is not None for x in kv]
     out = tmp_path / "out.safetensors"
-    assert cli.main(fisher_args(root, model_dir, out, *args)) == 2
+    assert cli.main(fisher_args(model_dir, out, *args)) == 2
     assert message in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
 
@@ -264,13 +260,9 @@ def test_ctrl_c_leaves_no_file(workspace, tmp_path, monkeypatch, capsys):
     out = tmp_path / "out.safetensors"
     status = cli.main(
         fisher_args(
-            root,
             model_dir,
             out,
-            "--data",
-            str(root / "goals.jsonl"),
-            "--field",
-            "goal",
+            *goals(root),
             "--objective",
             "refusal",
             "--kind",
