@@ -151,21 +151,6 @@ class SharedSettings:
     floor: float | None = None
     normalise: bool | None = None
 
-    @property
-    def projects(self) -> bool:
-        """True for the methods that project the safety patch with Fishers."""
-        return self.method in PROJECTING
-
-    @property
-    def uses_roles(self) -> bool:
-        """True for the methods with one safety input and utility inputs."""
-        return self.method in WITH_ROLES
-
-    def fisher_paths(self) -> dict[str, str]:
-        """``{"harm_fisher": path, "benign_fisher": path}`` for the shared Fisher files set."""
-        pairs = (("harm_fisher", self.harm_fisher), ("benign_fisher", self.benign_fisher))
-        return {key: value for key, value in pairs if value is not None}
-
     def as_dict(self) -> dict[str, Any]:
         """JSON-serialisable form for the report (``None`` fields left out)."""
         out = {k: v for k, v in asdict(self).items() if v is not None and k != "selection"}
