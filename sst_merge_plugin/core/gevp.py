@@ -22,7 +22,7 @@ import threading
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor
@@ -30,6 +30,7 @@ from torch import Tensor
 from sst_merge_plugin.core.errors import SolverError
 
 SolverName = Literal["auto", "dense", "krylov"]
+SOLVERS: tuple[str, ...] = get_args(SolverName)
 
 #: ``auto`` uses the dense solver up to this dimension, the Krylov solver above it (when only the top ``k``
 #: pairs are needed).
@@ -177,7 +178,7 @@ def solve(
     ``auto`` picks the Krylov solver only when ``top_k`` is given and the dimension exceeds
     :data:`DENSE_MAX_DIM`; otherwise the dense float64 solver.
     """
-    if solver not in ("auto", "dense", "krylov"):
+    if solver not in SOLVERS:
         raise SolverError(f"unknown solver '{solver}' (expected auto, dense or krylov)")
     use_krylov = solver == "krylov" or (
         solver == "auto" and top_k is not None and gain.shape[0] > DENSE_MAX_DIM

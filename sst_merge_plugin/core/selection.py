@@ -18,7 +18,7 @@ below do not depend on the overall scale of the two Fishers. The selection retur
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor
@@ -26,7 +26,7 @@ from torch import Tensor
 from sst_merge_plugin.core.errors import SelectionError
 
 SelectMode = Literal["top_k", "energy", "ratio", "soft", "all"]
-SELECT_MODES: tuple[str, ...] = ("top_k", "energy", "ratio", "soft", "all")
+SELECT_MODES: tuple[str, ...] = get_args(SelectMode)
 
 
 @dataclass(frozen=True)

@@ -57,6 +57,7 @@ from typing import Any
 from mergekit.merge_methods.base import ParameterScope, ParameterSpec
 
 from sst_merge_plugin.core import DEFAULT_DAMPING, Selection, SSTError
+from sst_merge_plugin.core.gevp import SOLVERS
 from sst_merge_plugin.core.selection import SELECT_MODES
 
 SST_MERGE = "sst_merge"
@@ -73,7 +74,6 @@ WITH_ROLES = frozenset({SST_MERGE, SST_SINGLE_FISHER, SST_SAFE_LORA})
 ROLES = ("safety", "utility")
 UTILITY_MERGES = ("task_arithmetic", "ties", "dare_ties", "dare_linear")
 MISSING_POLICIES = ("error", "keep", "drop")
-SOLVERS = ("auto", "dense", "krylov")
 ADAPTER_MODES = ("none", "safety", "merged")
 GATES = ("project", "merge")
 #: the value a selection parameter takes when its mode is chosen and it is not given
