@@ -1,0 +1,105 @@
+"""``sst-merge demo`` — the safety–utility benchmark on SmolLM2-135M-Instruct, end to end.
+
+From an empty cache it fetches the model and prompt sets, trains a safety LoRA and two utility
+LoRAs, collects the Fisher files, merges with the baselines and SST-Merge through mergekit, and
+evaluates every model (harmful refusal on HarmBench, over-refusal on held-out benign-edgy
+probes, utility exact match, true/false accuracy). It prints the table and writes
+``results.json``, ``results.md`` and ``pareto.png`` into ``--out``. Every stage is cached in the
+workspace, so a second run (or a run after Ctrl-C) only redoes what is missing.
+
+The default ``quick`` profile takes minutes on 2 CPU cores; ``--profile full`` is the complete
+benchmark of ``benchmarks/safety_utility`` (every method with its knob swept).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from sst_merge_plugin.core.errors import SSTError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", default="sst-merge-demo", help="folder for the results")
+    parser.add_argument("--profile", default="quick", help="quick (default) or full")
+    parser.add_argument(
+        "--methods", nargs="+", help="run only these sweeps of the profile (default: all)"
+    )
+    parser.add_argument(
+        "--workspace", help="cache folder of the stages (default: <asset cache>/bench/<profile>)"
+    )
+    parser.add_argument("--cache-dir", help="asset cache (default: $SST_MERGE_CACHE or ~/.cache)")
+    parser.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
+    parser.add_argument(
+        "--threads", type=int, help="torch CPU threads (default: torch's; 1 on a busy machine)"
+    )
+    parser.add_argument("--keep-models", action="store_true", help="keep the merged model folders")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def judge_summary(cache_dir: str | None) -> dict[str, float | int]:
+    """The refusal judge's quality on pyrit's human-labelled responses (printed with reports)."""
+    from sst_merge_plugin.data.prompts import load_labelled_refusals
+    from sst_merge_plugin.evaluation.judge import judge_quality
+
+    quality = judge_quality(load_labelled_refusals(cache_dir))
+    return {key: getattr(quality, key) for key in ("precision", "recall", "f1", "n")}
+
+
+def run_profile(args: argparse.Namespace, title: str) -> int:
+    """Run ``args.profile`` (shared by ``sst-merge demo`` and ``benchmarks/safety_utility``)."""
+    from sst_merge_plugin.bench.pipeline import Pipeline, write_outputs
+    from sst_merge_plugin.bench.profile import PROFILES
+    from sst_merge_plugin.data.assets import cache_root
+
+    if args.profile not in PROFILES:
+        raise SSTError(f"unknown profile {args.profile!r}; expected one of {', '.join(PROFILES)}")
+    profile = PROFILES[args.profile]
+    if args.methods:
+        profile = profile.with_sweeps(tuple(args.methods))
+    if args.threads is not None:
+        if args.threads < 1:
+            raise SSTError(f"--threads must be >= 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
+    if args.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise SSTError(f"--device {args.device}: CUDA is not available on this machine")
+    workspace = args.workspace or cache_root(args.cache_dir) / "bench" / profile.name
+    started = time.perf_counter()
+    judge = judge_summary(args.cache_dir)
+    pipeline = Pipeline(
+        profile,
+        workspace,
+        cache_dir=args.cache_dir,
+        keep_models=args.keep_models,
+        progress=not args.no_progress,
+        device=args.device,
+    )
+    rows = pipeline.run()
+    paths = write_outputs(rows, args.out, f"{title} ({profile.name} profile)")
+    meta = {
+        "profile": profile.name,
+        "workspace": str(workspace),
+        "judge_on_pyrit_labels": judge,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    from sst_merge_plugin.atomic import write_text
+
+    write_text(Path(args.out) / "run.json", json.dumps(meta, indent=2) + "\n")
+    print(paths["markdown"].read_text(encoding="utf-8"))
+    print(
+        f"refusal judge on pyrit's {judge['n']} labelled responses: precision "
+        f"{judge['precision']:.3f}, recall {judge['recall']:.3f}"
+    )
+    print(f"wrote {', '.join(str(p) for p in paths.values())} in {meta['seconds']:.0f} s")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    return run_profile(args, "SST-Merge safety–utility demo")

@@ -1,0 +1,212 @@
+"""What a safety–utility benchmark run trains, collects, merges and evaluates (its *profile*).
+
+A :class:`Profile` names
+
+* the adapters (:class:`AdapterSpec`): one safety LoRA (AdvBench training split → natural
+  refusals) and utility LoRAs on programmatic skills (:mod:`sst_merge_plugin.data.tasks`);
+* the Fisher collections (:class:`FisherSettings`): ``F_harm`` (objective ``refusal`` on the
+  AdvBench training split) and ``F_benign`` (objective ``kl`` on benign prompts: the skills'
+  training prompts and the training part of the benign-edgy probes), per Fisher kind;
+* the evaluation (:class:`~sst_merge_plugin.evaluation.suite.EvalConfig`);
+* the method sweeps (:class:`Sweep`): a merge method, the knob it sweeps and fixed parameters.
+
+Two built-in profiles: :data:`QUICK` (``sst-merge demo``, minutes on 2 CPU cores) and
+:data:`FULL` (``benchmarks/safety_utility``, every method with a curve).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+from typing import Any
+
+from sst_merge_plugin.bench.training import LoRATrainingConfig
+from sst_merge_plugin.core.errors import SSTError
+from sst_merge_plugin.evaluation.suite import EvalConfig
+
+SAFETY = "safety"
+
+
+@dataclass(frozen=True)
+class AdapterSpec:
+    """A LoRA to train: ``skill=None`` is the safety adapter, else a skill's training split."""
+
+    name: str
+    skill: str | None
+    n_train: int
+    training: LoRATrainingConfig
+
+
+@dataclass(frozen=True)
+class FisherSettings:
+    """How the ``F_harm`` / ``F_benign`` pairs are collected (``sst-merge fisher`` options)."""
+
+    kinds: tuple[str, ...] = ("lora",)
+    benign_objective: str = "kl"
+    n_harm: int = 128
+    n_benign_edgy: int = 64
+    n_benign_per_skill: int = 32
+    response_tokens: int = 32
+    batch_size: int = 8
+    max_length: int = 160
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """One method's curve: ``merge_method`` with ``knob`` taking each of ``values``.
+
+    ``knob`` is a shared mergekit parameter, or ``safety_weight`` (the safety input's
+    ``weight``), or ``density`` (every input's density). ``fisher_kind`` names the Fisher pair
+    the method needs (``None``: none); ``utilities_only`` drops the safety input.
+    """
+
+    label: str
+    merge_method: str
+    knob: str | None
+    values: tuple[Any, ...]
+    parameters: Mapping[str, Any] = field(default_factory=dict)
+    fisher_kind: str | None = None
+    per_model_fisher: bool = False
+    utilities_only: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "parameters", MappingProxyType(dict(self.parameters)))
+        if self.knob is None and len(self.values) != 1:
+            raise SSTError(f"sweep {self.label}: without a knob give exactly one value (None)")
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Everything one benchmark run does (module doc)."""
+
+    name: str
+    adapters: tuple[AdapterSpec, ...]
+    fisher: FisherSettings
+    evaluation: EvalConfig
+    sweeps: tuple[Sweep, ...]
+    single_adapters: bool = True
+
+    @property
+    def skills(self) -> tuple[str, ...]:
+        return tuple(spec.skill for spec in self.adapters if spec.skill is not None)
+
+    @property
+    def fisher_kinds(self) -> tuple[str, ...]:
+        """Fisher kinds the sweeps need (in the order of :attr:`FisherSettings.kinds`)."""
+        needed = {sweep.fisher_kind for sweep in self.sweeps if sweep.fisher_kind}
+        unknown = needed - set(self.fisher.kinds)
+        if unknown:
+            raise SSTError(
+                f"profile {self.name}: sweeps need Fisher kinds {sorted(unknown)} "
+                f"that FisherSettings.kinds {self.fisher.kinds} does not collect"
+            )
+        return tuple(kind for kind in self.fisher.kinds if kind in needed)
+
+    def with_sweeps(self, labels: tuple[str, ...]) -> Profile:
+        """The profile restricted to the sweeps named in ``labels`` (error for unknown ones)."""
+        known = {sweep.label for sweep in self.sweeps}
+        unknown = sorted(set(labels) - known)
+        if unknown:
+            raise SSTError(f"unknown method(s) {unknown}; profile {self.name} has {sorted(known)}")
+        return replace(self, sweeps=tuple(s for s in self.sweeps if s.label in labels))
+
+
+def _sst(label: str, kind: str, select: str, knob: str, values: tuple[float, ...]) -> Sweep:
+    return Sweep(
+        label,
+        "sst_merge",
+        knob,
+        values,
+        {"select": select, "utility_merge": "task_arithmetic"},
+        fisher_kind=kind,
+    )
+
+
+def _baselines(safety_weights: tuple[float, ...], densities: tuple[float, ...]) -> list[Sweep]:
+    """The host baselines with the safety LoRA as an ordinary input."""
+    return [
+        Sweep("utility_only", "task_arithmetic", None, (None,), utilities_only=True),
+        Sweep("task_arithmetic", "task_arithmetic", "safety_weight", safety_weights),
+        Sweep("ties", "ties", "density", densities, {"normalize": False}),
+        Sweep("dare_ties", "dare_ties", "density", densities, {"normalize": False}),
+        # RESTA: DARE on the utility deltas (density 0.5), the safety vector added unsparsified
+        Sweep("resta", "dare_linear", "safety_weight", safety_weights, {"normalize": False}),
+    ]
+
+
+_TRAIN_SAFETY = LoRATrainingConfig(steps=60, learning_rate=2e-3)
+_TRAIN_SKILL = LoRATrainingConfig(steps=60, learning_rate=2e-3)
+
+FULL = Profile(
+    name="full",
+    adapters=(
+        AdapterSpec(SAFETY, None, 390, _TRAIN_SAFETY),
+        AdapterSpec("reverse_letters", "reverse_letters", 400, _TRAIN_SKILL),
+        AdapterSpec("uppercase", "uppercase", 400, _TRAIN_SKILL),
+    ),
+    fisher=FisherSettings(kinds=("lora", "kfac", "diag")),
+    evaluation=EvalConfig(
+        harmful="harmbench",
+        benign="benign-edgy",
+        utility=("reverse_letters", "uppercase"),
+        truefalse="truefalse",
+        n_harmful=64,
+        n_benign=38,
+        n_utility=32,
+        n_truefalse=100,
+        max_new_tokens=32,
+    ),
+    sweeps=(
+        *_baselines((0.5, 0.75, 1.0, 1.25), (0.2, 0.4, 0.6, 0.8)),
+        Sweep(
+            "fisher_merge",
+            "sst_fisher_merge",
+            "safety_weight",
+            (0.5, 1.0, 2.0, 4.0),
+            per_model_fisher=True,
+        ),
+        Sweep(
+            "safe_lora",
+            "sst_safe_lora",
+            "threshold",
+            (0.1, 0.3, 0.5, 0.7),
+            {"gate": "project", "add_safety": True},
+        ),
+        Sweep("safemerge", "sst_safe_lora", "threshold", (0.1, 0.3, 0.5, 0.7), {"gate": "merge"}),
+        Sweep(
+            "single_fisher",
+            "sst_single_fisher",
+            "energy",
+            (0.5, 0.7, 0.9, 0.97),
+            {"select": "energy"},
+            fisher_kind="lora",
+        ),
+        _sst("sst_lora_hard", "lora", "ratio", "ratio", (0.5, 1.0, 2.0, 4.0)),
+        _sst("sst_lora_soft", "lora", "soft", "rho", (0.25, 1.0, 4.0, 16.0)),
+        _sst("sst_kfac_hard", "kfac", "ratio", "ratio", (0.5, 1.0, 2.0, 4.0)),
+        _sst("sst_kfac_soft", "kfac", "soft", "rho", (0.25, 1.0, 4.0, 16.0)),
+        _sst("sst_diag_hard", "diag", "ratio", "ratio", (0.5, 1.0, 2.0, 4.0)),
+        _sst("sst_diag_soft", "diag", "soft", "rho", (0.25, 1.0, 4.0, 16.0)),
+    ),
+)
+
+QUICK = Profile(
+    name="quick",
+    adapters=(
+        AdapterSpec(SAFETY, None, 390, replace(_TRAIN_SAFETY, steps=40)),
+        AdapterSpec("reverse_letters", "reverse_letters", 200, replace(_TRAIN_SKILL, steps=40)),
+        AdapterSpec("uppercase", "uppercase", 200, replace(_TRAIN_SKILL, steps=40)),
+    ),
+    fisher=FisherSettings(kinds=("lora",), n_harm=48, n_benign_edgy=32, n_benign_per_skill=16),
+    evaluation=replace(FULL.evaluation, n_harmful=24, n_benign=24, n_utility=16, n_truefalse=60),
+    sweeps=(
+        *_baselines((1.0,), (0.5,))[:3],
+        _sst("sst_lora_hard", "lora", "ratio", "ratio", (1.0,)),
+        _sst("sst_lora_soft", "lora", "soft", "rho", (1.0,)),
+    ),
+    single_adapters=False,
+)
+
+PROFILES: Mapping[str, Profile] = MappingProxyType({"quick": QUICK, "full": FULL})
