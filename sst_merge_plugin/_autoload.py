@@ -41,14 +41,21 @@ DISABLE_ENV = "SST_MERGE_NO_AUTOLOAD"
 def _notify(name: str, module: object) -> None:
     """Hand a finished mergekit module to the (heavy) registration module.
 
-    A failure is turned into a warning: a broken plugin must not break unrelated mergekit use
-    (``merge_method: sst_merge`` then fails with mergekit's "Unimplemented merge method").
+    When a plugin module that imports mergekit is itself being imported (e.g. user code ran
+    ``from sst_merge_plugin.mergekit import params`` first), the registration module cannot be
+    imported yet (circular import); the notification is then deferred to mergekit's first
+    method lookup (:func:`_defer_to_first_lookup`). Any other failure is turned into a warning:
+    a broken plugin must not break unrelated mergekit use (``merge_method: sst_merge`` then
+    fails with mergekit's "Unimplemented merge method").
     """
     try:
         from sst_merge_plugin.mergekit import registration
 
         registration.on_module_imported(name, module)
     except Exception as error:
+        if isinstance(error, ImportError) and _plugin_module_initializing():
+            _defer_to_first_lookup(name, module)
+            return
         import warnings
 
         warnings.warn(
@@ -56,6 +63,48 @@ def _notify(name: str, module: object) -> None:
             RuntimeWarning,
             stacklevel=2,
         )
+
+
+def _plugin_module_initializing() -> bool:
+    """Whether some ``sst_merge_plugin`` module is in ``sys.modules`` but still executing."""
+    return any(
+        getattr(getattr(module, "__spec__", None), "_initializing", False)
+        for key, module in list(sys.modules.items())
+        if key.startswith("sst_merge_plugin.")
+    )
+
+
+#: the ``mergekit.merge_methods`` functions through which mergekit looks registered methods up
+LOOKUPS = ("get", "registered_methods")
+
+
+def _defer_to_first_lookup(name: str, module: object) -> None:
+    """Run ``_notify(name, module)`` just before mergekit's next method lookup.
+
+    ``mergekit.merge_methods.get`` / ``registered_methods`` (looked up as module attributes by
+    the planner, the card writer and the merge API) are replaced by one-shot wrappers that
+    restore the originals, notify, then perform the lookup — by then the plugin modules have
+    finished importing.
+    """
+    registry = sys.modules.get("mergekit.merge_methods")
+    originals = {attribute: getattr(registry, attribute, None) for attribute in LOOKUPS}
+    if None in originals.values():
+        return
+
+    def restore_and_notify() -> None:
+        for attribute, original in originals.items():
+            setattr(registry, attribute, original)
+        _notify(name, module)
+
+    def deferred(attribute: str):
+        def lookup(*args: object):
+            restore_and_notify()
+            return originals[attribute](*args)
+
+        return lookup
+
+    for attribute in LOOKUPS:
+        setattr(registry, attribute, deferred(attribute))
 
 
 def _fully_imported(name: str) -> object | None:

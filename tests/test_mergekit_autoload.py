@@ -114,3 +114,23 @@ def test_disabled_then_mergekit_first_then_reimport():
         SST_MERGE_NO_AUTOLOAD="1",
     ).stdout.strip()
     assert out == "[] True 4 False True"
+
+
+@pytest.mark.parametrize("first", ["params", "tensor_merge"])
+def test_plugin_module_importing_mergekit_first(first):
+    """A plugin module that imports mergekit while it is itself half-imported: registration is
+    deferred to mergekit's first method lookup instead of failing on the circular import."""
+    result = python(
+        f"""
+        import warnings
+        warnings.simplefilter("error", RuntimeWarning)  # the old failure mode was this warning
+        from sst_merge_plugin.mergekit import {first}
+        import mergekit.merge_methods as methods
+        names = [m.spec.name for m in methods.registered_methods() if m.spec.name.startswith("sst")]
+        print(names, type(methods.get("sst_merge")).__name__, methods.get.__module__)
+        """
+    )
+    assert result.stdout.strip() == (
+        "['sst_merge', 'sst_single_fisher', 'sst_safe_lora', 'sst_fisher_merge'] "
+        "SSTMergeMethod mergekit.merge_methods.registry"
+    )
