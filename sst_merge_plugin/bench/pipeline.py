@@ -7,8 +7,8 @@ interrupted run resumes and a changed input recomputes only what depends on it):
    smollm2_model_dir`, in the asset cache).
 2. **adapters** — ``adapters/<name>-<key>/``: PEFT LoRAs trained by
    :func:`~.training.train_lora_adapter` (key: base fingerprint, training pairs, hyper-parameters).
-3. **data files** — ``data/benign-<key>.jsonl`` (the benign Fisher prompts: each skill's
-   training prompts and the training part of the benign-edgy probes).
+3. **data files** — ``data/benign-<key>.jsonl`` (the benign Fisher prompts: everyday
+   questions, the training part of the benign-edgy probes, each skill's training prompts).
 4. **Fisher files** — ``fishers/…``: collected with exactly ``sst-merge fisher`` through the
    content-keyed :mod:`sst_merge_plugin.fisher.cache`: per kind, ``F_harm`` (``refusal`` on the
    AdvBench training split) and ``F_benign`` (``kl``); ``lora`` kind restricted to the safety
@@ -99,16 +99,18 @@ class Pipeline:
         return self._model_dir
 
     def training_pairs(self, spec: AdapterSpec) -> list[tuple[str, str]]:
-        """(prompt, response) pairs of an adapter: AdvBench training refusals or skill items."""
+        """(prompt, response) pairs of an adapter: AdvBench training refusals (+ helpful retain
+        pairs) for the safety adapter, the skill's training items otherwise."""
         from sst_merge_plugin.data.tasks import skill_splits
 
         if spec.skill is None:
+            from sst_merge_plugin.data.prompts import load_helpful_pairs
             from sst_merge_plugin.data.refusals import refusal_targets
 
             prompts = harmful_training_prompts(self.cache_dir)[: spec.n_train]
-            return list(
-                zip(prompts, refusal_targets(prompts, seed=spec.training.seed), strict=True)
-            )
+            refusals = refusal_targets(prompts, seed=spec.training.seed)
+            retain = load_helpful_pairs(self.cache_dir)[: spec.n_retain]
+            return list(zip(prompts, refusals, strict=True)) + retain
         train, _ = skill_splits(spec.skill, spec.n_train, 0, seed=spec.training.seed)
         return [(item.prompt, item.answer) for item in train]
 
@@ -147,13 +149,16 @@ class Pipeline:
 
     # ---- stage 3-4: Fisher files --------------------------------------------------------------
     def benign_prompt_file(self) -> Path:
-        """JSONL of the benign Fisher prompts (skills' training prompts + benign-edgy train)."""
+        """JSONL of the benign Fisher prompts: everyday questions (``benign-helpful``), the
+        training part of the benign-edgy probes, and each skill's training prompts."""
         from sst_merge_plugin.data.prompts import held_out_split, load_prompts
         from sst_merge_plugin.data.tasks import skill_splits
 
         settings = self.profile.fisher
+        helpful = load_prompts("benign-helpful", cache_dir=self.cache_dir).prompts
         edgy_train, _ = held_out_split(load_prompts("benign-edgy", cache_dir=self.cache_dir))
-        prompts = list(edgy_train.prompts[: settings.n_benign_edgy])
+        prompts = list(helpful[: settings.n_benign_helpful])
+        prompts += edgy_train.prompts[: settings.n_benign_edgy]
         for skill in self.profile.skills:
             train, _ = skill_splits(skill, settings.n_benign_per_skill, 0, seed=settings.seed + 1)
             prompts += [item.prompt for item in train]

@@ -30,12 +30,17 @@ SAFETY = "safety"
 
 @dataclass(frozen=True)
 class AdapterSpec:
-    """A LoRA to train: ``skill=None`` is the safety adapter, else a skill's training split."""
+    """A LoRA to train: ``skill=None`` is the safety adapter, else a skill's training split.
+
+    The safety adapter learns ``n_train`` AdvBench training goals → natural refusals and, as
+    retain data, ``n_retain`` everyday questions → their helpful answers (``benign-helpful``).
+    """
 
     name: str
     skill: str | None
     n_train: int
     training: LoRATrainingConfig
+    n_retain: int = 0
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,7 @@ class FisherSettings:
     kinds: tuple[str, ...] = ("lora",)
     benign_objective: str = "kl"
     n_harm: int = 128
+    n_benign_helpful: int = 64
     n_benign_edgy: int = 64
     n_benign_per_skill: int = 32
     response_tokens: int = 32
