@@ -66,8 +66,40 @@ class MergeJob:
         return content_key({"method": self.method, "knob": self.knob, "config": self.config})
 
 
+@dataclass(frozen=True)
+class TrainingPrompts:
+    """The prompt data adapters and Fisher files are made from (never the evaluation's).
+
+    ``harmful``: the safety adapter's and ``F_harm``'s harmful requests; ``helpful_pairs``:
+    everyday (question, helpful answer) pairs (the safety adapter's retain data; their
+    questions are benign Fisher prompts); ``edgy``: benign over-refusal probes for ``F_benign``.
+    """
+
+    harmful: tuple[str, ...]
+    helpful_pairs: tuple[tuple[str, str], ...]
+    edgy: tuple[str, ...]
+
+    @classmethod
+    def from_assets(cls, cache_dir: str | Path | None = None) -> TrainingPrompts:
+        """The AdvBench and benign-edgy training parts (:func:`~sst_merge_plugin.data.prompts.
+        held_out_split`) and the ``benign-helpful`` pairs, from the asset cache."""
+        from sst_merge_plugin.data.prompts import held_out_split, load_helpful_pairs, load_prompts
+
+        harmful, _ = held_out_split(load_prompts("advbench", cache_dir=cache_dir))
+        edgy, _ = held_out_split(load_prompts("benign-edgy", cache_dir=cache_dir))
+        return cls(
+            tuple(harmful.prompts),
+            tuple(load_helpful_pairs(cache_dir)),
+            tuple(edgy.prompts),
+        )
+
+
 class Pipeline:
-    """Runs a :class:`Profile` in ``workspace`` (see the module doc)."""
+    """Runs a :class:`Profile` in ``workspace`` (see the module doc).
+
+    ``model_dir`` and ``prompts`` default to SmolLM2 and :meth:`TrainingPrompts.from_assets`;
+    tests pass a tiny model and their own prompts.
+    """
 
     def __init__(
         self,
@@ -78,6 +110,8 @@ class Pipeline:
         keep_models: bool = False,
         progress: bool = True,
         device: str = "cpu",
+        model_dir: str | Path | None = None,
+        prompts: TrainingPrompts | None = None,
     ) -> None:
         self.profile = profile
         self.workspace = Path(workspace).expanduser().resolve()
@@ -85,7 +119,8 @@ class Pipeline:
         self.keep_models = keep_models
         self.progress = progress
         self.device = device
-        self._model_dir: Path | None = None
+        self._model_dir = None if model_dir is None else Path(model_dir)
+        self._prompts = prompts
         self._adapters: dict[str, Path] = {}
         self._fishers: dict[tuple[str, str], Path] = {}
 
@@ -98,18 +133,23 @@ class Pipeline:
             self._model_dir = smollm2_model_dir(self.cache_dir)
         return self._model_dir
 
+    @property
+    def prompts(self) -> TrainingPrompts:
+        if self._prompts is None:
+            self._prompts = TrainingPrompts.from_assets(self.cache_dir)
+        return self._prompts
+
     def training_pairs(self, spec: AdapterSpec) -> list[tuple[str, str]]:
         """(prompt, response) pairs of an adapter: AdvBench training refusals (+ helpful retain
         pairs) for the safety adapter, the skill's training items otherwise."""
         from sst_merge_plugin.data.tasks import skill_splits
 
         if spec.skill is None:
-            from sst_merge_plugin.data.prompts import load_helpful_pairs
             from sst_merge_plugin.data.refusals import refusal_targets
 
-            prompts = harmful_training_prompts(self.cache_dir)[: spec.n_train]
+            prompts = list(self.prompts.harmful[: spec.n_train])
             refusals = refusal_targets(prompts, seed=spec.training.seed)
-            retain = load_helpful_pairs(self.cache_dir)[: spec.n_retain]
+            retain = list(self.prompts.helpful_pairs[: spec.n_retain])
             return list(zip(prompts, refusals, strict=True)) + retain
         train, _ = skill_splits(spec.skill, spec.n_train, 0, seed=spec.training.seed)
         return [(item.prompt, item.answer) for item in train]
@@ -148,24 +188,30 @@ class Pipeline:
         return {spec.name: self.adapter(spec) for spec in self.profile.adapters}
 
     # ---- stage 3-4: Fisher files --------------------------------------------------------------
+    def prompt_file(self, label: str, records: list[dict[str, str]]) -> Path:
+        """``data/<label>-<content key>.jsonl`` holding ``records`` (written once)."""
+        path = self.workspace / "data" / f"{label}-{content_key(records)}.jsonl"
+        if not path.is_file():
+            write_text(path, "".join(json.dumps(record) + "\n" for record in records))
+        return path
+
+    def harmful_prompt_file(self) -> Path:
+        """JSONL of the ``F_harm`` prompts (the first ``n_harm`` harmful training prompts)."""
+        prompts = self.prompts.harmful[: self.profile.fisher.n_harm]
+        return self.prompt_file("harm", [{"prompt": p} for p in prompts])
+
     def benign_prompt_file(self) -> Path:
-        """JSONL of the benign Fisher prompts: everyday questions (``benign-helpful``), the
-        training part of the benign-edgy probes, and each skill's training prompts."""
-        from sst_merge_plugin.data.prompts import held_out_split, load_prompts
+        """JSONL of the benign Fisher prompts: everyday questions, benign-edgy training
+        probes, and each skill's training prompts."""
         from sst_merge_plugin.data.tasks import skill_splits
 
         settings = self.profile.fisher
-        helpful = load_prompts("benign-helpful", cache_dir=self.cache_dir).prompts
-        edgy_train, _ = held_out_split(load_prompts("benign-edgy", cache_dir=self.cache_dir))
-        prompts = list(helpful[: settings.n_benign_helpful])
-        prompts += edgy_train.prompts[: settings.n_benign_edgy]
+        prompts = [q for q, _ in self.prompts.helpful_pairs[: settings.n_benign_helpful]]
+        prompts += self.prompts.edgy[: settings.n_benign_edgy]
         for skill in self.profile.skills:
             train, _ = skill_splits(skill, settings.n_benign_per_skill, 0, seed=settings.seed + 1)
             prompts += [item.prompt for item in train]
-        path = self.workspace / "data" / f"benign-{content_key(prompts)}.jsonl"
-        if not path.is_file():
-            write_text(path, "".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
-        return path
+        return self.prompt_file("benign", [{"prompt": p} for p in prompts])
 
     def _fisher(self, label: str, data: str, objective: str, kind: str, **extra: Any) -> Path:
         from sst_merge_plugin.fisher.cache import FisherRequest, cached_fisher_file
@@ -192,10 +238,10 @@ class Pipeline:
             )
             harm = self._fisher(
                 "harm",
-                "advbench",
+                str(self.harmful_prompt_file()),
                 "refusal",
                 kind,
-                options={"split": "train", "max_examples": settings.n_harm},
+                options={"split": "all", "field": "prompt"},
                 **restrict,
             )
             benign = self._fisher(
@@ -217,11 +263,7 @@ class Pipeline:
         """A ``diag`` Fisher of base+adapter on the adapter's own training data (Fisher merging)."""
         if (spec.name, "diag") not in self._fishers:
             pairs = self.training_pairs(spec)[: self.profile.fisher.n_benign_per_skill * 2]
-            path = self.workspace / "data" / f"{spec.name}-{content_key(pairs)}.jsonl"
-            if not path.is_file():
-                write_text(
-                    path, "".join(json.dumps({"prompt": p, "response": r}) + "\n" for p, r in pairs)
-                )
+            path = self.prompt_file(spec.name, [{"prompt": p, "response": r} for p, r in pairs])
             self._fishers[(spec.name, "diag")] = self._fisher(
                 spec.name,
                 str(path),
@@ -375,14 +417,6 @@ class Pipeline:
             if on_row is not None:
                 on_row(rows[-1])
         return rows
-
-
-def harmful_training_prompts(cache_dir: str | Path | None = None) -> list[str]:
-    """The AdvBench training split (the part never used for evaluation)."""
-    from sst_merge_plugin.data.prompts import held_out_split, load_prompts
-
-    train, _ = held_out_split(load_prompts("advbench", cache_dir=cache_dir))
-    return list(train.prompts)
 
 
 def load_model(model_dir: Path, device: str) -> tuple[Any, Any]:
