@@ -191,6 +191,22 @@ def test_pipeline_end_to_end_and_cached(
     assert paths["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "sst_lora_soft" in paths["markdown"].read_text()
 
+    # the merge inputs, exported under the names configs/mergekit/*.yml use
+    inputs = again.export_inputs(tmp_path / "out")
+    assert sorted(path.name for path in (inputs / "adapters").iterdir()) == [SAFETY, "uppercase"]
+    for name, folder in adapters.items():
+        exported = inputs / "adapters" / name / "adapter_model.safetensors"
+        assert exported.read_bytes() == (folder / "adapter_model.safetensors").read_bytes()
+    for role, path in zip(("harm", "benign"), again.fisher_pair("lora"), strict=True):
+        exported = inputs / "fishers" / "lora" / f"{role}.safetensors"
+        assert exported.read_bytes() == path.read_bytes()
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == [
+        "inputs",
+        "pareto.png",
+        "results.json",
+        "results.md",
+    ]
+
 
 def test_profile_checks_its_sweeps(world: World) -> None:
     profile = _profile(world)

@@ -48,14 +48,14 @@ def no_loading(pool):
 def test_loader_merges_the_adapter_and_leaves_parameters_trainable(world: World) -> None:
     from sst_merge_plugin.fusion_bench.loaders import load_lora_causal_lm
 
-    model = load_lora_causal_lm(world.base, world.adapter("math"))
+    model = load_lora_causal_lm(world.base, world.adapter("reverse_letters"))
     assert all(p.requires_grad for p in model.parameters())
     assert next(model.parameters()).dtype == torch.float32
-    config = json.loads((world.adapter("math") / "adapter_config.json").read_text())
+    config = json.loads((world.adapter("reverse_letters") / "adapter_config.json").read_text())
     scale = config["lora_alpha"] / config["r"]
     base = load_file(world.base / "model.safetensors")
     prefix = "base_model.model.model.layers.1.mlp.down_proj"
-    with safe_open(str(world.adapter("math") / "adapter_model.safetensors"), "pt") as handle:
+    with safe_open(str(world.adapter("reverse_letters") / "adapter_model.safetensors"), "pt") as handle:
         lora_a = handle.get_tensor(f"{prefix}.lora_A.weight")
         lora_b = handle.get_tensor(f"{prefix}.lora_B.weight")
     name = "model.layers.1.mlp.down_proj.weight"
@@ -203,21 +203,21 @@ def test_baseline_methods_equal_the_mergekit_path(
 ) -> None:
     if method == "sst_single_fisher":
         shared = {"harm_fisher": str(world.harm_fisher), "select": "ratio", "ratio": 2.0}
-        per_model = {"safety": {"role": "safety", "weight": 0.5}, "math": {}, "text": {}}
+        per_model = {"safety": {"role": "safety", "weight": 0.5}, "reverse_letters": {}, "uppercase": {}}
         fb_settings = {**shared, "safety_model": "safety", "weight": {"safety": 0.5}}
     elif method == "sst_safe_lora":
         shared = {"threshold": 0.3, "gate": "merge", "scale": 0.8}
-        per_model = {"safety": {"role": "safety"}, "math": {"weight": 0.6}, "text": {}}
-        fb_settings = {**shared, "safety_model": "safety", "weight": {"math": 0.6}}
+        per_model = {"safety": {"role": "safety"}, "reverse_letters": {"weight": 0.6}, "uppercase": {}}
+        fb_settings = {**shared, "safety_model": "safety", "weight": {"reverse_letters": 0.6}}
     else:
         fishers = _diag_fishers(world, tmp_path)
         shared = {"normalise": True}
         per_model = {name: {"fisher": str(path)} for name, path in fishers.items()}
-        per_model["math"]["weight"] = 2.0
+        per_model["reverse_letters"]["weight"] = 2.0
         fb_settings = {
             **shared,
             "fisher": {name: str(path) for name, path in fishers.items()},
-            "weight": {"math": 2.0},
+            "weight": {"reverse_letters": 2.0},
         }
     sst = algorithm(merge_method=method, **fb_settings)
     merged = sst.run(make_pool(world))
@@ -371,7 +371,7 @@ def test_shipped_method_configs_instantiate_with_valid_settings(method: str) -> 
         Path(__file__).parents[1] / f"configs/fusion_bench/method/{method}.yaml"
     )
     if method == "sst_fisher_merge":
-        config.fisher_collection.data = {"math": "benign-edgy"}
+        config.fisher_collection.data = {"reverse_letters": "benign-edgy"}
     sst = instantiate(config)
     assert isinstance(sst, SSTMergeAlgorithm) and sst.merge_method == method
     assert sst.config.merge_method == method

@@ -40,7 +40,7 @@ def _user_configs(world: World, root: Path) -> Path:
     (folder / "sst_merge_tiny.yaml").write_text(
         "defaults:\n  - sst_merge\n  - _self_\n"
         f"harm_fisher: {world.harm_fisher}\nbenign_fisher: {world.benign_fisher}\n"
-        f"{settings}\nweight: {{math: 0.7, text: 1.2}}\ndensity: 0.6\nfisher_collection: null\n"
+        f"{settings}\nweight: {{reverse_letters: 0.7, uppercase: 1.2}}\ndensity: 0.6\nfisher_collection: null\n"
     )
     (folder / "sst_merge_collect.yaml").write_text(
         "defaults:\n  - sst_merge\n  - _self_\n"
@@ -119,7 +119,7 @@ def test_sst_weights_equal_the_mergekit_path(multirun: Path, world: World, tmp_p
 
     registration.install()  # idempotent; the installed .pth hook normally did it already
 
-    weights = {"math": 0.7, "text": 1.2}
+    weights = {"reverse_letters": 0.7, "uppercase": 1.2}
     config = {
         "merge_method": "sst_merge",
         "base_model": str(world.base),
@@ -135,7 +135,7 @@ def test_sst_weights_equal_the_mergekit_path(multirun: Path, world: World, tmp_p
                 "model": f"{world.base}+{world.adapter(name)}",
                 "parameters": {"role": "safety"} if name == "safety" else {"weight": weights[name]},
             }
-            for name in ("safety", "math", "text")
+            for name in ("safety", "reverse_letters", "uppercase")
         ],
     }
     out = tmp_path / "mergekit_out"

@@ -2,7 +2,7 @@
 
 :func:`build_world` writes into a folder: a 2-layer random Llama with a word-level tokenizer
 and a chat template (``base/``), three random LoRA adapters on every projection (``safety/``,
-``math/``, ``text/``), two synthetic K-FAC Fisher files with the base's fingerprint, and small
+``reverse_letters/``, ``uppercase/``), two synthetic K-FAC Fisher files with the base's fingerprint, and small
 prompt / task / statement files. Everything is seeded, so two builds are byte-identical.
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-ADAPTERS = ("safety", "math", "text")
+ADAPTERS = ("safety", "reverse_letters", "uppercase")
 VOCABULARY = """the a how to make build bomb cake house poison sorry i cannot help with that
 sure here is what add and two numbers answer one three four five six seven eight nine zero are
 user assistant system ? . : '"""

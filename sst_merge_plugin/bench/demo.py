@@ -4,7 +4,8 @@ From an empty cache it fetches the model and prompt sets, trains a safety LoRA a
 LoRAs, collects the Fisher files, merges with the baselines and SST-Merge through mergekit, and
 evaluates every model (harmful refusal on HarmBench, over-refusal on held-out benign-edgy
 probes, utility exact match, true/false accuracy). It prints the table and writes
-``results.json``, ``results.md`` and ``pareto.png`` into ``--out``. Every stage is cached in the
+``results.json``, ``results.md``, ``pareto.png`` and the merge inputs (``inputs/adapters/``,
+``inputs/fishers/<kind>/``, ready for ``configs/mergekit``) into ``--out``. Every stage is cached in the
 workspace, so a second run (or a run after Ctrl-C) only redoes what is missing.
 
 The default ``quick`` profile takes minutes on 2 CPU cores; ``--profile full`` is the complete
@@ -83,9 +84,12 @@ def run_profile(args: argparse.Namespace, title: str) -> int:
     )
     rows = pipeline.run()
     paths = write_outputs(rows, args.out, f"{title} ({profile.name} profile)")
+    inputs = pipeline.export_inputs(args.out)
     meta = {
         "profile": profile.name,
         "workspace": str(workspace),
+        "base_model": str(pipeline.model_dir),
+        "inputs": str(inputs),
         "judge_on_pyrit_labels": judge,
         "seconds": round(time.perf_counter() - started, 1),
     }
@@ -98,6 +102,12 @@ def run_profile(args: argparse.Namespace, title: str) -> int:
         f"{judge['precision']:.3f}, recall {judge['recall']:.3f}"
     )
     print(f"wrote {', '.join(str(p) for p in paths.values())} in {meta['seconds']:.0f} s")
+    print(
+        f"merge inputs for configs/mergekit: BASE_MODEL={pipeline.model_dir} "
+        f"ADAPTERS={inputs / 'adapters'} FISHERS={inputs / 'fishers' / profile.fisher_kinds[0]}"
+        if profile.fisher_kinds
+        else f"merge inputs for configs/mergekit: ADAPTERS={inputs / 'adapters'}"
+    )
     return 0
 
 

@@ -278,12 +278,42 @@ class Pipeline:
     def _safety_spec(self) -> AdapterSpec:
         return next(spec for spec in self.profile.adapters if spec.name == SAFETY)
 
+    def export_inputs(self, out_dir: str | Path) -> Path:
+        """The merge inputs under ``out_dir/inputs``, named for ``configs/mergekit/*.yml``:
+        ``adapters/<adapter name>/`` and ``fishers/<kind>/{harm,benign}.safetensors`` for the
+        Fisher pairs this run collected (hard links where possible, else copies; the folder is
+        replaced atomically). Returns the ``inputs`` folder."""
+        from sst_merge_plugin.atomic import atomic_path
+
+        target = Path(out_dir) / "inputs"
+        with atomic_path(target, directory=True) as temporary:
+            for name, folder in self.adapters().items():
+                shutil.copytree(folder, temporary / "adapters" / name, copy_function=_link_or_copy)
+            for (kind, what), files in self._fishers.items():
+                if what != "pair":
+                    continue
+                (temporary / "fishers" / kind).mkdir(parents=True)
+                for role, path in zip(("harm", "benign"), files, strict=True):
+                    _link_or_copy(path, temporary / "fishers" / kind / f"{role}.safetensors")
+        return target
+
     # ---- stage 5: merge configurations --------------------------------------------------------
     def _input(self, spec: AdapterSpec) -> str:
         return f"{self.model_dir}+{self.adapter(spec)}"
 
     def merge_config(self, sweep: Sweep, value: Any) -> dict[str, Any]:
-        """The mergekit configuration of one point of ``sweep`` (``knob = value``)."""
+        """The mergekit configuration of one point of ``sweep`` (``knob = value``); for a
+        ``fusion_bench:<class path>`` method the FusionBench job configuration
+        (:func:`~.fusion_merge.fusion_bench_config`)."""
+        from sst_merge_plugin.bench.fusion_merge import fusion_bench_config, is_fusion_bench_method
+
+        if is_fusion_bench_method(sweep.merge_method):
+            adapters = {
+                spec.name: self.adapter(spec)
+                for spec in self.profile.adapters
+                if not (spec.name == SAFETY and sweep.utilities_only)
+            }
+            return fusion_bench_config(sweep, value, self.model_dir, adapters)
         shared: dict[str, Any] = dict(sweep.parameters)
         roles = sweep.merge_method.startswith("sst_") and sweep.merge_method != "sst_fisher_merge"
         safety_weight = 1.0
@@ -341,7 +371,12 @@ class Pipeline:
                 yield MergeJob(sweep.label, value, self.merge_config(sweep, value))
 
     def run_merge(self, job: MergeJob, out_dir: Path) -> float:
-        """Run ``job``'s configuration with mergekit in-process; returns the wall time."""
+        """Run ``job``'s configuration in-process with mergekit (or FusionBench for a
+        configuration with ``"host": "fusion_bench"``); returns the wall time."""
+        from sst_merge_plugin.bench.fusion_merge import HOST, run_fusion_merge
+
+        if job.config.get("host") == HOST:
+            return run_fusion_merge(job.config, out_dir, self.device, quiet=not self.progress)
         from mergekit.config import MergeConfiguration
         from mergekit.merge import run_merge
         from mergekit.options import MergeOptions
@@ -417,6 +452,14 @@ class Pipeline:
             if on_row is not None:
                 on_row(rows[-1])
         return rows
+
+
+def _link_or_copy(source: str | Path, destination: str | Path) -> None:
+    """Hard-link ``source`` to ``destination`` (same file system), else copy it."""
+    try:
+        Path(destination).hardlink_to(source)
+    except OSError:
+        shutil.copy2(source, destination)
 
 
 def load_model(model_dir: Path, device: str) -> tuple[Any, Any]:
