@@ -432,3 +432,76 @@ def test_bad_inputs_raise_specific_errors(pair):
 def test_selection_validation(mode, params, message):
     with pytest.raises(SelectionError, match=message):
         Selection.create(mode, **params)
+
+
+def test_float32_low_rank_patch_takes_the_factored_path_and_matches_the_dense_reference():
+    """A float32 product ``B @ A`` is rank r only up to its rounding; the factored kfac path
+    (accepted at that precision) agrees with the dense float64 reference on the same patch."""
+    from sst_merge_plugin.core.projector import low_rank_factors
+
+    rng = np.random.default_rng(8)
+    d_out, d_in, r = 120, 100, 4
+    factors = {"A_h": spd(d_in, rng), "G_h": spd(d_out, rng),
+               "A_b": spd(d_in, rng), "G_b": spd(d_out, rng)}  # fmt: skip
+    patch32 = t(rng.standard_normal((d_out, r))).float() @ t(rng.standard_normal((r, d_in))).float()
+    left, right = low_rank_factors(patch32)
+    assert right is not None and left.dtype == torch.float64
+    assert low_rank_factors(patch32.double())[1] is None  # not rank r to 1e-9
+    assert low_rank_factors(t(rng.standard_normal((d_out, d_in))).float())[1] is None
+    eps = 1e-2
+    f_h, f_b = dense_pencil(factors, eps)
+    p = vec(patch32.double().numpy())
+    for selection in (Selection.create("top_k", k=5), Selection.create("ratio", ratio=1.0)):
+        res = project_patch(patch32, kfac(factors, "h"), kfac(factors, "b"), selection)
+        ref = project_patch(patch32.double(), kfac(factors, "h"), kfac(factors, "b"), selection)
+        assert res.patch.dtype == torch.float32
+        np.testing.assert_allclose(res.patch.numpy(), ref.patch.numpy(), rtol=0, atol=1e-5)
+        assert res.diagnostics.gain_total == pytest.approx(p @ f_h @ p, rel=1e-6)
+        assert res.diagnostics.cost_total == pytest.approx(p @ f_b @ p, rel=1e-6)
+        assert res.diagnostics.gain_kept == pytest.approx(ref.diagnostics.gain_kept, rel=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_lora_kind_streamed_in_row_blocks_equals_the_dense_formulas(monkeypatch, dtype):
+    """Coordinates, residual and output computed block by block (forced: 7 rows per block)
+    equal ``X = Uᵀ ΔW V``, ``‖ΔW − U X Vᵀ‖/‖ΔW‖`` and ``(U Q (M⊙C)) (Pᵀ Vᵀ)`` on the whole."""
+    import sst_merge_plugin.core.projector as projector
+
+    rng = np.random.default_rng(9)
+    d_out, d_in, r = 40, 30, 3
+    u = np.linalg.qr(rng.standard_normal((d_out, r)))[0]
+    v = np.linalg.qr(rng.standard_normal((d_in, r)))[0]
+    harm = LoRAFisher(t(u), t(v), t(spd(r, rng)), t(spd(r, rng)))
+    benign = LoRAFisher(t(u), t(v), t(spd(r, rng)), t(spd(r, rng)))
+    patch = t(rng.standard_normal((d_out, d_in))).to(dtype)
+    selection = Selection.create("ratio", ratio=1.0)
+    whole = project_patch(patch, harm, benign, selection)
+    monkeypatch.setattr(projector, "BLOCK_ENTRIES", 7 * d_in)
+    assert len(projector._row_blocks(d_out, d_in)) == 6
+    streamed = project_patch(patch, harm, benign, selection)
+    p = patch.double().numpy()
+    inside = u @ (u.T @ p @ v) @ v.T
+    expected = np.linalg.norm(p - inside) / np.linalg.norm(p)
+    for res in (whole, streamed):
+        assert res.patch.dtype == dtype
+        assert res.diagnostics.subspace_residual == pytest.approx(expected, rel=1e-10)
+        left, right = (f.double() for f in res.factors)
+        product = (u @ (u.T @ left.numpy())) @ (right.numpy() @ v) @ v.T
+        np.testing.assert_allclose(res.patch.double().numpy(), product, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(streamed.patch, whole.patch, rtol=1e-12, atol=1e-12)
+    assert streamed.diagnostics.gain_kept == pytest.approx(whole.diagnostics.gain_kept, rel=1e-12)
+
+
+@pytest.mark.parametrize("depth", [1, 2, 4])
+def test_krylov_restarts_reach_the_scipy_pairs(depth):
+    """Shallow Krylov spaces need many restarts (Ritz vectors and their images carried over)."""
+    from sst_merge_plugin.core.gevp import solve_top_k
+
+    rng = np.random.default_rng(10)
+    gain, cost = spd(200, rng), spd(200, rng)
+    pairs = solve_top_k(t(gain), t(cost), 4, depth=depth, max_restarts=500)
+    ref = scipy.linalg.eigh(gain, cost, eigvals_only=True)[::-1][:4]
+    np.testing.assert_allclose(pairs.values.numpy(), ref, rtol=1e-9)
+    x = pairs.vectors.numpy()
+    np.testing.assert_allclose(x.T @ cost @ x, np.eye(4), atol=1e-9)
+    np.testing.assert_allclose(gain @ x, cost @ x * pairs.values.numpy(), atol=1e-7 * ref[0])

@@ -38,10 +38,20 @@ PSD_TOL = 1e-5
 PSD_CHECK_MAX_DIM = 4096
 
 
+def all_finite(tensor: Tensor) -> bool:
+    """Whether every entry of ``tensor`` is finite.
+
+    A finite sum proves it (any NaN/Inf entry makes the sum NaN/Inf) in one allocation-free
+    pass; only a non-finite sum — a bad entry, or overflow of the summation — needs the
+    elementwise check.
+    """
+    return bool(torch.isfinite(tensor.sum())) or bool(torch.isfinite(tensor).all())
+
+
 def _check_finite(name: str, tensor: Tensor) -> None:
     if not torch.is_floating_point(tensor):
         raise FisherValidationError(f"{name}: expected a floating-point tensor, got {tensor.dtype}")
-    if not bool(torch.isfinite(tensor).all()):
+    if not all_finite(tensor):
         n_bad = int((~torch.isfinite(tensor)).sum())
         raise FisherValidationError(f"{name}: contains {n_bad} NaN/Inf value(s)")
 
@@ -92,20 +102,25 @@ def validate_symmetric_psd(name: str, factor: Tensor, dim: int | None = None) ->
 
 
 def relative_damping(
-    factor: Tensor, epsilon: float, trace: float | None = None, dim: int | None = None
+    factor: Tensor,
+    epsilon: float,
+    trace: float | None = None,
+    dim: int | None = None,
+    dtype: torch.dtype | None = None,
 ) -> Tensor:
     """Relative (trace-scaled) Tikhonov damping: ``F + ε · (tr F / d) · I``.
 
     ``trace`` and ``dim`` default to those of ``factor``; pass the full-space values to damp a
-    restricted factor ``UᵀFU`` exactly like ``Uᵀ(F + ε tr(F)/d · I)U``.
+    restricted factor ``UᵀFU`` exactly like ``Uᵀ(F + ε tr(F)/d · I)U``. With ``dtype`` the
+    factor is cast first and the damping added to the cast copy (one new matrix, not two).
     """
     if epsilon < 0:
         raise FisherValidationError(f"damping must be >= 0, got {epsilon}")
     if epsilon == 0:
-        return factor
-    d = factor.shape[0] if dim is None else dim
-    tr = float(torch.diagonal(factor).sum()) if trace is None else float(trace)
-    damped = factor.clone()
+        return factor if dtype is None else factor.to(dtype)
+    damped = factor.to(dtype=dtype, copy=True)
+    d = damped.shape[0] if dim is None else dim
+    tr = float(torch.diagonal(damped).sum()) if trace is None else float(trace)
     damped.diagonal().add_(epsilon * tr / d)
     return damped
 
@@ -167,11 +182,12 @@ class DiagFisher(_FisherBase):
         _check_patch(patch, self.weight_shape)
         return float((self.diag.double() * patch.double() ** 2).sum())
 
-    def damped(self, epsilon: float) -> DiagFisher:
-        """``F + ε · mean(F) · I``."""
+    def damped(self, epsilon: float, dtype: torch.dtype | None = None) -> DiagFisher:
+        """``F + ε · mean(F) · I``, cast to ``dtype`` first when given."""
         if epsilon < 0:
             raise FisherValidationError(f"damping must be >= 0, got {epsilon}")
-        return _derived(self, diag=self.diag + epsilon * self.diag.mean())
+        diag = self.diag.to(dtype=dtype, copy=True)
+        return _derived(self, diag=diag.add_(epsilon * diag.mean()))
 
 
 @dataclass(frozen=True)
@@ -202,10 +218,12 @@ class KFACFisher(_FisherBase):
         p = patch.double()
         return float(((self.G.double() @ p) * (p @ self.A.double())).sum())
 
-    def damped(self, epsilon: float) -> KFACFisher:
-        """Each factor damped: ``(A + ε tr(A)/d_in I) ⊗ (G + ε tr(G)/d_out I)``."""
+    def damped(self, epsilon: float, dtype: torch.dtype | None = None) -> KFACFisher:
+        """Each factor damped: ``(A + ε tr(A)/d_in I) ⊗ (G + ε tr(G)/d_out I)``, in ``dtype``."""
         return _derived(
-            self, A=relative_damping(self.A, epsilon), G=relative_damping(self.G, epsilon)
+            self,
+            A=relative_damping(self.A, epsilon, dtype=dtype),
+            G=relative_damping(self.G, epsilon, dtype=dtype),
         )
 
 
@@ -298,16 +316,17 @@ class LoRAFisher(_FisherBase):
         x = self.coordinates(patch.double())
         return float(((self.G_r.double() @ x) * (x @ self.A_r.double())).sum())
 
-    def damped(self, epsilon: float) -> LoRAFisher:
-        """``Uᵀ(G + ε tr(G)/d_out I)U`` and likewise for ``A`` (restricted traces if unknown)."""
+    def damped(self, epsilon: float, dtype: torch.dtype | None = None) -> LoRAFisher:
+        """``Uᵀ(G + ε tr(G)/d_out I)U`` and likewise for ``A`` (restricted traces if unknown);
+        every tensor cast to ``dtype`` when given."""
         d_out, d_in = self.weight_shape
         a_r = relative_damping(
-            self.A_r, epsilon, trace=self.A_trace, dim=None if self.A_trace is None else d_in
+            self.A_r, epsilon, self.A_trace, None if self.A_trace is None else d_in, dtype
         )
         g_r = relative_damping(
-            self.G_r, epsilon, trace=self.G_trace, dim=None if self.G_trace is None else d_out
+            self.G_r, epsilon, self.G_trace, None if self.G_trace is None else d_out, dtype
         )
-        return _derived(self, A_r=a_r, G_r=g_r)
+        return _derived(self, U=self.U.to(dtype), V=self.V.to(dtype), A_r=a_r, G_r=g_r)
 
 
 Fisher = DiagFisher | KFACFisher | LoRAFisher

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from sst_merge_plugin.core.errors import SolverError
+from sst_merge_plugin.core.fisher import all_finite
 
 SolverName = Literal["auto", "dense", "krylov"]
 SOLVERS: tuple[str, ...] = get_args(SolverName)
@@ -58,7 +59,7 @@ def _check_pencil(gain: Tensor, cost: Tensor) -> None:
     for name, matrix in (("gain", gain), ("cost", cost)):
         if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
             raise SolverError(f"{name} matrix must be square, got shape {tuple(matrix.shape)}")
-        if not bool(torch.isfinite(matrix).all()):
+        if not all_finite(matrix):
             raise SolverError(f"{name} matrix contains NaN/Inf")
     if gain.shape != cost.shape:
         raise SolverError(
@@ -91,11 +92,15 @@ def solve_dense(gain: Tensor, cost: Tensor) -> GeneralizedEigenpairs:
 
 
 def _whitened_operator(gain: Tensor, lower: Tensor):
-    """``Y ↦ S Y`` with ``S = L⁻¹ gain L⁻ᵀ`` applied implicitly (two triangular solves)."""
+    """``Y ↦ S Y`` with ``S = L⁻¹ gain L⁻ᵀ`` applied implicitly (two triangular solves).
+
+    ``gain · Z`` is evaluated as ``(Zᵀ · gainᵀ)ᵀ`` (the same product): for a tall, narrow ``Z``
+    BLAS runs this orientation about twice as fast on the CPU.
+    """
 
     def apply(block: Tensor) -> Tensor:
         right = torch.linalg.solve_triangular(lower.T, block, upper=True)
-        return torch.linalg.solve_triangular(lower, gain @ right, upper=False)
+        return torch.linalg.solve_triangular(lower, (right.T @ gain.T).T, upper=False)
 
     return apply
 
@@ -116,9 +121,10 @@ def solve_top_k(
     operator ``S = L⁻¹ gain L⁻ᵀ`` (``cost = L Lᵀ``), applied implicitly: each step costs two
     triangular solves and one product with ``gain`` on a ``d × b`` block (``b = 2k`` clamped to
     ``[k+8, d]``). The Krylov space ``[Y, SY, …, S^depth Y]`` is orthonormalised, ``S`` is
-    projected onto it, and the leading ``b`` Ritz vectors restart the next cycle, until every
-    wanted residual satisfies ``‖S y − θ y‖ ≤ tol · θ₁``. Returns ``x = L⁻ᵀ y`` (``cost``-
-    orthonormal). The one dense step is the Cholesky factorisation, ``d³/3`` flops.
+    projected onto it, and the leading ``b`` Ritz vectors ``Y' = K c`` restart the next cycle,
+    with their images ``S Y' = (S K) c`` taken from the cycle's images (no extra product),
+    until every wanted residual satisfies ``‖S y − θ y‖ ≤ tol · θ₁``. Returns ``x = L⁻ᵀ y``
+    (``cost``-orthonormal). The one dense step is the Cholesky factorisation, ``d³/3`` flops.
     """
     _check_pencil(gain, cost)
     dim = gain.shape[0]
@@ -135,18 +141,17 @@ def solve_top_k(
     generator = torch.Generator(device="cpu").manual_seed(seed)
     start = torch.randn(dim, block, generator=generator, dtype=torch.float64).to(gain.device)
     current = torch.linalg.qr(start).Q
+    current_image = apply(current)
     residual_ratio = float("inf")
     for _ in range(max_restarts):
-        bases, images = [current], []
-        for level in range(depth + 1):
-            images.append(apply(bases[level]))
-            if level == depth:
-                break
+        bases, images = [current], [current_image]
+        for level in range(depth):
             nxt = images[level]
             for _ in range(2):  # block classical Gram–Schmidt, twice for stability
                 for basis in bases:
                     nxt = nxt - basis @ (basis.T @ nxt)
             bases.append(torch.linalg.qr(nxt).Q)
+            images.append(apply(bases[-1]))
         krylov, krylov_image = torch.cat(bases, dim=1), torch.cat(images, dim=1)
         projected = krylov.T @ krylov_image
         theta, coeffs = torch.linalg.eigh(0.5 * (projected + projected.T))
@@ -158,7 +163,7 @@ def solve_top_k(
         residual_ratio = float(torch.linalg.vector_norm(residual, dim=0).max()) / scale
         if residual_ratio <= tol:
             break
-        current = torch.linalg.qr(ritz).Q
+        current, current_image = ritz, krylov_image @ coeffs
     else:
         warnings.warn(
             f"top-k generalized eigensolver stopped after {max_restarts} restarts with relative "
@@ -193,7 +198,7 @@ def solve(
 def content_key(tensor: Tensor) -> tuple[object, ...]:
     """A hashable key for a tensor's content: shape, dtype and a BLAKE2b digest of its bytes."""
     data = tensor.detach().contiguous().cpu()
-    digest = hashlib.blake2b(data.view(torch.uint8).numpy().tobytes(), digest_size=16).hexdigest()
+    digest = hashlib.blake2b(data.view(torch.uint8).numpy(), digest_size=16).hexdigest()
     return (tuple(data.shape), str(data.dtype), digest)
 
 

@@ -17,8 +17,13 @@ refer to the damped Fishers, for which the accounting above is exact. λ is norm
 
 ``top_k`` only needs the leading ``k`` pairs of each Kronecker factor (the ``k`` largest
 products ``γ_i α_j`` have ``i, j ≤ k``), which the Krylov solver finds for LLM-sized factors.
-A low-rank patch (a LoRA delta) is factorised once, ``ΔW = L R``, so gain/cost totals cost
+A low-rank patch (a LoRA delta) is factorised once, ``ΔW = L R`` (exact up to the rounding
+of the patch's dtype, :func:`low_rank_factors`), so gain/cost totals cost
 ``O((d_out² + d_in²)·r)`` instead of ``O(d_out·d_in·(d_out + d_in))``.
+
+All arithmetic is float64. The ``lora`` kind reads the patch in row blocks (each cast on its
+own), and the dense output is formed block by block in the patch dtype, so no
+``d_out × d_in`` float64 matrix is materialised for a narrower patch.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from sst_merge_plugin.core.fisher import (
     Fisher,
     KFACFisher,
     LoRAFisher,
+    all_finite,
     check_compatible,
 )
 from sst_merge_plugin.core.gevp import GEVPCache, SolverName
@@ -43,6 +49,12 @@ from sst_merge_plugin.core.selection import Selection, selection_weights
 DEFAULT_DAMPING = 1e-2
 #: patches of numerical rank up to this are factorised (``ΔW = L R``) before projection
 LOW_RANK_MAX = 64
+#: a factorisation is accepted up to this many machine epsilons of the patch dtype (relative
+#: Frobenius residual): a rank-r product ``B @ A`` stored in float32 carries rounding of up to
+#: ~4 eps (r = 64), in bfloat16/float16 under 1 eps; float64 patches use 1e-9 instead
+LOW_RANK_EPS = 8
+#: entries per row block when the patch is streamed (8 MiB of float64)
+BLOCK_ENTRIES = 2**20
 
 
 @dataclass(frozen=True)
@@ -122,53 +134,100 @@ def project_patch(
             f"{name}: patch shape {tuple(patch.shape)} does not match the Fisher's weight shape "
             f"{harm_fisher.weight_shape}"
         )
-    if not bool(torch.isfinite(patch).all()):
+    if not all_finite(patch):
         raise FisherValidationError(f"{name}: the patch contains NaN/Inf")
     if damping < 0:
         raise FisherValidationError(f"damping must be >= 0, got {damping}")
-    device = patch.device
-    harm = harm_fisher.to(device=device, dtype=torch.float64).damped(damping)
-    benign = benign_fisher.to(device=device, dtype=torch.float64).damped(damping)
+    device, dtype = patch.device, patch.dtype
+    harm = harm_fisher.to(device=device).damped(damping, dtype=torch.float64)
+    benign = benign_fisher.to(device=device).damped(damping, dtype=torch.float64)
     trace_ratio = harm.trace() / benign.trace()
     cache = cache if cache is not None else GEVPCache()
-    patch64 = patch.double()
+    factors = None
     if isinstance(harm, DiagFisher):
-        out, factors, diag = _project_diag(patch64, harm, benign, selection, trace_ratio)
+        out, diag = _project_diag(patch.double(), harm, benign, selection, trace_ratio)
+        out = out.to(dtype)
     elif isinstance(harm, KFACFisher):
         assert isinstance(benign, KFACFisher)
-        left, right = low_rank_factors(patch64)
+        left, right = low_rank_factors(patch)
         out_left, out_right, diag = _project_kronecker(
             left, right, harm.A, harm.G, benign.A, benign.G, selection, trace_ratio, cache, solver,
             kind="kfac",
         )  # fmt: skip
-        out, factors = out_left @ out_right, None
+        out = _product(out_left, out_right, dtype)
     else:
         assert isinstance(harm, LoRAFisher) and isinstance(benign, LoRAFisher)
         u, v = harm.U, harm.V
-        coords = u.T @ patch64 @ v
-        residual = patch64 - u @ coords @ v.T
-        norm = float(torch.linalg.matrix_norm(patch64))
+        coords, residual = _subspace_coordinates(patch, u, v)
         out_left, out_right, diag = _project_kronecker(
             coords, None, harm.A_r, harm.G_r, benign.A_r, benign.G_r, selection, trace_ratio,
             cache, solver, kind="lora",
         )  # fmt: skip
-        factors = (u @ out_left, out_right @ v.T)
-        out = factors[0] @ factors[1]
-        residual_norm = float(torch.linalg.matrix_norm(residual))
-        diag = replace(diag, subspace_residual=residual_norm / norm if norm > 0 else 0.0)
-    dtype = patch.dtype
-    if factors is not None:
-        factors = (factors[0].to(dtype), factors[1].to(dtype))
-    return ProjectionResult(out.to(dtype), diag, factors)
+        left, right = u @ out_left, out_right @ v.T
+        factors = (left.to(dtype), right.to(dtype))
+        out = _product(left, right, dtype)
+        diag = replace(diag, subspace_residual=residual)
+    return ProjectionResult(out, diag, factors)
+
+
+def _row_blocks(n_rows: int, n_cols: int) -> list[slice]:
+    """Consecutive row ranges of about :data:`BLOCK_ENTRIES` entries each."""
+    step = max(1, BLOCK_ENTRIES // max(n_cols, 1))
+    return [slice(start, start + step) for start in range(0, n_rows, step)]
+
+
+def _product(left: Tensor, right: Tensor, dtype: torch.dtype) -> Tensor:
+    """``left @ right`` computed in ``left``'s dtype (float64) and stored in ``dtype``.
+
+    Row block by row block, so that no ``d_out × d_in`` float64 temporary exists when ``dtype``
+    is narrower: each stored entry is the float64 product rounded once.
+    """
+    if dtype == left.dtype:
+        return left @ right
+    out = torch.empty(left.shape[0], right.shape[1], dtype=dtype, device=left.device)
+    for rows in _row_blocks(*out.shape):
+        out[rows] = left[rows] @ right
+    return out
+
+
+def _subspace_coordinates(patch: Tensor, u: Tensor, v: Tensor) -> tuple[Tensor, float]:
+    """``X = Uᵀ ΔW V`` and ``‖ΔW − U X Vᵀ‖_F / ‖ΔW‖_F`` (0 for a zero patch), in float64.
+
+    Two passes over row blocks of ``ΔW`` (each cast to float64 on its own):
+    ``Uᵀ ΔW = Σ_b U_bᵀ ΔW_b`` and ``‖ΔW‖²``, then ``Σ_b ‖ΔW_b − (U X)_b Vᵀ‖²``. Cost
+    ``O(d_out·d_in·r)`` with ``O(r·(d_out + d_in))`` extra memory.
+    """
+    blocks = _row_blocks(*patch.shape)
+    left_side = torch.zeros(u.shape[1], patch.shape[1], dtype=torch.float64, device=patch.device)
+    norms = []
+    for rows in blocks:
+        block = patch[rows].double()
+        left_side.addmm_(u[rows].T, block)
+        norms.append(torch.linalg.matrix_norm(block))
+    coords = left_side @ v
+    spanned = u @ coords
+    residuals = [
+        torch.linalg.matrix_norm(torch.addmm(patch[rows].double(), spanned[rows], v.T, alpha=-1))
+        for rows in blocks
+    ]
+    norm = float(torch.linalg.vector_norm(torch.stack(norms)))
+    residual = float(torch.linalg.vector_norm(torch.stack(residuals)))
+    return coords, residual / norm if norm > 0 else 0.0
 
 
 def low_rank_factors(patch: Tensor, max_rank: int = LOW_RANK_MAX) -> tuple[Tensor, Tensor | None]:
-    """``(L, R)`` with ``patch = L @ R`` exactly (up to round-off) when ``rank ≤ max_rank``.
+    """``(L, R)`` in float64 with ``patch = L @ R`` up to the patch's own precision, when
+    ``rank ≤ max_rank``.
 
-    A seeded randomised range finder: ``Y = patch Ω`` (``Ω`` is ``d_in × (max_rank + 8)``),
-    ``L = orth(Y)``, ``R = Lᵀ patch``; accepted when ``‖patch − L R‖_F ≤ 1e-9 ‖patch‖_F``
-    (float64). Otherwise returns ``(patch, None)`` where ``None`` stands for the identity.
+    A seeded randomised range finder on ``P = float64(patch)``: ``Y = P Ω`` (``Ω`` is
+    ``d_in × (max_rank + 8)``), ``L = orth(Y)``, ``R = Lᵀ P``; accepted when
+    ``‖P − L R‖_F ≤ tol · ‖P‖_F`` with ``tol = 1e-9`` for a float64 patch and
+    ``LOW_RANK_EPS · eps`` (the machine epsilon of its dtype) for a narrower one, whose rounding
+    keeps a low-rank product from being exactly low-rank. Otherwise returns ``(P, None)`` where
+    ``None`` stands for the identity.
     """
+    tol = 1e-9 if patch.dtype == torch.float64 else LOW_RANK_EPS * torch.finfo(patch.dtype).eps
+    patch = patch.double()
     d_out, d_in = patch.shape
     width = max_rank + 8
     if width >= min(d_out, d_in):
@@ -178,7 +237,8 @@ def low_rank_factors(patch: Tensor, max_rank: int = LOW_RANK_MAX) -> tuple[Tenso
     basis = torch.linalg.qr(patch @ probe).Q
     right = basis.T @ patch
     norm = float(torch.linalg.matrix_norm(patch))
-    if float(torch.linalg.matrix_norm(patch - basis @ right)) <= 1e-9 * max(norm, 1e-300):
+    residual = float(torch.linalg.matrix_norm(torch.addmm(patch, basis, right, alpha=-1)))
+    if residual <= tol * max(norm, 1e-300):
         return basis, right
     return patch, None
 
@@ -240,31 +300,35 @@ def _project_diag(
     benign: DiagFisher,
     selection: Selection,
     trace_ratio: float,
-) -> tuple[Tensor, None, ProjectionDiagnostics]:
+) -> tuple[Tensor, ProjectionDiagnostics]:
     """Elementwise GEVP: ``λ_p = F_h[p]/F_b[p]``, coordinates ``√F_b ⊙ ΔW``, result ``M ⊙ ΔW``."""
     if float(benign.diag.min()) <= 0:
         raise SolverError(
             "the benign diagonal Fisher has zero entries; use damping > 0 so that "
             "F_benign + ε·mean(F_benign) is positive"
         )
-    lam = harm.diag / benign.diag
-    normalised = lam / trace_ratio
-    coords = benign.diag.sqrt() * patch
-    gain_total = float((harm.diag * patch**2).sum())
+    h, b = harm.diag, benign.diag
+    normalised = torch.div(h, b).div_(trace_ratio)
+    coords = b.sqrt().mul_(patch)
+    squares = patch.square()  # ΔW², then F_h ⊙ ΔW² in place (fewer d_out × d_in temporaries)
+    cost_total = float((b * squares).sum())
+    gain_total = float(squares.mul_(h).sum())
     weights = selection_weights(normalised, coords, selection, gain_total / trace_ratio)
     out = weights * patch
+    squares = out.square()
+    cost_kept = float((b * squares).sum())
     diag = ProjectionDiagnostics(
         kind="diag",
         gain_total=gain_total,
-        cost_total=float((benign.diag * patch**2).sum()),
-        gain_kept=float((harm.diag * out**2).sum()),
-        cost_kept=float((benign.diag * out**2).sum()),
+        cost_total=cost_total,
+        gain_kept=float(squares.mul_(h).sum()),
+        cost_kept=cost_kept,
         kept=float(weights.sum()),
-        n_coordinates=int(lam.numel()),
+        n_coordinates=int(normalised.numel()),
         trace_ratio=trace_ratio,
         **_lambda_summary(normalised, weights > 0),
     )
-    return out, None, diag
+    return out, diag
 
 
 def _lambda_summary(normalised: Tensor, kept_mask: Tensor) -> dict[str, float]:
