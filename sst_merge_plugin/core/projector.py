@@ -51,8 +51,9 @@ DEFAULT_DAMPING = 1e-2
 LOW_RANK_MAX = 64
 #: a factorisation is accepted up to this many machine epsilons of the patch dtype (relative
 #: Frobenius residual): a rank-r product ``B @ A`` stored in float32 carries rounding of up to
-#: ~4 eps (r = 64), in bfloat16/float16 under 1 eps; float64 patches use 1e-9 instead
-LOW_RANK_EPS = 8
+#: ~4 eps (r = 64), in bfloat16/float16 under 1 eps (whose eps is large: 2 eps = 0.8 % for
+#: bfloat16); float64 patches use 1e-9 instead
+LOW_RANK_EPS = {torch.float32: 8, torch.bfloat16: 2, torch.float16: 2}
 #: entries per row block when the patch is streamed (8 MiB of float64)
 BLOCK_ENTRIES = 2**20
 
@@ -222,11 +223,14 @@ def low_rank_factors(patch: Tensor, max_rank: int = LOW_RANK_MAX) -> tuple[Tenso
     A seeded randomised range finder on ``P = float64(patch)``: ``Y = P Ω`` (``Ω`` is
     ``d_in × (max_rank + 8)``), ``L = orth(Y)``, ``R = Lᵀ P``; accepted when
     ``‖P − L R‖_F ≤ tol · ‖P‖_F`` with ``tol = 1e-9`` for a float64 patch and
-    ``LOW_RANK_EPS · eps`` (the machine epsilon of its dtype) for a narrower one, whose rounding
+    ``LOW_RANK_EPS[dtype] · eps`` (the machine epsilon of its dtype) for a narrower one, whose rounding
     keeps a low-rank product from being exactly low-rank. Otherwise returns ``(P, None)`` where
     ``None`` stands for the identity.
     """
-    tol = 1e-9 if patch.dtype == torch.float64 else LOW_RANK_EPS * torch.finfo(patch.dtype).eps
+    if patch.dtype == torch.float64:
+        tol = 1e-9
+    else:
+        tol = LOW_RANK_EPS.get(patch.dtype, 2) * torch.finfo(patch.dtype).eps
     patch = patch.double()
     d_out, d_in = patch.shape
     width = max_rank + 8
