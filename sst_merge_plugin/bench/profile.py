@@ -119,98 +119,122 @@ class Profile:
         return replace(self, sweeps=tuple(s for s in self.sweeps if s.label in labels))
 
 
-def _sst(label: str, kind: str, select: str, knob: str, values: tuple[float, ...]) -> Sweep:
+def _sst(label: str, kind: str, select: str, setting: float, scales: tuple[float, ...]) -> Sweep:
+    """SST-Merge (task-arithmetic utility merge) with ``select`` at ``setting`` (``ratio`` τ or
+    ``soft`` ρ), sweeping the patch scale ``s``."""
+    knob = "rho" if select == "soft" else select
     return Sweep(
         label,
         "sst_merge",
-        knob,
-        values,
-        {"select": select, "utility_merge": "task_arithmetic"},
+        "scale",
+        scales,
+        {"select": select, knob: setting, "utility_merge": "task_arithmetic"},
         fisher_kind=kind,
     )
 
 
-def _baselines(safety_weights: tuple[float, ...], densities: tuple[float, ...]) -> list[Sweep]:
-    """The host baselines with the safety LoRA as an ordinary input."""
+def _baselines(weights: tuple[float, ...]) -> list[Sweep]:
+    """The host baselines with the safety LoRA as an ordinary input of weight ``weights``
+    (TIES / DARE at density 0.5 for every input)."""
     return [
         Sweep("utility_only", "task_arithmetic", None, (None,), utilities_only=True),
-        Sweep("task_arithmetic", "task_arithmetic", "safety_weight", safety_weights),
-        Sweep("ties", "ties", "density", densities, {"normalize": False}),
-        Sweep("dare_ties", "dare_ties", "density", densities, {"normalize": False}),
+        Sweep("task_arithmetic", "task_arithmetic", "safety_weight", weights),
+        Sweep("ties", "ties", "safety_weight", weights, {"normalize": False, "density": 0.5}),
+        Sweep(
+            "dare_ties", "dare_ties", "safety_weight", weights, {"normalize": False, "density": 0.5}
+        ),
         # RESTA: DARE on the utility deltas (density 0.5), the safety vector added unsparsified
-        Sweep("resta", "dare_linear", "safety_weight", safety_weights, {"normalize": False}),
+        Sweep("resta", "dare_linear", "safety_weight", weights, {"normalize": False}),
     ]
 
 
-_TRAIN_SAFETY = LoRATrainingConfig(steps=60, learning_rate=2e-3)
+#: the safety adapter: AdvBench training goals → natural refusals, plus everyday questions →
+#: helpful answers as retain data (without them the adapter refuses everything, benign included)
+_TRAIN_SAFETY = LoRATrainingConfig(steps=80, learning_rate=2e-3)
 _TRAIN_SKILL = LoRATrainingConfig(steps=60, learning_rate=2e-3)
+#: the safety strengths every method sweeps (a merged safety LoRA needs more than weight 1 to
+#: keep refusing next to the skill LoRAs: see benchmarks/safety_utility/README.md)
+_WEIGHTS = (1.5, 2.0, 3.0)
 
 FULL = Profile(
     name="full",
     adapters=(
-        AdapterSpec(SAFETY, None, 390, _TRAIN_SAFETY),
+        AdapterSpec(SAFETY, None, 390, _TRAIN_SAFETY, n_retain=150),
         AdapterSpec("reverse_letters", "reverse_letters", 400, _TRAIN_SKILL),
         AdapterSpec("uppercase", "uppercase", 400, _TRAIN_SKILL),
     ),
-    fisher=FisherSettings(kinds=("lora", "kfac", "diag")),
+    fisher=FisherSettings(
+        kinds=("lora", "kfac", "diag"),
+        n_harm=64,
+        n_benign_helpful=64,
+        n_benign_edgy=48,
+        n_benign_per_skill=16,
+    ),
     evaluation=EvalConfig(
         harmful="harmbench",
         benign="benign-edgy",
         utility=("reverse_letters", "uppercase"),
         truefalse="truefalse",
-        n_harmful=64,
+        n_harmful=48,
         n_benign=38,
-        n_utility=32,
+        n_utility=24,
         n_truefalse=100,
         max_new_tokens=32,
     ),
     sweeps=(
-        *_baselines((0.5, 0.75, 1.0, 1.25), (0.2, 0.4, 0.6, 0.8)),
+        *_baselines(_WEIGHTS),
         Sweep(
             "fisher_merge",
             "sst_fisher_merge",
             "safety_weight",
-            (0.5, 1.0, 2.0, 4.0),
+            _WEIGHTS,
             per_model_fisher=True,
         ),
         Sweep(
             "safe_lora",
             "sst_safe_lora",
-            "threshold",
-            (0.1, 0.3, 0.5, 0.7),
-            {"gate": "project", "add_safety": True},
+            "scale",
+            _WEIGHTS,
+            {"gate": "project", "threshold": 0.5},
         ),
-        Sweep("safemerge", "sst_safe_lora", "threshold", (0.1, 0.3, 0.5, 0.7), {"gate": "merge"}),
+        Sweep("safemerge", "sst_safe_lora", "scale", _WEIGHTS, {"gate": "merge", "threshold": 0.5}),
         Sweep(
             "single_fisher",
             "sst_single_fisher",
-            "energy",
-            (0.5, 0.7, 0.9, 0.97),
-            {"select": "energy"},
+            "scale",
+            _WEIGHTS,
+            {"select": "energy", "energy": 0.9},
             fisher_kind="lora",
         ),
-        _sst("sst_lora_hard", "lora", "ratio", "ratio", (0.5, 1.0, 2.0, 4.0)),
-        _sst("sst_lora_soft", "lora", "soft", "rho", (0.25, 1.0, 4.0, 16.0)),
-        _sst("sst_kfac_hard", "kfac", "ratio", "ratio", (0.5, 1.0, 2.0, 4.0)),
-        _sst("sst_kfac_soft", "kfac", "soft", "rho", (0.25, 1.0, 4.0, 16.0)),
-        _sst("sst_diag_hard", "diag", "ratio", "ratio", (0.5, 1.0, 2.0, 4.0)),
-        _sst("sst_diag_soft", "diag", "soft", "rho", (0.25, 1.0, 4.0, 16.0)),
+        _sst("sst_lora_hard", "lora", "ratio", 1.0, (1.5, 2.0, 3.0)),
+        _sst("sst_lora_soft", "lora", "soft", 1.0, (2.0, 3.0, 4.0)),
+        _sst("sst_kfac_hard", "kfac", "ratio", 1.0, (1.5, 2.0, 3.0)),
+        _sst("sst_kfac_soft", "kfac", "soft", 1.0, (2.0, 3.0, 4.0)),
+        _sst("sst_diag_hard", "diag", "ratio", 1.0, (1.5, 2.0, 3.0)),
+        _sst("sst_diag_soft", "diag", "soft", 1.0, (2.0, 3.0, 4.0)),
     ),
 )
 
 QUICK = Profile(
     name="quick",
     adapters=(
-        AdapterSpec(SAFETY, None, 390, replace(_TRAIN_SAFETY, steps=40)),
+        AdapterSpec(SAFETY, None, 390, replace(_TRAIN_SAFETY, steps=60), n_retain=150),
         AdapterSpec("reverse_letters", "reverse_letters", 200, replace(_TRAIN_SKILL, steps=40)),
         AdapterSpec("uppercase", "uppercase", 200, replace(_TRAIN_SKILL, steps=40)),
     ),
-    fisher=FisherSettings(kinds=("lora",), n_harm=48, n_benign_edgy=32, n_benign_per_skill=16),
+    fisher=FisherSettings(
+        kinds=("lora",),
+        n_harm=48,
+        n_benign_helpful=32,
+        n_benign_edgy=32,
+        n_benign_per_skill=8,
+        response_tokens=16,
+    ),
     evaluation=replace(FULL.evaluation, n_harmful=24, n_benign=24, n_utility=16, n_truefalse=60),
     sweeps=(
-        *_baselines((1.0,), (0.5,))[:3],
-        _sst("sst_lora_hard", "lora", "ratio", "ratio", (1.0,)),
-        _sst("sst_lora_soft", "lora", "soft", "rho", (1.0,)),
+        *_baselines((2.0,))[:3],
+        _sst("sst_lora_hard", "lora", "ratio", 1.0, (2.0,)),
+        _sst("sst_lora_soft", "lora", "soft", 1.0, (3.0,)),
     ),
     single_adapters=False,
 )
