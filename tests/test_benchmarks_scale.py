@@ -132,7 +132,7 @@ def test_child_process_measures_a_cached_input_unit(tmp_path, cost_at_scale):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
         [sys.executable, str(SCRIPT), "--child", json.dumps(spec), "--threads", "1"],
-        capture_output=True, text=True, env=env, timeout=60, check=True,
+        capture_output=True, text=True, env=env, timeout=300, check=True,
     )  # fmt: skip
     record = json.loads(result.stdout.strip().splitlines()[-1])
     assert (record["hits"], record["misses"]) == (1, 1)
