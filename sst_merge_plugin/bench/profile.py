@@ -232,7 +232,7 @@ QUICK = Profile(
         n_benign_per_skill=8,
         response_tokens=16,
     ),
-    evaluation=replace(FULL.evaluation, n_harmful=24, n_benign=24, n_utility=16, n_truefalse=60),
+    evaluation=replace(FULL.evaluation, n_harmful=24, n_benign=24, n_truefalse=40),
     sweeps=(
         *_baselines((2.0,))[:3],
         _sst("sst_lora_hard", "lora", "ratio", 1.0, (2.0,)),
