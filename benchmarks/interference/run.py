@@ -227,6 +227,7 @@ def plot_interference(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import ScalarFormatter
 
     panels = (
         ("normalized_accuracy", "normalised accuracy ↑"),
@@ -252,7 +253,7 @@ def plot_interference(
                 axis.axhline(references[name][key], color="grey", linestyle=style, label=name)
         axis.set_xscale("log", base=2)
         axis.set_xticks(sorted({row["n_experts"] for row in rows}))
-        axis.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        axis.xaxis.set_major_formatter(ScalarFormatter())
         axis.set_xlabel("number of experts N")
         axis.set_title(label)
         axis.grid(True, alpha=0.3)
@@ -264,6 +265,18 @@ def plot_interference(
             figure.savefig(temporary, format="png")
     finally:
         plt.close(figure)
+
+
+def write_results(
+    out: Path, rows: Sequence[Mapping[str, Any]], references: Mapping[str, Any]
+) -> str:
+    """``interference.json``, ``interference.md`` and ``interference.png`` in ``out``
+    (atomically); returns the Markdown report."""
+    report = markdown_report(rows, references)
+    write_text(out / "interference.json", json.dumps(rows, indent=2) + "\n")
+    write_text(out / "interference.md", report)
+    plot_interference(rows, references, out / "interference.png")
+    return report
 
 
 class Benchmark:
@@ -372,23 +385,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     references = benchmark.references(max(args.n_experts))
     rows: list[dict[str, Any]] = []
-    for n_experts in args.n_experts:
+    for n_experts in args.n_experts:  # the outputs are rewritten after each N (partial runs)
         rows += benchmark.rows(n_experts, references["experts"])
-        print(f"N={n_experts} done after {time.perf_counter() - started:.0f} s", flush=True)
-    out = Path(args.out)
-    report = markdown_report(rows, references)
-    write_text(out / "interference.json", json.dumps(rows, indent=2) + "\n")
-    write_text(out / "interference.md", report)
-    plot_interference(rows, references, out / "interference.png")
-    meta = {
-        "workspace": str(benchmark.workspace),
-        "n_experts": args.n_experts,
-        "methods": args.methods,
-        "sst_scale": args.sst_scale,
-        "references": references,
-        "seconds": round(time.perf_counter() - started, 1),
-    }
-    write_text(out / "run.json", json.dumps(meta, indent=2) + "\n")
+        report = write_results(Path(args.out), rows, references)
+        meta = {
+            "workspace": str(benchmark.workspace),
+            "n_experts_done": sorted({row["n_experts"] for row in rows}),
+            "n_experts": args.n_experts,
+            "methods": args.methods,
+            "sst_scale": args.sst_scale,
+            "references": references,
+            "seconds": round(time.perf_counter() - started, 1),
+        }
+        write_text(Path(args.out) / "run.json", json.dumps(meta, indent=2) + "\n")
+        print(f"N={n_experts} done after {meta['seconds']:.0f} s", flush=True)
     print(report)
     return 0
 
