@@ -37,6 +37,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--threads", type=int, help="torch CPU threads (default: torch's; 1 on a busy machine)"
     )
     parser.add_argument("--keep-models", action="store_true", help="keep the merged model folders")
+    parser.add_argument(
+        "--inputs",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="export the merge inputs (adapters, Fisher files) to OUT/inputs (default: yes)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -84,12 +90,12 @@ def run_profile(args: argparse.Namespace, title: str) -> int:
     )
     rows = pipeline.run()
     paths = write_outputs(rows, args.out, f"{title} ({profile.name} profile)")
-    inputs = pipeline.export_inputs(args.out)
+    inputs = pipeline.export_inputs(args.out) if args.inputs else None
     meta = {
         "profile": profile.name,
         "workspace": str(workspace),
         "base_model": str(pipeline.model_dir),
-        "inputs": str(inputs),
+        "inputs": None if inputs is None else str(inputs),
         "judge_on_pyrit_labels": judge,
         "seconds": round(time.perf_counter() - started, 1),
     }
@@ -102,12 +108,14 @@ def run_profile(args: argparse.Namespace, title: str) -> int:
         f"{judge['precision']:.3f}, recall {judge['recall']:.3f}"
     )
     print(f"wrote {', '.join(str(p) for p in paths.values())} in {meta['seconds']:.0f} s")
-    print(
-        f"merge inputs for configs/mergekit: BASE_MODEL={pipeline.model_dir} "
-        f"ADAPTERS={inputs / 'adapters'} FISHERS={inputs / 'fishers' / profile.fisher_kinds[0]}"
-        if profile.fisher_kinds
-        else f"merge inputs for configs/mergekit: ADAPTERS={inputs / 'adapters'}"
-    )
+    if inputs is not None:
+        fishers = [f"FISHERS={inputs / 'fishers' / kind}" for kind in profile.fisher_kinds[:1]]
+        print(
+            "merge inputs for configs/mergekit:",
+            f"BASE_MODEL={pipeline.model_dir}",
+            f"ADAPTERS={inputs / 'adapters'}",
+            *fishers,
+        )
     return 0
 
 
