@@ -41,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--inputs",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="export the merge inputs (adapters, Fisher files) to OUT/inputs (default: yes)",
+        help="export the merge inputs (adapters, Fisher files) to OUT/inputs (demo default: yes)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
