@@ -448,17 +448,16 @@ def test_float32_low_rank_patch_takes_the_factored_path_and_matches_the_dense_re
     assert right is not None and left.dtype == torch.float64
     assert low_rank_factors(patch32.double())[1] is None  # not rank r to 1e-9
     assert low_rank_factors(t(rng.standard_normal((d_out, d_in))).float())[1] is None
-    eps = 1e-2
-    f_h, f_b = dense_pencil(factors, eps)
-    p = vec(patch32.double().numpy())
+    # the reference: the same patch in float64, which is not low-rank to 1e-9 and so takes the
+    # dense path (checked against the dense Kronecker pencil by the tests above)
     for selection in (Selection.create("top_k", k=5), Selection.create("ratio", ratio=1.0)):
         res = project_patch(patch32, kfac(factors, "h"), kfac(factors, "b"), selection)
         ref = project_patch(patch32.double(), kfac(factors, "h"), kfac(factors, "b"), selection)
         assert res.patch.dtype == torch.float32
         np.testing.assert_allclose(res.patch.numpy(), ref.patch.numpy(), rtol=0, atol=1e-5)
-        assert res.diagnostics.gain_total == pytest.approx(p @ f_h @ p, rel=1e-6)
-        assert res.diagnostics.cost_total == pytest.approx(p @ f_b @ p, rel=1e-6)
-        assert res.diagnostics.gain_kept == pytest.approx(ref.diagnostics.gain_kept, rel=1e-6)
+        for field in ("gain_total", "cost_total", "gain_kept", "cost_kept"):
+            expected = getattr(ref.diagnostics, field)
+            assert getattr(res.diagnostics, field) == pytest.approx(expected, rel=1e-6)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
