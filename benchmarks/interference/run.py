@@ -248,9 +248,14 @@ def plot_interference(
                 marker="osD^v"[number % 5],
                 label=method,
             )
-        if key != "normalized_accuracy":
+        if key == "normalized_accuracy":
+            axis.axhline(1.0, color="grey", linestyle="--", label="expert alone")
+            top = max((row[key] for row in rows if row[key] is not None), default=1.0)
+            axis.set_ylim(0.0, max(1.05, 1.05 * top))
+        else:
             for name, style in ((BASE_ROW, ":"), (SAFETY_ALONE, "--")):
                 axis.axhline(references[name][key], color="grey", linestyle=style, label=name)
+            axis.set_ylim(-0.03, 1.03)
         axis.set_xscale("log", base=2)
         axis.set_xticks(sorted({row["n_experts"] for row in rows}))
         axis.xaxis.set_major_formatter(ScalarFormatter())
