@@ -55,7 +55,9 @@ def test_loader_merges_the_adapter_and_leaves_parameters_trainable(world: World)
     scale = config["lora_alpha"] / config["r"]
     base = load_file(world.base / "model.safetensors")
     prefix = "base_model.model.model.layers.1.mlp.down_proj"
-    with safe_open(str(world.adapter("reverse_letters") / "adapter_model.safetensors"), "pt") as handle:
+    with safe_open(
+        str(world.adapter("reverse_letters") / "adapter_model.safetensors"), "pt"
+    ) as handle:
         lora_a = handle.get_tensor(f"{prefix}.lora_A.weight")
         lora_b = handle.get_tensor(f"{prefix}.lora_B.weight")
     name = "model.layers.1.mlp.down_proj.weight"
@@ -203,11 +205,19 @@ def test_baseline_methods_equal_the_mergekit_path(
 ) -> None:
     if method == "sst_single_fisher":
         shared = {"harm_fisher": str(world.harm_fisher), "select": "ratio", "ratio": 2.0}
-        per_model = {"safety": {"role": "safety", "weight": 0.5}, "reverse_letters": {}, "uppercase": {}}
+        per_model = {
+            "safety": {"role": "safety", "weight": 0.5},
+            "reverse_letters": {},
+            "uppercase": {},
+        }
         fb_settings = {**shared, "safety_model": "safety", "weight": {"safety": 0.5}}
     elif method == "sst_safe_lora":
         shared = {"threshold": 0.3, "gate": "merge", "scale": 0.8}
-        per_model = {"safety": {"role": "safety"}, "reverse_letters": {"weight": 0.6}, "uppercase": {}}
+        per_model = {
+            "safety": {"role": "safety"},
+            "reverse_letters": {"weight": 0.6},
+            "uppercase": {},
+        }
         fb_settings = {**shared, "safety_model": "safety", "weight": {"reverse_letters": 0.6}}
     else:
         fishers = _diag_fishers(world, tmp_path)

@@ -379,7 +379,9 @@ def test_shipped_configs_run_on_a_tiny_model(scenario, tmp_path, monkeypatch):
     adapters = tmp_path / "adapters"
     adapters.mkdir()
     for link, target in zip(
-        ("safety", "reverse_letters", "uppercase"), (scenario.safety, *scenario.utility), strict=True
+        ("safety", "reverse_letters", "uppercase"),
+        (scenario.safety, *scenario.utility),
+        strict=True,
     ):
         (adapters / link).symlink_to(target)
     fishers = tmp_path / "fishers"
