@@ -46,21 +46,38 @@ def test_pareto_front_matches_brute_force_reference():
     rng = random.Random(0)
     for _ in range(50):
         rows = [
-            _row("m", i, rng.choice([0.0, 0.25, 0.5, 1.0]), rng.choice([0.0, 0.5, 1.0]), {})
+            _row(
+                "m",
+                i,
+                rng.choice([0.0, 0.25, 0.5, 1.0]),
+                rng.choice([0.0, 0.5, 1.0]),
+                {"skill": rng.choice([0.0, 0.5, 1.0])} if rng.random() < 0.7 else {},
+            )
             for i in range(rng.randint(1, 8))
         ]
-        points = [(r["harmful_refusal"], r["benign_over_refusal"]) for r in rows]
+
+        def key(r, other):
+            point = [r["harmful_refusal"], -r["benign_over_refusal"]]
+            if r["utility_mean"] is not None and other["utility_mean"] is not None:
+                point.append(r["utility_mean"])
+            return point
+
         expected = [
             i
-            for i, (h, o) in enumerate(points)
+            for i, row in enumerate(rows)
             if not any(
-                h2 >= h and o2 <= o and (h2, o2) != (h, o)
-                for j, (h2, o2) in enumerate(points)
+                all(x >= y for x, y in zip(key(other, row), key(row, other), strict=True))
+                and key(other, row) != key(row, other)
+                for j, other in enumerate(rows)
                 if j != i
             )
         ]
         assert pareto_front(rows) == expected
-    assert pareto_front(ROWS) == [0, 1, 2, 3]
+    # a safe model without skills dominates none of the skilled rows; the base model's utility
+    # and task arithmetic 0.5's (the best) keep them on the front
+    no_skill = _row("safety", None, 1.0, 0.0, {"addition": 0.0, "uppercase": 0.0})
+    assert pareto_front([*ROWS, no_skill]) == [0, 1, 2, 3, 5, 6]
+    assert pareto_front(ROWS) == [0, 1, 2, 3, 5]
 
 
 def test_write_report_writes_json_markdown_and_a_valid_png(tmp_path):
@@ -74,7 +91,7 @@ def test_write_report_writes_json_markdown_and_a_valid_png(tmp_path):
         title="test",
     )
     payload = json.loads((tmp_path / "out" / "results.json").read_text(encoding="utf-8"))
-    on_front = [True, True, True, True, False, False]  # the two task-arithmetic rows are dominated
+    on_front = [True, True, True, True, False, True]  # task arithmetic 1.0 is dominated
     assert payload == [{**row, "pareto": front} for row, front in zip(ROWS, on_front, strict=True)]
 
     markdown = (tmp_path / "out" / "results.md").read_text(encoding="utf-8")
@@ -87,7 +104,7 @@ def test_write_report_writes_json_markdown_and_a_valid_png(tmp_path):
     last = [cell.strip() for cell in lines[-1].strip("|").split("|")]
     assert last[:5] == ["task_arithmetic", "0.5", "0.500", "0.200", "0.900"]
     assert last[header.index("util: uppercase")] == "–"  # missing skill
-    assert sum("★" in line for line in lines[2:]) == 4
+    assert sum("★" in line for line in lines[2:]) == 5
 
     png = tmp_path / "out" / "pareto.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -7,9 +7,10 @@ A *row* is one evaluated model::
      "drift": float | None, "merge_seconds": float | None}
 
 (extra keys are kept in the JSON and ignored elsewhere). ``harmful_refusal`` should be high,
-``benign_over_refusal`` low. A row is on the *Pareto front* iff no other row has
-``harmful_refusal >=`` and ``benign_over_refusal <=`` with at least one strict; utility is shown
-(marker colour and size) but is not a front objective.
+``benign_over_refusal`` low, ``utility_mean`` high. A row is on the *Pareto front* iff no other
+row is at least as good in all three (utility compared only where both rows have one) and
+strictly better in one (:func:`pareto_front`); the plot shows refusal against over-refusal with
+utility as marker colour and size.
 
 Outputs: :func:`markdown_table`, :func:`write_json` (the list of rows, each with ``"pareto"``:
 whether it is on the front) and :func:`plot_pareto` (PNG; x = benign over-refusal, y = harmful refusal, one
@@ -75,18 +76,22 @@ def validate_rows(rows: Sequence[Row]) -> None:
 
 
 def pareto_front(rows: Sequence[Row]) -> list[int]:
-    """Indices of the non-dominated rows (max ``harmful_refusal``, min ``benign_over_refusal``)."""
+    """Indices of the non-dominated rows: max ``harmful_refusal``, min ``benign_over_refusal``
+    and, between two rows that both have one, max ``utility_mean`` (a safe model that lost its
+    skills does not dominate a skilled one)."""
+
+    def objectives(a: Row, b: Row) -> list[tuple[float, float]]:
+        pairs = [
+            (a["harmful_refusal"], b["harmful_refusal"]),
+            (-a["benign_over_refusal"], -b["benign_over_refusal"]),
+        ]
+        if a.get("utility_mean") is not None and b.get("utility_mean") is not None:
+            pairs.append((a["utility_mean"], b["utility_mean"]))
+        return pairs
 
     def dominates(a: Row, b: Row) -> bool:
-        better_or_equal = (
-            a["harmful_refusal"] >= b["harmful_refusal"]
-            and a["benign_over_refusal"] <= b["benign_over_refusal"]
-        )
-        strictly = (
-            a["harmful_refusal"] > b["harmful_refusal"]
-            or a["benign_over_refusal"] < b["benign_over_refusal"]
-        )
-        return better_or_equal and strictly
+        pairs = objectives(a, b)
+        return all(x >= y for x, y in pairs) and any(x > y for x, y in pairs)
 
     return [i for i, row in enumerate(rows) if not any(dominates(other, row) for other in rows)]
 
