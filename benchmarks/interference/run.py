@@ -38,12 +38,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from sst_merge_plugin.atomic import atomic_path, write_text
+from sst_merge_plugin.atomic import write_text
 from sst_merge_plugin.bench.fusion_merge import TSV
 from sst_merge_plugin.bench.pipeline import BASE_ROW, MergeJob, Pipeline
 from sst_merge_plugin.bench.profile import SAFETY, AdapterSpec, FisherSettings, Profile, Sweep
 from sst_merge_plugin.bench.training import LoRATrainingConfig
 from sst_merge_plugin.core.errors import SSTError
+from sst_merge_plugin.evaluation.report import save_png
 from sst_merge_plugin.evaluation.suite import EvalConfig
 
 #: the experts' skills; N experts are the first N
@@ -264,12 +265,7 @@ def plot_interference(
         axis.grid(True, alpha=0.3)
     axes[1].legend(fontsize=8)
     figure.suptitle("Many-expert interference: N skill LoRAs + safety LoRA, SmolLM2-135M")
-    figure.tight_layout()
-    try:
-        with atomic_path(path) as temporary:
-            figure.savefig(temporary, format="png")
-    finally:
-        plt.close(figure)
+    save_png(figure, path)
 
 
 def write_results(

@@ -255,6 +255,13 @@ def plot_pareto(
     axes.grid(True, alpha=0.3)
     axes.legend(fontsize=8, loc="lower right")
     axes.set_title(title or "Safety–utility trade-off")
+    save_png(figure, path)
+
+
+def save_png(figure: Any, path: str | os.PathLike[str]) -> None:
+    """``figure`` (matplotlib) laid out, written atomically as a PNG at ``path``, then closed."""
+    import matplotlib.pyplot as plt
+
     figure.tight_layout()
     try:
         with atomic_path(path) as temporary:
