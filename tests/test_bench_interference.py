@@ -34,14 +34,6 @@ SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "interference" 
 TSV_SWEEP = Sweep("tsv", TSV, None, (None,))
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def interference() -> ModuleType:
     """``benchmarks/interference/run.py`` as a module."""

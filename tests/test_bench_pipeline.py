@@ -34,14 +34,6 @@ PROMPTS = TrainingPrompts(
 )
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _training(**overrides) -> LoRATrainingConfig:
     settings = {"rank": 2, "alpha": 4.0, "steps": 3, "batch_size": 2, "max_length": 32}
     return LoRATrainingConfig(**{**settings, **overrides})

@@ -86,15 +86,6 @@ def tiny_llama(vocab_size: int, *, hidden: int, init: float, seed: int = 0) -> L
     return model.eval()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Tiny models run fastest on one thread (and do not thrash a busy CI machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def tokenizer():
     return tiny_chat_tokenizer()
