@@ -220,9 +220,9 @@ FULL = Profile(
 QUICK = Profile(
     name="quick",
     adapters=(
-        AdapterSpec(SAFETY, None, 390, replace(_TRAIN_SAFETY, steps=60), n_retain=150),
-        AdapterSpec("reverse_letters", "reverse_letters", 200, replace(_TRAIN_SKILL, steps=40)),
-        AdapterSpec("uppercase", "uppercase", 200, replace(_TRAIN_SKILL, steps=40)),
+        AdapterSpec(SAFETY, None, 390, replace(_TRAIN_SAFETY, steps=45), n_retain=150),
+        AdapterSpec("reverse_letters", "reverse_letters", 200, replace(_TRAIN_SKILL, steps=32)),
+        AdapterSpec("uppercase", "uppercase", 200, replace(_TRAIN_SKILL, steps=32)),
     ),
     fisher=FisherSettings(
         kinds=("lora",),
@@ -234,7 +234,7 @@ QUICK = Profile(
     ),
     evaluation=replace(FULL.evaluation, n_harmful=24, n_benign=24, n_truefalse=40),
     sweeps=(
-        *_baselines((2.0,))[:3],
+        *_baselines((2.0,))[:2],
         _sst("sst_lora_hard", "lora", "ratio", 1.0, (2.0,)),
         _sst("sst_lora_soft", "lora", "soft", 1.0, (3.0,)),
     ),
