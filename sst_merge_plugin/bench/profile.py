@@ -3,14 +3,16 @@
 A :class:`Profile` names
 
 * the adapters (:class:`AdapterSpec`): one safety LoRA (AdvBench training split → natural
-  refusals) and utility LoRAs on programmatic skills (:mod:`sst_merge_plugin.data.tasks`);
+  refusals, plus everyday questions → helpful answers as retain data) and utility LoRAs on
+  programmatic skills (:mod:`sst_merge_plugin.data.tasks`);
 * the Fisher collections (:class:`FisherSettings`): ``F_harm`` (objective ``refusal`` on the
-  AdvBench training split) and ``F_benign`` (objective ``kl`` on benign prompts: the skills'
-  training prompts and the training part of the benign-edgy probes), per Fisher kind;
+  AdvBench training split) and ``F_benign`` (objective ``kl`` on benign prompts: everyday
+  questions, the training part of the benign-edgy probes and the skills' training prompts), per
+  Fisher kind;
 * the evaluation (:class:`~sst_merge_plugin.evaluation.suite.EvalConfig`);
 * the method sweeps (:class:`Sweep`): a merge method, the knob it sweeps and fixed parameters.
 
-Two built-in profiles: :data:`QUICK` (``sst-merge demo``, minutes on 2 CPU cores) and
+Two built-in profiles: :data:`QUICK` (``sst-merge demo``, ~10 minutes on 2 CPU cores) and
 :data:`FULL` (``benchmarks/safety_utility``, every method with a curve).
 """
 
