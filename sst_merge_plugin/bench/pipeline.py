@@ -307,12 +307,13 @@ class Pipeline:
         (:func:`~.fusion_merge.fusion_bench_config`)."""
         from sst_merge_plugin.bench.fusion_merge import fusion_bench_config, is_fusion_bench_method
 
+        inputs = [
+            spec
+            for spec in self.profile.adapters
+            if not (spec.name == SAFETY and sweep.utilities_only)
+        ]
         if is_fusion_bench_method(sweep.merge_method):
-            adapters = {
-                spec.name: self.adapter(spec)
-                for spec in self.profile.adapters
-                if not (spec.name == SAFETY and sweep.utilities_only)
-            }
+            adapters = {spec.name: self.adapter(spec) for spec in inputs}
             return fusion_bench_config(sweep, value, self.model_dir, adapters)
         shared: dict[str, Any] = dict(sweep.parameters)
         roles = sweep.merge_method.startswith("sst_") and sweep.merge_method != "sst_fisher_merge"
@@ -330,9 +331,7 @@ class Pipeline:
             if sweep.merge_method == "sst_merge":
                 shared["benign_fisher"] = str(benign)
         models = []
-        for spec in self.profile.adapters:
-            if spec.name == SAFETY and sweep.utilities_only:
-                continue
+        for spec in inputs:
             params: dict[str, Any] = {"weight": safety_weight if spec.name == SAFETY else 1.0}
             if density is not None:
                 params["density"] = density
