@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from sst_merge_plugin.core.errors import FisherValidationError
+from sst_merge_plugin.core.fisher import all_finite
 
 
 def fisher_weighted_average(
@@ -48,7 +49,7 @@ def fisher_weighted_average(
                 f"input {index}: delta {tuple(delta.shape)} and Fisher {tuple(fisher.shape)} must "
                 f"match the first delta's shape {tuple(deltas[0].shape)}"
             )
-        if not (bool(torch.isfinite(fisher).all()) and bool(torch.isfinite(delta).all())):
+        if not (all_finite(fisher) and all_finite(delta)):
             raise FisherValidationError(f"input {index}: delta or Fisher contains NaN/Inf")
         if float(fisher.min()) < 0:
             raise FisherValidationError(f"input {index}: diagonal Fisher has negative entries")

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from sst_merge_plugin.core.errors import FisherValidationError
+from sst_merge_plugin.core.fisher import all_finite
 from sst_merge_plugin.core.projector import low_rank_factors
 
 
@@ -86,5 +87,5 @@ def _check_pair(delta: Tensor, alignment: Tensor) -> None:
             "2-D and of the same shape"
         )
     for label, tensor in (("delta", delta), ("alignment matrix", alignment)):
-        if not bool(torch.isfinite(tensor).all()):
+        if not all_finite(tensor):
             raise FisherValidationError(f"{label} contains NaN/Inf")

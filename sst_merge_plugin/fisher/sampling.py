@@ -23,6 +23,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from sst_merge_plugin.core.errors import SSTError
+from sst_merge_plugin.core.fisher import all_finite
 from sst_merge_plugin.data.chat import pad_batch
 
 
@@ -115,7 +116,7 @@ def _sample_batch(
     next_position = position_ids[:, -1:] + 1
     for step in range(n_tokens):
         probabilities = torch.softmax(output.logits[:, -1].float(), dim=-1)
-        if not bool(torch.isfinite(probabilities).all()):
+        if not all_finite(probabilities):
             raise SSTError("the model produced non-finite logits while sampling kl responses")
         tokens = []
         for row in range(rows):

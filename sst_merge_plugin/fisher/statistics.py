@@ -40,7 +40,7 @@ import torch
 from torch import Tensor
 
 from sst_merge_plugin.core.errors import SSTError
-from sst_merge_plugin.core.fisher import DiagFisher, Fisher, KFACFisher, LoRAFisher
+from sst_merge_plugin.core.fisher import DiagFisher, Fisher, KFACFisher, LoRAFisher, all_finite
 
 ACCUMULATE_DTYPE = torch.float64
 #: batches summed in float32 before the sum is added into the float64 total
@@ -238,7 +238,7 @@ class LayerStatistics(ABC):
         averages = {}
         for key, windowed in self.sums.items():
             total = windowed.value()
-            if not bool(torch.isfinite(total).all()):
+            if not all_finite(total):
                 raise SSTError(
                     f"{self.name}: the accumulated statistic {key} contains NaN/Inf (overflow "
                     "or a non-finite model output); nothing was written"
