@@ -179,8 +179,7 @@ def test_fusion_bench_config_puts_the_knob_into_the_algorithm(world: World) -> N
 @pytest.mark.parametrize(
     ("sweep", "message"),
     [
-        (Sweep("tsv", TSV, "safety_weight", (1.0,)), "no per-model weight"),
-        (Sweep("tsv", TSV, "density", (0.5,)), "no per-model weight"),
+        (Sweep("tsv", TSV, "density", (0.5,)), "no per-model density"),
         (Sweep("tsv", TSV, None, (None,), fisher_kind="lora"), "Fisher file"),
         (Sweep("tsv", "fusion_bench:", None, (None,)), "'fusion_bench:<class path>'"),
     ],
@@ -190,6 +189,40 @@ def test_fusion_bench_config_rejects_what_the_host_cannot_do(
 ) -> None:
     with pytest.raises(SSTError, match=message):
         fusion_bench_config(sweep, sweep.values[0], world.base, _adapters(world))
+
+
+def test_fusion_bench_config_weights_the_safety_adapter(world: World) -> None:
+    sweep = Sweep("tsv", TSV, "safety_weight", (1.0, 2.0))
+    adapters = _adapters(world)
+    assert fusion_bench_config(sweep, 1.0, world.base, adapters) == _tsv_config(world)
+    weighted = fusion_bench_config(sweep, 2.0, world.base, adapters)
+    assert weighted == {**_tsv_config(world), "weights": {"safety": 2.0}}
+    entries = fusion_merge.model_pool(weighted)._models
+    assert entries["safety"]["adapter_weight"] == 2.0
+    assert all("adapter_weight" not in entries[name] for name in ADAPTERS if name != "safety")
+    without_safety = {name: path for name, path in adapters.items() if name != "safety"}
+    with pytest.raises(SSTError, match="safety_weight needs a 'safety' adapter"):
+        fusion_bench_config(sweep, 2.0, world.base, without_safety)
+
+
+def test_tsv_with_a_safety_weight_scales_that_input_singular_values(
+    world: World, tmp_path: Path
+) -> None:
+    sweep = Sweep("tsv", TSV, "safety_weight", (2.0,))
+    config = fusion_bench_config(sweep, 2.0, world.base, _adapters(world))
+    run_fusion_merge(config, tmp_path / "merged", "cpu", quiet=True)
+    merged = load_file(tmp_path / "merged" / "model.safetensors")
+    base = load_file(world.base / "model.safetensors")
+    inputs = {name: _lora_deltas(world.adapter(name)) for name in ADAPTERS}
+    for name in inputs["safety"][1]:
+        expected = torch.cat(
+            [
+                (2.0 if adapter == "safety" else 1.0) * torch.linalg.svdvals(deltas[name])[:r]
+                for adapter, (r, deltas) in inputs.items()
+            ]
+        ).sort(descending=True).values
+        got = torch.linalg.svdvals(merged[name].double() - base[name].double())
+        torch.testing.assert_close(got[: len(expected)], expected, rtol=1e-4, atol=1e-5)
 
 
 def test_run_fusion_merge_rejects_a_mergekit_configuration(tmp_path: Path) -> None:
@@ -286,8 +319,8 @@ def test_rows_tables_and_plot(interference: ModuleType, tmp_path: Path) -> None:
         "experts": {name: alone[name] for name in "abcd"},
     }
     report = interference.markdown_report(rows, references)
-    assert "| 2 | ties | 1.375 | 0.800 | 0.250 | 0.125 | 2.0 |" in report
-    assert "| 4 | sst_merge | 0.775 | 0.550 | 0.500 | 0.125 | 2.0 |" in report
+    assert "| 2 | ties | 0.5 | 1.375 | 0.800 | 0.250 | 0.125 | 2.0 |" in report
+    assert "| 4 | sst_merge | 1 | 0.775 | 0.550 | 0.500 | 0.125 | 2.0 |" in report
     assert "| safety alone | 0.875 | 0.250 | – |" in report
     assert "| c alone | – | – | 1.000 |" in report
     assert "| sst_merge (N=4) | 1 | 0.500 | 0.125 |" in report  # per-skill table
@@ -297,9 +330,11 @@ def test_rows_tables_and_plot(interference: ModuleType, tmp_path: Path) -> None:
 
 
 def test_profiles_share_the_expert_specs(interference: ModuleType) -> None:
-    sweeps = interference.method_sweeps(0.5)
+    sweeps = interference.method_sweeps(0.5, 2.0)
     assert list(sweeps) == list(interference.METHODS)
     assert sweeps["sst_merge"].values == (0.5,) and sweeps["sst_merge"].fisher_kind == "lora"
+    for method in ("task_arithmetic", "ties", "dare_ties", "tsv"):
+        assert (sweeps[method].knob, sweeps[method].values) == ("safety_weight", (2.0,)), method
     assert dict(sweeps["sst_merge"].parameters)["select"] == "soft"
     assert sweeps["tsv"].merge_method == TSV
     small = interference.interference_profile(2, sweeps.values())
@@ -318,6 +353,7 @@ def test_profiles_share_the_expert_specs(interference: ModuleType) -> None:
         (["--n-experts", "0", "2", "9"], "between 1 and 8, got [0, 9]"),
         (["--threads", "0"], "--threads must be >= 1"),
         (["--sst-scale", "nan"], "--sst-scale must be a finite number"),
+        (["--safety-weight", "-1"], "--safety-weight must be a finite number >= 0, got -1.0"),
         (["--methods", "magic"], "invalid choice: 'magic'"),
     ],
 )
@@ -335,4 +371,5 @@ def test_command_line_defaults(interference: ModuleType) -> None:
     assert args.n_experts == [2, 4]
     assert args.methods == list(interference.METHODS)
     assert args.sst_scale == interference.SST_SCALE
+    assert args.safety_weight == interference.SAFETY_WEIGHT == 1.0
     assert args.workspace.parts[-2:] == ("bench", "interference")

@@ -45,10 +45,13 @@ def no_loading(pool):
 # ---- loader ------------------------------------------------------------------------------
 
 
-def test_loader_merges_the_adapter_and_leaves_parameters_trainable(world: World) -> None:
+@pytest.mark.parametrize("weight", [1.0, 2.5, -1])
+def test_loader_merges_the_adapter_and_leaves_parameters_trainable(
+    world: World, weight: float
+) -> None:
     from sst_merge_plugin.fusion_bench.loaders import load_lora_causal_lm
 
-    model = load_lora_causal_lm(world.base, world.adapter("reverse_letters"))
+    model = load_lora_causal_lm(world.base, world.adapter("reverse_letters"), adapter_weight=weight)
     assert all(p.requires_grad for p in model.parameters())
     assert next(model.parameters()).dtype == torch.float32
     config = json.loads((world.adapter("reverse_letters") / "adapter_config.json").read_text())
@@ -61,7 +64,7 @@ def test_loader_merges_the_adapter_and_leaves_parameters_trainable(world: World)
         lora_a = handle.get_tensor(f"{prefix}.lora_A.weight")
         lora_b = handle.get_tensor(f"{prefix}.lora_B.weight")
     name = "model.layers.1.mlp.down_proj.weight"
-    expected = base[name].double() + scale * lora_b.double() @ lora_a.double()
+    expected = base[name].double() + weight * scale * lora_b.double() @ lora_a.double()
     torch.testing.assert_close(model.state_dict()[name].double(), expected, rtol=0, atol=1e-6)
 
 
@@ -70,6 +73,8 @@ def test_loader_rejects_a_folder_without_adapter(world: World) -> None:
 
     with pytest.raises(SSTError, match=r"has no adapter_config\.json"):
         load_lora_causal_lm(world.base, world.base)
+    with pytest.raises(SSTError, match="adapter_weight must be a finite number, got nan"):
+        load_lora_causal_lm(world.base, world.adapter("safety"), adapter_weight=float("nan"))
 
 
 # ---- algorithm: validation before anything is loaded ---------------------------------------

@@ -6,7 +6,8 @@ safety LoRA (:data:`SAFETY_SPEC`) are merged by
 
 * ``task_arithmetic``, ``ties``, ``dare_ties`` (mergekit; density 0.5, no normalisation) and
   ``tsv`` (FusionBench's task-singular-vector merging, :data:`~sst_merge_plugin.bench.
-  fusion_merge.TSV`), each with the safety LoRA as one more ordinary input of weight 1;
+  fusion_merge.TSV`), each with the safety LoRA as one more ordinary input of weight
+  ``--safety-weight`` (default 1; the experts have weight 1);
 * ``sst_merge`` (task arithmetic of the experts + the safety patch projected with the ``lora``
   Fisher pair, ``select: soft``, ``rho: 1``, ``scale`` = ``--sst-scale``; the safety LoRA has
   ``role: safety``).
@@ -24,6 +25,9 @@ and ``interference.png`` (normalised accuracy, harmful refusal, over-refusal vs 
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/interference/run.py --threads 1 \\
         --out benchmarks/interference/results
+    # the safety strength the full safety–utility benchmark needs to keep refusing
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/interference/run.py --threads 1 \\
+        --safety-weight 2 --sst-scale 3 --out benchmarks/interference/results-strong
 """
 
 from __future__ import annotations
@@ -64,6 +68,8 @@ N_EXPERT_TRAIN = 400
 SAFETY_SPEC = AdapterSpec(SAFETY, None, 390, LoRATrainingConfig(steps=80, learning_rate=2e-3), 150)
 #: default ``scale`` of the SST-Merge safety patch (``--sst-scale``)
 SST_SCALE = 1.0
+#: default weight of the safety LoRA in the baselines (``--safety-weight``)
+SAFETY_WEIGHT = 1.0
 FISHER = FisherSettings(
     kinds=("lora",), n_harm=64, n_benign_helpful=64, n_benign_edgy=48, n_benign_per_skill=16
 )
@@ -87,14 +93,17 @@ def expert_spec(skill: str) -> AdapterSpec:
     return AdapterSpec(skill, skill, N_EXPERT_TRAIN, EXPERT_TRAINING)
 
 
-def method_sweeps(sst_scale: float) -> dict[str, Sweep]:
-    """One single-point sweep per method of :data:`METHODS`."""
-    sparse = {"normalize": False}
+def method_sweeps(sst_scale: float, safety_weight: float = SAFETY_WEIGHT) -> dict[str, Sweep]:
+    """One single-point sweep per method of :data:`METHODS`: the baselines at safety weight
+    ``safety_weight`` (TIES / DARE-TIES at density 0.5), SST-Merge at patch scale
+    ``sst_scale``."""
+    sparse = {"normalize": False, "density": 0.5}
+    weight = (safety_weight,)
     return {
-        "task_arithmetic": Sweep("task_arithmetic", "task_arithmetic", None, (None,)),
-        "ties": Sweep("ties", "ties", "density", (0.5,), sparse),
-        "dare_ties": Sweep("dare_ties", "dare_ties", "density", (0.5,), sparse),
-        "tsv": Sweep("tsv", TSV, None, (None,)),
+        "task_arithmetic": Sweep("task_arithmetic", "task_arithmetic", "safety_weight", weight),
+        "ties": Sweep("ties", "ties", "safety_weight", weight, sparse),
+        "dare_ties": Sweep("dare_ties", "dare_ties", "safety_weight", weight, sparse),
+        "tsv": Sweep("tsv", TSV, "safety_weight", weight),
         "sst_merge": Sweep(
             "sst_merge",
             "sst_merge",
@@ -163,17 +172,19 @@ def _number(value: float | None, digits: int = 3) -> str:
 
 
 def summary_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    """Markdown: N, method, normalised accuracy, mean exact match, both refusal rates, merge
-    seconds — one line per row, in the given order."""
+    """Markdown: N, method, safety strength (the row's knob: the safety LoRA's weight, or the
+    SST patch scale), normalised accuracy, mean exact match, both refusal rates, merge seconds —
+    one line per row, in the given order."""
     lines = [
-        "| N | method | normalised accuracy ↑ | mean exact match ↑ | harmful refusal ↑ "
-        "| benign over-refusal ↓ | merge s |",
-        "|---|---|---|---|---|---|---|",
+        "| N | method | safety strength | normalised accuracy ↑ | mean exact match ↑ "
+        "| harmful refusal ↑ | benign over-refusal ↓ | merge s |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         cells = [
             str(row["n_experts"]),
             row["method"],
+            "–" if row["knob"] is None else f"{row['knob']:g}",
             _number(row["normalized_accuracy"]),
             _number(row["utility_mean"]),
             _number(row["harmful_refusal"]),
@@ -209,7 +220,8 @@ def markdown_report(rows: Sequence[Mapping[str, Any]], references: Mapping[str, 
     return (
         "# Many-expert interference (SmolLM2-135M-Instruct)\n\n"
         "Normalised accuracy: merged exact match on each skill ÷ that expert alone on it, "
-        "averaged over the N skills.\n\n"
+        "averaged over the N skills. Safety strength: the safety LoRA's weight (task "
+        "arithmetic, TIES, DARE-TIES, TSV; experts weight 1) or the SST-Merge patch scale.\n\n"
         f"{summary_table(rows)}\n## References\n\n{references_table(references)}\n"
         "## Per-skill exact match\n\n"
         "(front: Pareto front of harmful refusal vs over-refusal over all rows)\n\n"
@@ -358,6 +370,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=SST_SCALE,
         help=f"scale of the SST-Merge safety patch (default {SST_SCALE})",
     )
+    parser.add_argument(
+        "--safety-weight",
+        type=float,
+        default=SAFETY_WEIGHT,
+        help="weight of the safety LoRA in task arithmetic, TIES, DARE-TIES and TSV "
+        f"(default {SAFETY_WEIGHT})",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     bad = sorted({n for n in args.n_experts if not 1 <= n <= len(SKILLS)})
@@ -365,8 +384,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error(f"--n-experts: each must be between 1 and {len(SKILLS)}, got {bad}")
     if args.threads is not None and args.threads < 1:
         parser.error(f"--threads must be >= 1, got {args.threads}")
-    if not (math.isfinite(args.sst_scale) and args.sst_scale >= 0):
-        parser.error(f"--sst-scale must be a finite number >= 0, got {args.sst_scale}")
+    for option in ("sst_scale", "safety_weight"):
+        value = getattr(args, option)
+        if not (math.isfinite(value) and value >= 0):
+            flag = "--" + option.replace("_", "-")
+            parser.error(f"{flag} must be a finite number >= 0, got {value}")
     args.n_experts = sorted(set(args.n_experts))
     return args
 
@@ -378,7 +400,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    sweeps = method_sweeps(args.sst_scale)
+    sweeps = method_sweeps(args.sst_scale, args.safety_weight)
     benchmark = Benchmark(
         args.workspace.expanduser().resolve(),
         [sweeps[method] for method in METHODS if method in args.methods],
@@ -395,6 +417,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "n_experts": args.n_experts,
             "methods": args.methods,
             "sst_scale": args.sst_scale,
+            "safety_weight": args.safety_weight,
             "references": references,
             "seconds": round(time.perf_counter() - started, 1),
         }

@@ -7,8 +7,9 @@ by that FusionBench algorithm instead of mergekit:
 * :func:`fusion_bench_config` — the job configuration (a JSON-able dict with ``"host":
   "fusion_bench"``, so it is part of the row's content key): the algorithm (``_target_`` plus
   the sweep's parameters, the knob's value included), the base model folder and the LoRA
-  adapters (name → folder), every input with weight 1 (FusionBench algorithms take no
-  per-model weights);
+  adapters (name → folder) and, for the ``safety_weight`` knob, ``"weights": {"safety": w}``
+  (absent: every input has weight 1). FusionBench algorithms take no per-model weights, so the
+  weight is applied when the pool loads the model: base + w·(safety LoRA);
 * :func:`run_fusion_merge` — builds a ``CausalLMPool`` in-process whose models are base +
   adapter merged into dense float32 weights (:func:`~sst_merge_plugin.fusion_bench.loaders.
   load_lora_causal_lm`), runs the algorithm on it and saves the merged model with the base's
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from sst_merge_plugin.atomic import atomic_path
-from sst_merge_plugin.bench.profile import Sweep
+from sst_merge_plugin.bench.profile import SAFETY, Sweep
 from sst_merge_plugin.core.errors import SSTError
 
 #: the ``host`` value of a FusionBench job configuration
@@ -37,8 +38,8 @@ PREFIX = "fusion_bench:"
 #: FusionBench's task-singular-vector merging (TSV-M, Gargiulo et al. 2025)
 TSV = f"{PREFIX}fusion_bench.method.TaskSingularVectorMerging"
 LOADER = "sst_merge_plugin.fusion_bench.loaders.load_lora_causal_lm"
-#: the sweep knobs that set a per-model value (mergekit only)
-PER_MODEL_KNOBS = ("safety_weight", "density")
+#: the sweep knobs that set a per-model value mergekit-only (``safety_weight`` works on both hosts)
+MERGEKIT_ONLY_KNOBS = ("density",)
 
 
 def is_fusion_bench_method(merge_method: str) -> bool:
@@ -51,8 +52,9 @@ def fusion_bench_config(
 ) -> dict[str, Any]:
     """The job configuration of ``sweep`` at ``knob = value`` on ``adapters`` (module doc).
 
-    Raises :class:`SSTError` for what FusionBench algorithms cannot take here: per-model knobs
-    (:data:`PER_MODEL_KNOBS`), Fisher files, or an empty class path.
+    Raises :class:`SSTError` for what FusionBench algorithms cannot take here: per-model
+    densities (:data:`MERGEKIT_ONLY_KNOBS`), Fisher files, an empty class path, or a
+    ``safety_weight`` knob without a ``safety`` adapter.
     """
     target = sweep.merge_method.removeprefix(PREFIX)
     if not is_fusion_bench_method(sweep.merge_method) or not target:
@@ -60,21 +62,30 @@ def fusion_bench_config(
             f"sweep {sweep.label}: a FusionBench merge_method is 'fusion_bench:<class path>', "
             f"got {sweep.merge_method!r}"
         )
-    if sweep.knob in PER_MODEL_KNOBS or sweep.fisher_kind is not None or sweep.per_model_fisher:
+    if sweep.knob in MERGEKIT_ONLY_KNOBS or sweep.fisher_kind is not None or sweep.per_model_fisher:
         raise SSTError(
-            f"sweep {sweep.label}: FusionBench algorithms take no per-model weight, density or "
-            "Fisher file here; sweep one of the algorithm's own parameters"
+            f"sweep {sweep.label}: FusionBench algorithms take no per-model density or Fisher "
+            "file here; sweep the safety weight or one of the algorithm's own parameters"
         )
     parameters = dict(sweep.parameters)
-    if sweep.knob is not None:
+    weights: dict[str, float] = {}
+    if sweep.knob == "safety_weight":
+        if SAFETY not in adapters:
+            raise SSTError(f"sweep {sweep.label}: safety_weight needs a '{SAFETY}' adapter")
+        if float(value) != 1.0:
+            weights[SAFETY] = float(value)
+    elif sweep.knob is not None:
         parameters[sweep.knob] = value
-    return {
+    config = {
         "host": HOST,
         "algorithm": {"_target_": target, **parameters},
         "base_model": str(base_model),
         "models": {name: str(path) for name, path in adapters.items()},
         "dtype": "float32",
     }
+    if weights:
+        config["weights"] = weights
+    return config
 
 
 def model_pool(config: Mapping[str, Any]) -> Any:
@@ -83,12 +94,15 @@ def model_pool(config: Mapping[str, Any]) -> Any:
 
     base = config["base_model"]
     models: dict[str, Any] = {"_pretrained_": base}
+    weights = config.get("weights", {})
     for name, adapter in config["models"].items():
         models[name] = {
             "_target_": LOADER,
             "pretrained_model_name_or_path": base,
             "adapter_path": adapter,
         }
+        if name in weights:
+            models[name]["adapter_weight"] = weights[name]
     return CausalLMPool(
         models=models, tokenizer=base, model_kwargs={"torch_dtype": config["dtype"]}
     )
