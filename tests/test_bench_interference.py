@@ -215,12 +215,16 @@ def test_tsv_with_a_safety_weight_scales_that_input_singular_values(
     base = load_file(world.base / "model.safetensors")
     inputs = {name: _lora_deltas(world.adapter(name)) for name in ADAPTERS}
     for name in inputs["safety"][1]:
-        expected = torch.cat(
-            [
-                (2.0 if adapter == "safety" else 1.0) * torch.linalg.svdvals(deltas[name])[:r]
-                for adapter, (r, deltas) in inputs.items()
-            ]
-        ).sort(descending=True).values
+        expected = (
+            torch.cat(
+                [
+                    (2.0 if adapter == "safety" else 1.0) * torch.linalg.svdvals(deltas[name])[:r]
+                    for adapter, (r, deltas) in inputs.items()
+                ]
+            )
+            .sort(descending=True)
+            .values
+        )
         got = torch.linalg.svdvals(merged[name].double() - base[name].double())
         torch.testing.assert_close(got[: len(expected)], expected, rtol=1e-4, atol=1e-5)
 
