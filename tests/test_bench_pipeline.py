@@ -209,3 +209,47 @@ def test_profile_checks_its_sweeps(world: World) -> None:
         _ = kfac.fisher_kinds
     with pytest.raises(SSTError, match="exactly one value"):
         Sweep("x", "ties", None, (1, 2))
+
+
+def test_fisher_at_the_utility_merge(world: World, tmp_path: Path) -> None:
+    from safetensors import safe_open
+
+    from sst_merge_plugin.fisher.fingerprint import checkpoint_fingerprint
+
+    profile = _profile(world)
+    at_merge = replace(profile.sweeps[2], label="sst_at_merge", fisher_at="utility_merge")
+    profile = replace(profile, sweeps=(profile.sweeps[2], at_merge))
+    pipeline = Pipeline(
+        profile, tmp_path / "ws", model_dir=world.base, prompts=PROMPTS, progress=False
+    )
+    folder = pipeline.utility_merge_dir()
+    assert [path.name for path in folder.parent.iterdir()] == [folder.name]  # no temporaries
+
+    # W0 + U: the base plus the (only) utility adapter, recomputed from its file
+    merged = load_file(str(folder / "model.safetensors"))
+    base = load_file(str(world.base / "model.safetensors"))
+    uppercase = pipeline.adapters()["uppercase"]
+    scale = profile.adapters[1].training.alpha / profile.adapters[1].training.rank
+    for name, weight in base.items():
+        if name.endswith("_proj.weight"):
+            expected = weight + _lora_delta(uppercase, name, scale)
+            torch.testing.assert_close(merged[name], expected, rtol=1e-5, atol=1e-6)
+
+    # each sweep's configuration names its own pair; the pairs were collected where asked
+    jobs = [job for job in pipeline.jobs() if job.config is not None]
+    pairs = [pipeline.fisher_pair("lora"), pipeline.fisher_pair("lora", "utility_merge")]
+    for job, pair in zip(jobs, pairs, strict=True):
+        parameters = job.config["parameters"]
+        assert (parameters["harm_fisher"], parameters["benign_fisher"]) == tuple(map(str, pair))
+    for model_dir, pair in zip((world.base, folder), pairs, strict=True):
+        for path in pair:
+            with safe_open(str(path), "pt") as handle:
+                metadata = handle.metadata()
+            assert metadata["base_model"] == str(model_dir)
+            assert metadata["model_fingerprint"] == checkpoint_fingerprint(model_dir)
+    at_base_harm, at_merge_harm = load_file(str(pairs[0][0])), load_file(str(pairs[1][0]))
+    assert at_base_harm.keys() == at_merge_harm.keys()
+    assert any(not torch.equal(at_base_harm[k], at_merge_harm[k]) for k in at_base_harm)
+    assert pipeline.utility_merge_dir() == folder  # merged once
+    with pytest.raises(SSTError, match="fisher_at must be one of"):
+        replace(at_merge, fisher_at="somewhere")

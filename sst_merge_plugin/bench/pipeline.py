@@ -12,7 +12,9 @@ interrupted run resumes and a changed input recomputes only what depends on it):
 4. **Fisher files** — ``fishers/…``: collected with exactly ``sst-merge fisher`` through the
    content-keyed :mod:`sst_merge_plugin.fisher.cache`: per kind, ``F_harm`` (``refusal`` on the
    AdvBench training split) and ``F_benign`` (``kl``); ``lora`` kind restricted to the safety
-   adapter; for Fisher merging a ``diag`` Fisher per adapter on its own training data.
+   adapter; for Fisher merging a ``diag`` Fisher per adapter on its own training data. A
+   sweep with ``fisher_at="utility_merge"`` gets its pair collected at ``W0 + U``, the
+   task-arithmetic merge of the utility adapters, kept in ``models/utility-merge-<key>/``.
 5. **merges** — each (method, knob) row is a mergekit configuration run in-process with
    mergekit's ``run_merge`` (the same code path as ``mergekit-yaml``; LoRA inputs through
    ``base+adapter`` and a shared ``--lora-merge-cache``) into ``merges/<row key>/``; the merged
@@ -37,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from sst_merge_plugin.atomic import write_text
-from sst_merge_plugin.bench.profile import SAFETY, AdapterSpec, Profile, Sweep
+from sst_merge_plugin.bench.profile import SAFETY, UTILITY_ONLY, AdapterSpec, Profile, Sweep
 from sst_merge_plugin.core.errors import SSTError
 
 log = logging.getLogger(__name__)
@@ -213,7 +215,21 @@ class Pipeline:
             prompts += [item.prompt for item in train]
         return self.prompt_file("benign", [{"prompt": p} for p in prompts])
 
-    def _fisher(self, label: str, data: str, objective: str, kind: str, **extra: Any) -> Path:
+    def utility_merge_dir(self) -> Path:
+        """The kept model folder of the utility-only merge ``W0 + U`` (task arithmetic of the
+        utility adapters), merged once into ``models/utility-merge-<config key>/``."""
+        from sst_merge_plugin.atomic import atomic_path
+
+        config = self.merge_config(UTILITY_ONLY, None)
+        folder = self.workspace / "models" / f"utility-merge-{content_key(config)}"
+        if not (folder / "config.json").is_file():
+            with atomic_path(folder, directory=True) as temporary:
+                self.run_merge(MergeJob(UTILITY_ONLY.label, None, config), temporary)
+        return folder
+
+    def _fisher(
+        self, label: str, data: str, objective: str, kind: str, at: str = "base", **extra: Any
+    ) -> Path:
         from sst_merge_plugin.fisher.cache import FisherRequest, cached_fisher_file
 
         settings = self.profile.fisher
@@ -224,14 +240,17 @@ class Pipeline:
             "device": self.device,
             **extra.pop("options", {}),
         }
+        model_dir = self.model_dir if at == "base" else self.utility_merge_dir()
         request = FisherRequest(
-            label, str(self.model_dir), data, objective, kind, options=options, **extra
+            label, str(model_dir), data, objective, kind, options=options, **extra
         )
         return cached_fisher_file(request, self.workspace / "fishers")
 
-    def fisher_pair(self, kind: str) -> tuple[Path, Path]:
-        """``(harm_fisher, benign_fisher)`` files of ``kind``."""
-        if (kind, "pair") not in self._fishers:
+    def fisher_pair(self, kind: str, at: str = "base") -> tuple[Path, Path]:
+        """``(harm_fisher, benign_fisher)`` files of ``kind``, collected at the base model
+        (``at="base"``) or at the utility-only merge ``W0 + U`` (``at="utility_merge"``)."""
+        slot = "pair" if at == "base" else f"pair@{at}"
+        if (kind, slot) not in self._fishers:
             settings = self.profile.fisher
             restrict = (
                 {"restrict_to": str(self.adapter(self._safety_spec))} if kind == "lora" else {}
@@ -241,6 +260,7 @@ class Pipeline:
                 str(self.harmful_prompt_file()),
                 "refusal",
                 kind,
+                at,
                 options={"split": "all", "field": "prompt"},
                 **restrict,
             )
@@ -249,6 +269,7 @@ class Pipeline:
                 str(self.benign_prompt_file()),
                 settings.benign_objective,
                 kind,
+                at,
                 options={
                     "split": "all",
                     "field": "prompt",
@@ -256,8 +277,8 @@ class Pipeline:
                 },
                 **restrict,
             )
-            self._fishers[(kind, "pair")] = (harm, benign)
-        return self._fishers[(kind, "pair")]
+            self._fishers[(kind, slot)] = (harm, benign)
+        return self._fishers[(kind, slot)]
 
     def adapter_fisher(self, spec: AdapterSpec) -> Path:
         """A ``diag`` Fisher of base+adapter on the adapter's own training data (Fisher merging)."""
@@ -281,8 +302,8 @@ class Pipeline:
     def export_inputs(self, out_dir: str | Path) -> Path:
         """The merge inputs under ``out_dir/inputs``, named for ``configs/mergekit/*.yml``:
         ``adapters/<adapter name>/`` and ``fishers/<kind>/{harm,benign}.safetensors`` for the
-        Fisher pairs this run collected (hard links where possible, else copies; the folder is
-        replaced atomically). Returns the ``inputs`` folder."""
+        Fisher pairs this run collected at the base model (hard links where possible, else
+        copies; the folder is replaced atomically). Returns the ``inputs`` folder."""
         from sst_merge_plugin.atomic import atomic_path
 
         target = Path(out_dir) / "inputs"
@@ -326,7 +347,7 @@ class Pipeline:
         elif sweep.knob is not None:
             shared[sweep.knob] = value
         if sweep.fisher_kind is not None:
-            harm, benign = self.fisher_pair(sweep.fisher_kind)
+            harm, benign = self.fisher_pair(sweep.fisher_kind, sweep.fisher_at)
             shared["harm_fisher"] = str(harm)
             if sweep.merge_method == "sst_merge":
                 shared["benign_fisher"] = str(benign)

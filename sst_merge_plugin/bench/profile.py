@@ -28,6 +28,8 @@ from sst_merge_plugin.core.errors import SSTError
 from sst_merge_plugin.evaluation.suite import EvalConfig
 
 SAFETY = "safety"
+#: where a sweep's Fisher pair can be collected (:attr:`Sweep.fisher_at`)
+FISHER_POINTS = ("base", "utility_merge")
 
 
 @dataclass(frozen=True)
@@ -67,7 +69,10 @@ class Sweep:
 
     ``knob`` is a shared mergekit parameter, or ``safety_weight`` (the safety input's
     ``weight``), or ``density`` (every input's density). ``fisher_kind`` names the Fisher pair
-    the method needs (``None``: none); ``utilities_only`` drops the safety input.
+    the method needs (``None``: none) and ``fisher_at`` the weights it is collected at
+    (:data:`FISHER_POINTS`: ``base`` = W0, or ``utility_merge`` = W0 + U, the task-arithmetic
+    merge of the utility adapters, where the safety patch is added); ``utilities_only`` drops
+    the safety input.
     """
 
     label: str
@@ -78,9 +83,15 @@ class Sweep:
     fisher_kind: str | None = None
     per_model_fisher: bool = False
     utilities_only: bool = False
+    fisher_at: str = "base"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "parameters", MappingProxyType(dict(self.parameters)))
+        if self.fisher_at not in FISHER_POINTS:
+            raise SSTError(
+                f"sweep {self.label}: fisher_at must be one of {FISHER_POINTS}, "
+                f"got {self.fisher_at!r}"
+            )
         if self.knob is None and len(self.values) != 1:
             raise SSTError(f"sweep {self.label}: without a knob give exactly one value (None)")
 
@@ -121,9 +132,16 @@ class Profile:
         return replace(self, sweeps=tuple(s for s in self.sweeps if s.label in labels))
 
 
-def _sst(label: str, kind: str, select: str, setting: float, scales: tuple[float, ...]) -> Sweep:
+def _sst(
+    label: str,
+    kind: str,
+    select: str,
+    setting: float,
+    scales: tuple[float, ...],
+    fisher_at: str = "base",
+) -> Sweep:
     """SST-Merge (task-arithmetic utility merge) with ``select`` at ``setting`` (``ratio`` τ or
-    ``soft`` ρ), sweeping the patch scale ``s``."""
+    ``soft`` ρ), sweeping the patch scale ``s``; Fisher pair of ``kind`` at ``fisher_at``."""
     knob = "rho" if select == "soft" else select
     return Sweep(
         label,
@@ -132,14 +150,19 @@ def _sst(label: str, kind: str, select: str, setting: float, scales: tuple[float
         scales,
         {"select": select, knob: setting, "utility_merge": "task_arithmetic"},
         fisher_kind=kind,
+        fisher_at=fisher_at,
     )
+
+
+#: the utility-only merge: task arithmetic of the utility adapters (``W0 + U``)
+UTILITY_ONLY = Sweep("utility_only", "task_arithmetic", None, (None,), utilities_only=True)
 
 
 def _baselines(weights: tuple[float, ...]) -> list[Sweep]:
     """The host baselines with the safety LoRA as an ordinary input of weight ``weights``
     (TIES / DARE at density 0.5 for every input)."""
     return [
-        Sweep("utility_only", "task_arithmetic", None, (None,), utilities_only=True),
+        UTILITY_ONLY,
         Sweep("task_arithmetic", "task_arithmetic", "safety_weight", weights),
         Sweep("ties", "ties", "safety_weight", weights, {"normalize": False, "density": 0.5}),
         Sweep(
@@ -216,6 +239,9 @@ FULL = Profile(
         _sst("sst_kfac_soft", "kfac", "soft", 1.0, (2.0, 3.0)),
         _sst("sst_diag_hard", "diag", "ratio", 1.0, (1.5, 2.0)),
         _sst("sst_diag_soft", "diag", "soft", 1.0, (2.0, 3.0)),
+        # the Fisher pair at W0 + U, where the patch is added, instead of at the base model
+        _sst("sst_lora_hard_at_merge", "lora", "ratio", 1.0, (1.5, 2.0, 3.0), "utility_merge"),
+        _sst("sst_lora_soft_at_merge", "lora", "soft", 1.0, (2.0, 3.0, 4.0), "utility_merge"),
     ),
 )
 
