@@ -235,10 +235,10 @@ FULL = Profile(
         ),
         _sst("sst_lora_hard", "lora", "ratio", 1.0, (1.5, 2.0, 3.0)),
         _sst("sst_lora_soft", "lora", "soft", 1.0, (2.0, 3.0, 4.0)),
-        _sst("sst_kfac_hard", "kfac", "ratio", 1.0, (1.5, 2.0)),
+        _sst("sst_kfac_hard", "kfac", "ratio", 1.0, (1.5, 2.0, 3.0)),
         _sst("sst_kfac_soft", "kfac", "soft", 1.0, (2.0, 3.0, 4.0)),
-        _sst("sst_diag_hard", "diag", "ratio", 1.0, (1.5, 2.0)),
-        _sst("sst_diag_soft", "diag", "soft", 1.0, (2.0, 3.0)),
+        _sst("sst_diag_hard", "diag", "ratio", 1.0, (1.5, 2.0, 3.0)),
+        _sst("sst_diag_soft", "diag", "soft", 1.0, (2.0, 3.0, 4.0)),
         # the Fisher pair at W0 + U, where the patch is added, instead of at the base model
         _sst("sst_lora_hard_at_merge", "lora", "ratio", 1.0, (1.5, 2.0, 3.0), "utility_merge"),
         _sst("sst_lora_soft_at_merge", "lora", "soft", 1.0, (2.0, 3.0, 4.0), "utility_merge"),
