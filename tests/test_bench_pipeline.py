@@ -251,5 +251,11 @@ def test_fisher_at_the_utility_merge(world: World, tmp_path: Path) -> None:
     assert at_base_harm.keys() == at_merge_harm.keys()
     assert any(not torch.equal(at_base_harm[k], at_merge_harm[k]) for k in at_base_harm)
     assert pipeline.utility_merge_dir() == folder  # merged once
+    # the merge accepts the pair of the other checkpoint (fingerprint check off, reported)
+    assert "check_fingerprint" not in jobs[0].config["parameters"]
+    assert jobs[1].config["parameters"]["check_fingerprint"] is False
+    assert pipeline.run_merge(jobs[1], tmp_path / "merged") > 0
+    report = json.loads((tmp_path / "merged" / "sst_merge_report.json").read_text())
+    assert set(report["fingerprint_checks"].values()) == {"not checked (check_fingerprint: false)"}
     with pytest.raises(SSTError, match="fisher_at must be one of"):
         replace(at_merge, fisher_at="somewhere")

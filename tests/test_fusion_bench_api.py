@@ -137,6 +137,13 @@ def test_fisher_of_another_model_is_refused_before_loading(world: World, tmp_pat
     settings = {**fisher_settings(world), "harm_fisher": str(other), "benign_fisher": str(other)}
     with pytest.raises(FisherFileError, match=r"harm_fisher .* was collected on another model"):
         algorithm(**settings).run(no_loading(make_pool(world)))
+    with pytest.raises(SSTError, match=r"check_fingerprint: invalid value 'maybe'"):
+        algorithm(**settings, check_fingerprint="maybe")
+    unchecked = algorithm(**settings, check_fingerprint=False)
+    unchecked.run(make_pool(world))
+    assert set(unchecked.merge_report["fingerprint_checks"].values()) == {
+        "not checked (check_fingerprint: false)"
+    }
 
 
 def test_kind_mismatch_between_fisher_files_is_refused(world: World, tmp_path: Path) -> None:

@@ -7,6 +7,9 @@ in-process through click's test runner: the same code as the console script with
 
 from __future__ import annotations
 
+import json
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -181,6 +184,34 @@ def test_fingerprint_mismatch_with_base_and_between_files(scenario, tmp_path, fi
     pair = shared(tmp_path / "fp.safetensors", tmp_path / "fp_b.safetensors")
     config = merge_config(scenario, "sst_merge", pair, sst_models(scenario))
     assert_fails(scenario, tmp_path, config, "collected on different models")
+
+
+def test_check_fingerprint_false_accepts_fishers_of_another_checkpoint(scenario, tmp_path, fishers):
+    names = linear_names()
+    shapes = {n: tuple(scenario.base_weights[n].shape) for n in names}
+    other = "f" * 64
+    write_kfac(tmp_path / "fp.safetensors", names, shapes, seed=5, fingerprint=other)
+    write_kfac(
+        tmp_path / "fp_b.safetensors", names, shapes, seed=6, objective="kl", fingerprint=other
+    )
+    pair = shared(tmp_path / "fp.safetensors", tmp_path / "fp_b.safetensors")
+    unchecked = shared(
+        tmp_path / "fp.safetensors", tmp_path / "fp_b.safetensors", check_fingerprint=False
+    )
+    config = merge_config(scenario, "sst_merge", unchecked, sst_models(scenario))
+    result, out = run_cli(scenario, tmp_path, config)
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "sst_merge_report.json").read_text())
+    assert set(report["fingerprint_checks"].values()) == {"not checked (check_fingerprint: false)"}
+    # the same files with the default check are refused
+    shutil.rmtree(out)
+    config = merge_config(scenario, "sst_merge", pair, sst_models(scenario))
+    assert_fails(scenario, tmp_path, config, "collected on another model", "ffffffffffff")
+    # shapes are still checked
+    write_kfac(tmp_path / "small.safetensors", names, {n: (8, 8) for n in names}, seed=4)
+    bad = shared(tmp_path / "small.safetensors", fishers[1], check_fingerprint=False)
+    config = merge_config(scenario, "sst_merge", bad, sst_models(scenario))
+    assert_fails(scenario, tmp_path, config, "shape (8, 8)")
 
 
 def test_matching_fingerprint_is_accepted_and_reported(scenario, tmp_path, fishers):

@@ -351,6 +351,8 @@ class Pipeline:
             shared["harm_fisher"] = str(harm)
             if sweep.merge_method == "sst_merge":
                 shared["benign_fisher"] = str(benign)
+            if sweep.fisher_at != "base":  # collected at W0 + U on purpose, not at the base
+                shared["check_fingerprint"] = False
         models = []
         for spec in inputs:
             params: dict[str, Any] = {"weight": safety_weight if spec.name == SAFETY else 1.0}

@@ -15,7 +15,7 @@ Config (FusionBench method YAML) → mergekit parameters:
 * shared parameters, same names, values and defaults as in mergekit (``null`` = mergekit's
   default): ``harm_fisher``, ``benign_fisher``, ``select``, ``k``, ``energy``, ``ratio``,
   ``rho``, ``damping``, ``solver``, ``scale``, ``utility_merge``, ``missing_fisher``,
-  ``threshold``, ``gate``, ``floor``, ``normalise``. Setting one the chosen method does not
+  ``check_fingerprint``, ``threshold``, ``gate``, ``floor``, ``normalise``. Setting one the chosen method does not
   take is an error (mergekit's ``write_adapter`` has no FusionBench counterpart).
 * per-model parameters: ``weight`` and ``density`` — one number for every input or a mapping
   ``{model name: value}`` (models left out take 1.0); the ``role: safety`` input is the pool
@@ -32,7 +32,7 @@ Config (FusionBench method YAML) → mergekit parameters:
 
 Before any model is loaded: every setting is validated, Fisher files are collected or opened
 and checked together (kind, fingerprints), and each file's ``model_fingerprint`` is compared
-with the ``_pretrained_`` folder's. Errors are :class:`~sst_merge_plugin.core.SSTError`\\ s and
+with the ``_pretrained_`` folder's (unless ``check_fingerprint: false``). Errors are :class:`~sst_merge_plugin.core.SSTError`\\ s and
 nothing is returned (so FusionBench saves nothing). After the merge the mergekit path's report
 (``sst_merge_report.json``: settings, Fisher files, per-tensor diagnostics, summary) is kept in
 :attr:`SSTMergeAlgorithm.merge_report` and written atomically into the run's log folder.
@@ -146,6 +146,7 @@ class SSTMergeAlgorithm(SimpleProfilerMixin, BaseAlgorithm):
         scale: float | None = None,
         utility_merge: str | None = None,
         missing_fisher: str | None = None,
+        check_fingerprint: bool | None = None,
         threshold: float | None = None,
         gate: str | None = None,
         floor: float | None = None,
@@ -350,7 +351,10 @@ class SSTMergeAlgorithm(SimpleProfilerMixin, BaseAlgorithm):
         settings = parse_shared(method, shared)
         parsed = parse_inputs(method, inputs)
         fishers = FisherSources.open(settings, parsed)
-        checks = self._check_fingerprints(modelpool, fishers)
+        if settings.check_fingerprint is False:
+            checks = dict.fromkeys(fishers.labelled(), "not checked (check_fingerprint: false)")
+        else:
+            checks = self._check_fingerprints(modelpool, fishers)
         return PreparedMerge(settings, parsed, fishers, checks)
 
     def _check_fingerprints(

@@ -29,6 +29,10 @@ Shared parameters (top-level ``parameters:``), methods that take them, default:
   (``task_arithmetic``), run by mergekit's own built-in method of that name.
 * ``missing_fisher`` — sst_merge, sst_single_fisher, sst_fisher_merge: ``error|keep|drop``
   (``error``), what to do with a tensor that needs a Fisher but has no entry.
+* ``check_fingerprint`` — same three: ``true|false`` (``true``), refuse Fisher files whose
+  recorded ``model_fingerprint`` is not the base model's (or, for ``sst_fisher_merge``, that
+  input's); ``false`` for files collected on purpose at another checkpoint of the same
+  architecture, e.g. the utility merge ``W0 + U`` (shapes are still checked).
 * ``threshold`` — sst_safe_lora: the cosine gate τ (required).
 * ``gate`` — sst_safe_lora: ``project`` (Safe LoRA: add ``s·ΔW_s`` and replace the utility
   delta ``U`` by ``C U`` where gated) or ``merge`` (SafeMERGE: add ``s·ΔW_s`` where gated) (``project``).
@@ -114,6 +118,7 @@ PARAMETERS: tuple[_Param, ...] = (
     _p("scale", float, _SHARED, WITH_ROLES, default=1.0),
     _p("utility_merge", str, _SHARED, WITH_ROLES, default="task_arithmetic"),
     _p("missing_fisher", str, _SHARED, PROJECTING | {SST_FISHER_MERGE}, default="error"),
+    _p("check_fingerprint", bool, _SHARED, PROJECTING | {SST_FISHER_MERGE}, default=True),
     _p("threshold", float, _SHARED, {SST_SAFE_LORA}),
     _p("gate", str, _SHARED, {SST_SAFE_LORA}, default="project"),
     _p("floor", float, _SHARED, {SST_FISHER_MERGE}, default=1e-6),
@@ -146,6 +151,7 @@ class SharedSettings:
     scale: float | None = None
     utility_merge: str | None = None
     missing_fisher: str | None = None
+    check_fingerprint: bool | None = None
     threshold: float | None = None
     gate: str | None = None
     floor: float | None = None
@@ -185,6 +191,12 @@ def _finite(name: str, value: float, minimum: float | None = None) -> float:
         raise SSTError(f"{name} must be finite, got {value}")
     if minimum is not None and value < minimum:
         raise SSTError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _flag(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise SSTError(f"{name} must be true or false, got {value!r}")
     return value
 
 
@@ -234,6 +246,7 @@ def parse_shared(method: str, values: Mapping[str, Any]) -> SharedSettings:
         fields["missing_fisher"] = _choice(
             "missing_fisher", resolved["missing_fisher"], MISSING_POLICIES
         )
+        fields["check_fingerprint"] = _flag("check_fingerprint", resolved["check_fingerprint"])
     if method == SST_SAFE_LORA:
         fields["threshold"] = _finite("threshold", resolved["threshold"])
         fields["gate"] = _choice("gate", resolved["gate"], GATES)

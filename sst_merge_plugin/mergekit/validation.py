@@ -17,7 +17,8 @@ Checked up front, for every planned tensor (parameters as mergekit resolved them
 * each file's ``model_fingerprint`` (when recorded) against
   :func:`~sst_merge_plugin.fisher.fingerprint.checkpoint_fingerprint` of the base model folder
   (for ``sst_fisher_merge`` files: the base's or that input's folder; for a ``base+lora``
-  reference the folder of its base) when that is a local folder;
+  reference the folder of its base) when that is a local folder, unless
+  ``check_fingerprint: false``;
 * the Fisher weight shape of every 2-D tensor with entries against the tensor's shape (read
   from the base checkpoint's safetensors header; skipped for ``.bin`` checkpoints);
 * a file that has entries for none of the merge's tensors (a naming mismatch);
@@ -111,6 +112,7 @@ def validate_planned_merge(method: str, planned: Sequence[tuple[Any, Any]]) -> M
     problems: list[str] = []
     # (label, path) -> [file, models whose folders may match its fingerprint, tensors matched]
     files: dict[tuple[str, str], list[Any]] = {}
+    check_fingerprints = True  # the shared check_fingerprint (same for every tensor)
     for weight, task in planned:
         try:
             settings = parse_shared(method, dict(task.parameters.items()))
@@ -123,6 +125,7 @@ def validate_planned_merge(method: str, planned: Sequence[tuple[Any, Any]]) -> M
             raise SSTError(f"{method}, tensor {weight.name}: {error}") from None
         if settings.as_dict() not in session.settings:
             session.settings.append(settings.as_dict())
+        check_fingerprints = settings.check_fingerprint is not False
         if settings.write_adapter not in (None, "none") and fishers.harm.kind != "lora":
             raise SSTError(
                 f"write_adapter: {settings.write_adapter} needs lora-kind Fisher files; "
@@ -146,8 +149,10 @@ def validate_planned_merge(method: str, planned: Sequence[tuple[Any, Any]]) -> M
                 f"{opened.weight_names()[0]!r}, …; model: {planned[0][0].name!r}, …) — was it "
                 "collected on another model?"
             )
-        checks["fingerprints"][key(label, path)] = _check_fingerprint(
-            label, opened, models, problems
+        checks["fingerprints"][key(label, path)] = (
+            _check_fingerprint(label, opened, models, problems)
+            if check_fingerprints
+            else "not checked (check_fingerprint: false)"
         )
     if problems:
         more = len(problems) - MAX_PROBLEMS
