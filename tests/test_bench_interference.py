@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
 
@@ -203,6 +204,11 @@ def test_fusion_bench_config_weights_the_safety_adapter(world: World) -> None:
     without_safety = {name: path for name, path in adapters.items() if name != "safety"}
     with pytest.raises(SSTError, match="safety_weight needs a 'safety' adapter"):
         fusion_bench_config(sweep, 2.0, world.base, without_safety)
+    experts = replace(sweep, utility_weight=0.5)
+    assert fusion_bench_config(experts, 1.0, world.base, adapters)["weights"] == {
+        "reverse_letters": 0.5,
+        "uppercase": 0.5,
+    }
 
 
 def test_tsv_with_a_safety_weight_scales_that_input_singular_values(
@@ -262,6 +268,28 @@ def test_pipeline_dispatches_fusion_bench_sweeps(
     produced = load_file(tmp_path / "merged" / "model.safetensors")
     reference = load_file(tsv_merged / "model.safetensors")
     assert all(torch.equal(produced[name], reference[name]) for name in reference)
+
+
+def test_pipeline_weights_every_expert_on_both_hosts(
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    training = LoRATrainingConfig(rank=4, alpha=8.0, steps=1)
+    specs = tuple(
+        AdapterSpec(name, None if name == "safety" else name, 1, training) for name in ADAPTERS
+    )
+    sweeps = (
+        Sweep("ta", "task_arithmetic", "safety_weight", (2.0,), utility_weight=0.25),
+        Sweep("tsv", TSV, "safety_weight", (2.0,), utility_weight=0.25),
+    )
+    profile = Profile("tiny", specs, FisherSettings(), EvalConfig(), sweeps, single_adapters=False)
+    pipeline = Pipeline(profile, tmp_path / "ws", model_dir=world.base, progress=False)
+    monkeypatch.setattr(pipeline, "adapter", lambda spec: world.adapter(spec.name))
+    mergekit_config, fusion_config = (job.config for job in pipeline.jobs() if job.config)
+    weights = [model["parameters"]["weight"] for model in mergekit_config["models"]]
+    assert weights == [2.0 if name == "safety" else 0.25 for name in ADAPTERS]
+    assert fusion_config["weights"] == {
+        name: (2.0 if name == "safety" else 0.25) for name in ADAPTERS
+    }
 
 
 # ---- the benchmark script ------------------------------------------------------------------
@@ -339,6 +367,9 @@ def test_profiles_share_the_expert_specs(interference: ModuleType) -> None:
     assert sweeps["sst_merge"].values == (0.5,) and sweeps["sst_merge"].fisher_kind == "lora"
     for method in ("task_arithmetic", "ties", "dare_ties", "tsv"):
         assert (sweeps[method].knob, sweeps[method].values) == ("safety_weight", (2.0,)), method
+    assert {sweep.utility_weight for sweep in sweeps.values()} == {1.0}
+    scaled = interference.method_sweeps(0.5, 2.0, 0.25)
+    assert {sweep.utility_weight for sweep in scaled.values()} == {0.25}
     assert dict(sweeps["sst_merge"].parameters)["select"] == "soft"
     assert sweeps["tsv"].merge_method == TSV
     small = interference.interference_profile(2, sweeps.values())
@@ -358,6 +389,7 @@ def test_profiles_share_the_expert_specs(interference: ModuleType) -> None:
         (["--threads", "0"], "--threads must be >= 1"),
         (["--sst-scale", "nan"], "--sst-scale must be a finite number"),
         (["--safety-weight", "-1"], "--safety-weight must be a finite number >= 0, got -1.0"),
+        (["--expert-weight", "inf"], "--expert-weight must be a finite number >= 0, got inf"),
         (["--methods", "magic"], "invalid choice: 'magic'"),
     ],
 )
@@ -376,4 +408,5 @@ def test_command_line_defaults(interference: ModuleType) -> None:
     assert args.methods == list(interference.METHODS)
     assert args.sst_scale == interference.SST_SCALE
     assert args.safety_weight == interference.SAFETY_WEIGHT == 1.0
+    assert args.expert_weight == interference.EXPERT_WEIGHT == 1.0
     assert args.workspace.parts[-2:] == ("bench", "interference")

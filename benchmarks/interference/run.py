@@ -7,7 +7,9 @@ safety LoRA (:data:`SAFETY_SPEC`) are merged by
 * ``task_arithmetic``, ``ties``, ``dare_ties`` (mergekit; density 0.5, no normalisation) and
   ``tsv`` (FusionBench's task-singular-vector merging, :data:`~sst_merge_plugin.bench.
   fusion_merge.TSV`), each with the safety LoRA as one more ordinary input of weight
-  ``--safety-weight`` (default 1; the experts have weight 1);
+  ``--safety-weight`` (default 1) and every expert at weight ``--expert-weight`` (default 1,
+  task arithmetic's λ; FusionBench's TSV gets the weights applied when its pool loads the
+  models);
 * ``sst_merge`` (task arithmetic of the experts + the safety patch projected with the ``lora``
   Fisher pair, ``select: soft``, ``rho: 1``, ``scale`` = ``--sst-scale``; the safety LoRA has
   ``role: safety``).
@@ -70,6 +72,8 @@ SAFETY_SPEC = AdapterSpec(SAFETY, None, 390, LoRATrainingConfig(steps=80, learni
 SST_SCALE = 1.0
 #: default weight of the safety LoRA in the baselines (``--safety-weight``)
 SAFETY_WEIGHT = 1.0
+#: default weight of every expert, all methods (``--expert-weight``)
+EXPERT_WEIGHT = 1.0
 FISHER = FisherSettings(
     kinds=("lora",), n_harm=64, n_benign_helpful=64, n_benign_edgy=48, n_benign_per_skill=16
 )
@@ -93,17 +97,22 @@ def expert_spec(skill: str) -> AdapterSpec:
     return AdapterSpec(skill, skill, N_EXPERT_TRAIN, EXPERT_TRAINING)
 
 
-def method_sweeps(sst_scale: float, safety_weight: float = SAFETY_WEIGHT) -> dict[str, Sweep]:
+def method_sweeps(
+    sst_scale: float, safety_weight: float = SAFETY_WEIGHT, expert_weight: float = EXPERT_WEIGHT
+) -> dict[str, Sweep]:
     """One single-point sweep per method of :data:`METHODS`: the baselines at safety weight
     ``safety_weight`` (TIES / DARE-TIES at density 0.5), SST-Merge at patch scale
-    ``sst_scale``."""
+    ``sst_scale``; every expert at weight ``expert_weight``."""
     sparse = {"normalize": False, "density": 0.5}
     weight = (safety_weight,)
+    experts = {"utility_weight": expert_weight}
     return {
-        "task_arithmetic": Sweep("task_arithmetic", "task_arithmetic", "safety_weight", weight),
-        "ties": Sweep("ties", "ties", "safety_weight", weight, sparse),
-        "dare_ties": Sweep("dare_ties", "dare_ties", "safety_weight", weight, sparse),
-        "tsv": Sweep("tsv", TSV, "safety_weight", weight),
+        "task_arithmetic": Sweep(
+            "task_arithmetic", "task_arithmetic", "safety_weight", weight, **experts
+        ),
+        "ties": Sweep("ties", "ties", "safety_weight", weight, sparse, **experts),
+        "dare_ties": Sweep("dare_ties", "dare_ties", "safety_weight", weight, sparse, **experts),
+        "tsv": Sweep("tsv", TSV, "safety_weight", weight, **experts),
         "sst_merge": Sweep(
             "sst_merge",
             "sst_merge",
@@ -111,6 +120,7 @@ def method_sweeps(sst_scale: float, safety_weight: float = SAFETY_WEIGHT) -> dic
             (sst_scale,),
             {"select": "soft", "rho": 1.0, "utility_merge": "task_arithmetic"},
             fisher_kind="lora",
+            **experts,
         ),
     }
 
@@ -377,6 +387,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="weight of the safety LoRA in task arithmetic, TIES, DARE-TIES and TSV "
         f"(default {SAFETY_WEIGHT})",
     )
+    parser.add_argument(
+        "--expert-weight",
+        type=float,
+        default=EXPERT_WEIGHT,
+        help=f"weight of every expert, all methods (task arithmetic's λ; default {EXPERT_WEIGHT})",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     bad = sorted({n for n in args.n_experts if not 1 <= n <= len(SKILLS)})
@@ -384,7 +400,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error(f"--n-experts: each must be between 1 and {len(SKILLS)}, got {bad}")
     if args.threads is not None and args.threads < 1:
         parser.error(f"--threads must be >= 1, got {args.threads}")
-    for option in ("sst_scale", "safety_weight"):
+    for option in ("sst_scale", "safety_weight", "expert_weight"):
         value = getattr(args, option)
         if not (math.isfinite(value) and value >= 0):
             flag = "--" + option.replace("_", "-")
@@ -400,7 +416,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    sweeps = method_sweeps(args.sst_scale, args.safety_weight)
+    sweeps = method_sweeps(args.sst_scale, args.safety_weight, args.expert_weight)
     benchmark = Benchmark(
         args.workspace.expanduser().resolve(),
         [sweeps[method] for method in METHODS if method in args.methods],
@@ -418,6 +434,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "methods": args.methods,
             "sst_scale": args.sst_scale,
             "safety_weight": args.safety_weight,
+            "expert_weight": args.expert_weight,
             "references": references,
             "seconds": round(time.perf_counter() - started, 1),
         }

@@ -7,9 +7,10 @@ by that FusionBench algorithm instead of mergekit:
 * :func:`fusion_bench_config` — the job configuration (a JSON-able dict with ``"host":
   "fusion_bench"``, so it is part of the row's content key): the algorithm (``_target_`` plus
   the sweep's parameters, the knob's value included), the base model folder and the LoRA
-  adapters (name → folder) and, for the ``safety_weight`` knob, ``"weights": {"safety": w}``
-  (absent: every input has weight 1). FusionBench algorithms take no per-model weights, so the
-  weight is applied when the pool loads the model: base + w·(safety LoRA);
+  adapters (name → folder) and ``"weights": {name: w}`` for the inputs whose weight is not 1
+  (the ``safety_weight`` knob, the sweep's ``utility_weight``; absent: every input has weight
+  1). FusionBench algorithms take no per-model weights, so a weight is applied when the pool
+  loads that model: base + w·LoRA;
 * :func:`run_fusion_merge` — builds a ``CausalLMPool`` in-process whose models are base +
   adapter merged into dense float32 weights (:func:`~sst_merge_plugin.fusion_bench.loaders.
   load_lora_causal_lm`), runs the algorithm on it and saves the merged model with the base's
@@ -68,14 +69,14 @@ def fusion_bench_config(
             "file here; sweep the safety weight or one of the algorithm's own parameters"
         )
     parameters = dict(sweep.parameters)
-    weights: dict[str, float] = {}
+    weights = {name: float(sweep.utility_weight) for name in adapters if name != SAFETY}
     if sweep.knob == "safety_weight":
         if SAFETY not in adapters:
             raise SSTError(f"sweep {sweep.label}: safety_weight needs a '{SAFETY}' adapter")
-        if float(value) != 1.0:
-            weights[SAFETY] = float(value)
+        weights[SAFETY] = float(value)
     elif sweep.knob is not None:
         parameters[sweep.knob] = value
+    weights = {name: weight for name, weight in weights.items() if weight != 1.0}
     config = {
         "host": HOST,
         "algorithm": {"_target_": target, **parameters},

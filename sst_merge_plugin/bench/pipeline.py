@@ -355,7 +355,8 @@ class Pipeline:
                 shared["check_fingerprint"] = False
         models = []
         for spec in inputs:
-            params: dict[str, Any] = {"weight": safety_weight if spec.name == SAFETY else 1.0}
+            weight = safety_weight if spec.name == SAFETY else sweep.utility_weight
+            params: dict[str, Any] = {"weight": weight}
             if density is not None:
                 params["density"] = density
             elif sweep.merge_method == "dare_linear":  # RESTA: DARE on utilities only

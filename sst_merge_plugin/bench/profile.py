@@ -72,7 +72,7 @@ class Sweep:
     the method needs (``None``: none) and ``fisher_at`` the weights it is collected at
     (:data:`FISHER_POINTS`: ``base`` = W0, or ``utility_merge`` = W0 + U, the task-arithmetic
     merge of the utility adapters, where the safety patch is added); ``utilities_only`` drops
-    the safety input.
+    the safety input; ``utility_weight`` is every utility input's weight (task arithmetic's λ).
     """
 
     label: str
@@ -84,6 +84,7 @@ class Sweep:
     per_model_fisher: bool = False
     utilities_only: bool = False
     fisher_at: str = "base"
+    utility_weight: float = 1.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "parameters", MappingProxyType(dict(self.parameters)))
