@@ -93,6 +93,11 @@ class Sweep:
                 f"sweep {self.label}: fisher_at must be one of {FISHER_POINTS}, "
                 f"got {self.fisher_at!r}"
             )
+        if self.fisher_at == "utility_merge" and self.utility_weight != 1.0:
+            raise SSTError(
+                f"sweep {self.label}: fisher_at 'utility_merge' is the merge at utility weight "
+                f"1; it cannot be combined with utility_weight {self.utility_weight}"
+            )
         if self.knob is None and len(self.values) != 1:
             raise SSTError(f"sweep {self.label}: without a knob give exactly one value (None)")
 
@@ -243,6 +248,19 @@ FULL = Profile(
         # the Fisher pair at W0 + U, where the patch is added, instead of at the base model
         _sst("sst_lora_hard_at_merge", "lora", "ratio", 1.0, (1.5, 2.0, 3.0), "utility_merge"),
         _sst("sst_lora_soft_at_merge", "lora", "soft", 1.0, (2.0, 3.0, 4.0), "utility_merge"),
+        # every utility adapter at λ = 0.5 instead of 1: less interference with the safety patch
+        replace(UTILITY_ONLY, label="utility_only_lambda0.5", utility_weight=0.5),
+        Sweep(
+            "task_arithmetic_lambda0.5",
+            "task_arithmetic",
+            "safety_weight",
+            (0.75, 1.0, 1.5),
+            utility_weight=0.5,
+        ),
+        replace(
+            _sst("sst_lora_soft_lambda0.5", "lora", "soft", 1.0, (1.0, 1.5, 2.0)),
+            utility_weight=0.5,
+        ),
     ),
 )
 
