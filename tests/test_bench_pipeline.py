@@ -259,5 +259,5 @@ def test_fisher_at_the_utility_merge(world: World, tmp_path: Path) -> None:
     assert set(report["fingerprint_checks"].values()) == {"not checked (check_fingerprint: false)"}
     with pytest.raises(SSTError, match="fisher_at must be one of"):
         replace(at_merge, fisher_at="somewhere")
-    with pytest.raises(SSTError, match="cannot be combined with utility_weight 0.5"):
+    with pytest.raises(SSTError, match=r"cannot be combined with utility_weight 0\.5"):
         replace(at_merge, utility_weight=0.5)
