@@ -15,8 +15,9 @@ Config (FusionBench method YAML) → mergekit parameters:
 * shared parameters, same names, values and defaults as in mergekit (``null`` = mergekit's
   default): ``harm_fisher``, ``benign_fisher``, ``select``, ``k``, ``energy``, ``ratio``,
   ``rho``, ``damping``, ``solver``, ``scale``, ``utility_merge``, ``missing_fisher``,
-  ``check_fingerprint``, ``threshold``, ``gate``, ``floor``, ``normalise``. Setting one the chosen method does not
-  take is an error (mergekit's ``write_adapter`` has no FusionBench counterpart).
+  ``check_fingerprint``, ``threshold``, ``gate``, ``floor``, ``normalise``. Setting one the
+  chosen method does not take is an error (mergekit's ``write_adapter`` has no FusionBench
+  counterpart).
 * per-model parameters: ``weight`` and ``density`` — one number for every input or a mapping
   ``{model name: value}`` (models left out take 1.0); the ``role: safety`` input is the pool
   model named by ``safety_model``, every other model is a utility input; ``fisher`` —
@@ -32,8 +33,9 @@ Config (FusionBench method YAML) → mergekit parameters:
 
 Before any model is loaded: every setting is validated, Fisher files are collected or opened
 and checked together (kind, fingerprints), and each file's ``model_fingerprint`` is compared
-with the ``_pretrained_`` folder's (unless ``check_fingerprint: false``). Errors are :class:`~sst_merge_plugin.core.SSTError`\\ s and
-nothing is returned (so FusionBench saves nothing). After the merge the mergekit path's report
+with the ``_pretrained_`` folder's (unless ``check_fingerprint: false``). Errors are
+:class:`~sst_merge_plugin.core.SSTError`\\ s and nothing is returned (so FusionBench saves
+nothing). After the merge the mergekit path's report
 (``sst_merge_report.json``: settings, Fisher files, per-tensor diagnostics, summary) is kept in
 :attr:`SSTMergeAlgorithm.merge_report` and written atomically into the run's log folder.
 """
