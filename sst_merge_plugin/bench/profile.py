@@ -254,11 +254,11 @@ FULL = Profile(
             "task_arithmetic_lambda0.5",
             "task_arithmetic",
             "safety_weight",
-            (0.75, 1.0, 1.5),
+            (0.75, 0.875, 1.0, 1.5),
             utility_weight=0.5,
         ),
         replace(
-            _sst("sst_lora_soft_lambda0.5", "lora", "soft", 1.0, (1.0, 1.5, 2.0)),
+            _sst("sst_lora_soft_lambda0.5", "lora", "soft", 1.0, (1.0, 1.25, 1.5, 2.0)),
             utility_weight=0.5,
         ),
     ),
