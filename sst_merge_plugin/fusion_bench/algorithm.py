@@ -71,6 +71,7 @@ from sst_merge_plugin.fisher.cache import (
 from sst_merge_plugin.fisher.fingerprint import checkpoint_fingerprint
 from sst_merge_plugin.mergekit.fisher_source import FisherSources, describe_fisher
 from sst_merge_plugin.mergekit.params import (
+    FINGERPRINT_NOT_CHECKED,
     METHOD_NAMES,
     PROJECTING,
     SST_FISHER_MERGE,
@@ -354,7 +355,7 @@ class SSTMergeAlgorithm(SimpleProfilerMixin, BaseAlgorithm):
         parsed = parse_inputs(method, inputs)
         fishers = FisherSources.open(settings, parsed)
         if settings.check_fingerprint is False:
-            checks = dict.fromkeys(fishers.labelled(), "not checked (check_fingerprint: false)")
+            checks = dict.fromkeys(fishers.labelled(), FINGERPRINT_NOT_CHECKED)
         else:
             checks = self._check_fingerprints(modelpool, fishers)
         return PreparedMerge(settings, parsed, fishers, checks)

@@ -194,6 +194,10 @@ def _finite(name: str, value: float, minimum: float | None = None) -> float:
     return value
 
 
+#: the fingerprint-check outcome reported for every Fisher file under ``check_fingerprint: false``
+FINGERPRINT_NOT_CHECKED = "not checked (check_fingerprint: false)"
+
+
 def _flag(name: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise SSTError(f"{name} must be true or false, got {value!r}")

@@ -46,6 +46,7 @@ from sst_merge_plugin.fisher.file import FisherFile
 from sst_merge_plugin.fisher.fingerprint import checkpoint_fingerprint
 from sst_merge_plugin.mergekit.fisher_source import FisherSources, describe_fisher
 from sst_merge_plugin.mergekit.params import (
+    FINGERPRINT_NOT_CHECKED,
     PROJECTING,
     SST_FISHER_MERGE,
     InputSettings,
@@ -152,7 +153,7 @@ def validate_planned_merge(method: str, planned: Sequence[tuple[Any, Any]]) -> M
         checks["fingerprints"][key(label, path)] = (
             _check_fingerprint(label, opened, models, problems)
             if check_fingerprints
-            else "not checked (check_fingerprint: false)"
+            else FINGERPRINT_NOT_CHECKED
         )
     if problems:
         more = len(problems) - MAX_PROBLEMS
