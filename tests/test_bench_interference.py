@@ -66,6 +66,21 @@ def _lora_deltas(adapter: Path) -> tuple[int, dict[str, torch.Tensor]]:
     return config["r"], deltas
 
 
+def _tsv_singular_values(
+    inputs: dict[str, tuple[int, dict[str, torch.Tensor]]],
+    name: str,
+    weights: dict[str, float] | None = None,
+) -> torch.Tensor:
+    """The TSV-M reference for weight ``name``: every input's top-r singular values of its
+    ``(alpha/r)·B·A``, times that input's weight (default 1), in descending order."""
+    weights = weights or {}
+    values = [
+        weights.get(adapter, 1.0) * torch.linalg.svdvals(deltas[name])[:r]
+        for adapter, (r, deltas) in inputs.items()
+    ]
+    return torch.cat(values).sort(descending=True).values
+
+
 @pytest.fixture(scope="module")
 def tsv_merged(world: World, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("tsv") / "merged"
@@ -82,21 +97,20 @@ def test_tsv_keeps_every_input_singular_value_and_nothing_else(
 ) -> None:
     merged = load_file(tsv_merged / "model.safetensors")
     base = load_file(world.base / "model.safetensors")
-    inputs = [_lora_deltas(world.adapter(name)) for name in ADAPTERS]
+    inputs = {name: _lora_deltas(world.adapter(name)) for name in ADAPTERS}
     assert merged.keys() == base.keys()
-    touched = inputs[0][1].keys()
+    touched = inputs["safety"][1].keys()
     assert len(touched) == 14
     for name in base:
         if name not in touched:  # embeddings and norms
             assert torch.equal(merged[name], base[name]), name
             continue
         delta = merged[name].double() - base[name].double()
-        expected = torch.cat([torch.linalg.svdvals(d[name])[:r] for r, d in inputs])
-        expected = expected.sort(descending=True).values
+        expected = _tsv_singular_values(inputs, name)
         got = torch.linalg.svdvals(delta)
         torch.testing.assert_close(got[: len(expected)], expected, rtol=1e-4, atol=1e-5)
         assert float(got[len(expected) :].abs().max()) < 1e-5, name
-        task_arithmetic = sum(d[name] for _, d in inputs)
+        task_arithmetic = sum(d[name] for _, d in inputs.values())
         assert float((delta - task_arithmetic).abs().max()) > 1e-3, name  # TSV is not TA
 
 
@@ -221,16 +235,7 @@ def test_tsv_with_a_safety_weight_scales_that_input_singular_values(
     base = load_file(world.base / "model.safetensors")
     inputs = {name: _lora_deltas(world.adapter(name)) for name in ADAPTERS}
     for name in inputs["safety"][1]:
-        expected = (
-            torch.cat(
-                [
-                    (2.0 if adapter == "safety" else 1.0) * torch.linalg.svdvals(deltas[name])[:r]
-                    for adapter, (r, deltas) in inputs.items()
-                ]
-            )
-            .sort(descending=True)
-            .values
-        )
+        expected = _tsv_singular_values(inputs, name, {"safety": 2.0})
         got = torch.linalg.svdvals(merged[name].double() - base[name].double())
         torch.testing.assert_close(got[: len(expected)], expected, rtol=1e-4, atol=1e-5)
 
@@ -240,26 +245,32 @@ def test_run_fusion_merge_rejects_a_mergekit_configuration(tmp_path: Path) -> No
         run_fusion_merge({"merge_method": "ties"}, tmp_path / "out", "cpu")
 
 
-def test_pipeline_dispatches_fusion_bench_sweeps(
-    world: World, tsv_merged: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _world_pipeline(
+    world: World, workspace: Path, monkeypatch: pytest.MonkeyPatch, sweeps: tuple[Sweep, ...]
+) -> Pipeline:
+    """A pipeline of ``sweeps`` over the world's three adapters, which stand in for trained ones
+    (training is tested in test_bench_pipeline)."""
     training = LoRATrainingConfig(rank=4, alpha=8.0, steps=1)
     specs = tuple(
         AdapterSpec(name, None if name == "safety" else name, 1, training) for name in ADAPTERS
     )
-    utilities = Sweep("tsv_utilities", TSV, None, (None,), utilities_only=True)
-    profile = Profile(
-        "tiny", specs, FisherSettings(), EvalConfig(), (TSV_SWEEP, utilities), single_adapters=False
-    )
+    profile = Profile("tiny", specs, FisherSettings(), EvalConfig(), sweeps, single_adapters=False)
     pipeline = Pipeline(
         profile,
-        tmp_path / "workspace",
+        workspace,
         model_dir=world.base,
         prompts=TrainingPrompts((), (), ()),
         progress=False,
     )
-    # the world's adapters stand in for trained ones (training is tested in test_bench_pipeline)
     monkeypatch.setattr(pipeline, "adapter", lambda spec: world.adapter(spec.name))
+    return pipeline
+
+
+def test_pipeline_dispatches_fusion_bench_sweeps(
+    world: World, tsv_merged: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    utilities = Sweep("tsv_utilities", TSV, None, (None,), utilities_only=True)
+    pipeline = _world_pipeline(world, tmp_path / "workspace", monkeypatch, (TSV_SWEEP, utilities))
     jobs = [job for job in pipeline.jobs() if job.config is not None]
     assert [job.config["host"] for job in jobs] == ["fusion_bench", "fusion_bench"]
     assert list(jobs[0].config["models"]) == list(ADAPTERS)
@@ -273,17 +284,11 @@ def test_pipeline_dispatches_fusion_bench_sweeps(
 def test_pipeline_weights_every_expert_on_both_hosts(
     world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    training = LoRATrainingConfig(rank=4, alpha=8.0, steps=1)
-    specs = tuple(
-        AdapterSpec(name, None if name == "safety" else name, 1, training) for name in ADAPTERS
-    )
     sweeps = (
         Sweep("ta", "task_arithmetic", "safety_weight", (2.0,), utility_weight=0.25),
         Sweep("tsv", TSV, "safety_weight", (2.0,), utility_weight=0.25),
     )
-    profile = Profile("tiny", specs, FisherSettings(), EvalConfig(), sweeps, single_adapters=False)
-    pipeline = Pipeline(profile, tmp_path / "ws", model_dir=world.base, progress=False)
-    monkeypatch.setattr(pipeline, "adapter", lambda spec: world.adapter(spec.name))
+    pipeline = _world_pipeline(world, tmp_path / "ws", monkeypatch, sweeps)
     mergekit_config, fusion_config = (job.config for job in pipeline.jobs() if job.config)
     weights = [model["parameters"]["weight"] for model in mergekit_config["models"]]
     assert weights == [2.0 if name == "safety" else 0.25 for name in ADAPTERS]

@@ -105,14 +105,21 @@ def method_sweeps(
     ``sst_scale``; every expert at weight ``expert_weight``."""
     sparse = {"normalize": False, "density": 0.5}
     weight = (safety_weight,)
-    experts = {"utility_weight": expert_weight}
     return {
         "task_arithmetic": Sweep(
-            "task_arithmetic", "task_arithmetic", "safety_weight", weight, **experts
+            "task_arithmetic",
+            "task_arithmetic",
+            "safety_weight",
+            weight,
+            utility_weight=expert_weight,
         ),
-        "ties": Sweep("ties", "ties", "safety_weight", weight, sparse, **experts),
-        "dare_ties": Sweep("dare_ties", "dare_ties", "safety_weight", weight, sparse, **experts),
-        "tsv": Sweep("tsv", TSV, "safety_weight", weight, **experts),
+        "ties": Sweep(
+            "ties", "ties", "safety_weight", weight, sparse, utility_weight=expert_weight
+        ),
+        "dare_ties": Sweep(
+            "dare_ties", "dare_ties", "safety_weight", weight, sparse, utility_weight=expert_weight
+        ),
+        "tsv": Sweep("tsv", TSV, "safety_weight", weight, utility_weight=expert_weight),
         "sst_merge": Sweep(
             "sst_merge",
             "sst_merge",
@@ -120,7 +127,7 @@ def method_sweeps(
             (sst_scale,),
             {"select": "soft", "rho": 1.0, "utility_merge": "task_arithmetic"},
             fisher_kind="lora",
-            **experts,
+            utility_weight=expert_weight,
         ),
     }
 
