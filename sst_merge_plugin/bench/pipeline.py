@@ -228,8 +228,15 @@ class Pipeline:
         return folder
 
     def _fisher(
-        self, label: str, data: str, objective: str, kind: str, at: str = "base", **extra: Any
+        self,
+        label: str,
+        data: str,
+        objective: str,
+        kind: str,
+        model_dir: Path,
+        **extra: Any,
     ) -> Path:
+        """The cached Fisher file of ``sst-merge fisher`` on the model folder ``model_dir``."""
         from sst_merge_plugin.fisher.cache import FisherRequest, cached_fisher_file
 
         settings = self.profile.fisher
@@ -240,7 +247,6 @@ class Pipeline:
             "device": self.device,
             **extra.pop("options", {}),
         }
-        model_dir = self.model_dir if at == "base" else self.utility_merge_dir()
         request = FisherRequest(
             label, str(model_dir), data, objective, kind, options=options, **extra
         )
@@ -252,6 +258,7 @@ class Pipeline:
         slot = "pair" if at == "base" else f"pair@{at}"
         if (kind, slot) not in self._fishers:
             settings = self.profile.fisher
+            model_dir = self.model_dir if at == "base" else self.utility_merge_dir()
             restrict = (
                 {"restrict_to": str(self.adapter(self._safety_spec))} if kind == "lora" else {}
             )
@@ -260,7 +267,7 @@ class Pipeline:
                 str(self.harmful_prompt_file()),
                 "refusal",
                 kind,
-                at,
+                model_dir,
                 options={"split": "all", "field": "prompt"},
                 **restrict,
             )
@@ -269,7 +276,7 @@ class Pipeline:
                 str(self.benign_prompt_file()),
                 settings.benign_objective,
                 kind,
-                at,
+                model_dir,
                 options={
                     "split": "all",
                     "field": "prompt",
@@ -290,6 +297,7 @@ class Pipeline:
                 str(path),
                 "lm",
                 "diag",
+                self.model_dir,
                 adapter=str(self.adapter(spec)),
                 options={"split": "all"},
             )
