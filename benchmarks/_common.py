@@ -101,6 +101,10 @@ def input_group(name: str) -> str:
     return f"{name.split('.')[2]}.{family}"
 
 
+#: the Fisher kinds whose on-paper sizes :func:`factor_floats` knows
+KINDS = ("diag", "kfac", "lora")
+
+
 def factor_floats(kind: str, d_out: int, d_in: int, rank: int) -> int:
     """Stored numbers per weight: ``diag`` d_out·d_in, ``kfac`` d_in² + d_out² (one ``A`` per
     weight, as the Fisher file stores it), ``lora`` r·(d_out + d_in) + 2r² + 2 traces."""
@@ -108,13 +112,13 @@ def factor_floats(kind: str, d_out: int, d_in: int, rank: int) -> int:
         return d_out * d_in
     if kind == "kfac":
         return d_in * d_in + d_out * d_out
-    return rank * (d_out + d_in) + 2 * rank * rank + 2
+    if kind == "lora":
+        return rank * (d_out + d_in) + 2 * rank * rank + 2
+    raise ValueError(f"no on-paper size for Fisher kind {kind!r}")
 
 
 def memory_row(label: str, shapes: list[tuple[int, int]], rank: int) -> dict[str, object]:
     """Fisher file size (float32) and collection accumulators (float64) per kind, in GiB."""
-    from sst_merge_plugin.fisher import KINDS
-
     floats = {kind: sum(factor_floats(kind, *shape, rank) for shape in shapes) for kind in KINDS}
     return {
         "model": label,

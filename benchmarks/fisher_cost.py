@@ -40,6 +40,7 @@ from pathlib import Path
 
 import torch
 from _common import (
+    KINDS,
     LLAMA2_7B,
     cpu_timed,
     file_costs,
@@ -52,7 +53,6 @@ from _common import (
 from sst_merge_plugin.data.chat import collate
 from sst_merge_plugin.data.prompts import held_out_split, load_prompts
 from sst_merge_plugin.data.smollm2 import smollm2_model_dir
-from sst_merge_plugin.fisher import KINDS
 from sst_merge_plugin.fisher.collect import accumulate_statistics, pad_token_id
 from sst_merge_plugin.fisher.objectives import prepare_data
 from sst_merge_plugin.fisher.targets import find_target_layers, layer_shape

@@ -25,8 +25,9 @@ from test_fusion_bench_world import world as world  # the fixture
 
 from sst_merge_plugin.bench import fusion_merge
 from sst_merge_plugin.bench.fusion_merge import TSV, fusion_bench_config, run_fusion_merge
-from sst_merge_plugin.bench.pipeline import Pipeline, TrainingPrompts
+from sst_merge_plugin.bench.pipeline import Pipeline
 from sst_merge_plugin.bench.profile import AdapterSpec, FisherSettings, Profile, Sweep
+from sst_merge_plugin.bench.prompts import TrainingPrompts
 from sst_merge_plugin.bench.training import LoRATrainingConfig
 from sst_merge_plugin.core.errors import SSTError
 from sst_merge_plugin.evaluation.suite import EvalConfig
@@ -262,7 +263,7 @@ def _world_pipeline(
         prompts=TrainingPrompts((), (), ()),
         progress=False,
     )
-    monkeypatch.setattr(pipeline, "adapter", lambda spec: world.adapter(spec.name))
+    monkeypatch.setattr(pipeline.adapters, "folder", lambda spec: world.adapter(spec.name))
     return pipeline
 
 
@@ -271,11 +272,11 @@ def test_pipeline_dispatches_fusion_bench_sweeps(
 ) -> None:
     utilities = Sweep("tsv_utilities", TSV, None, (None,), utilities_only=True)
     pipeline = _world_pipeline(world, tmp_path / "workspace", monkeypatch, (TSV_SWEEP, utilities))
-    jobs = [job for job in pipeline.jobs() if job.config is not None]
+    jobs = [job for job in pipeline.merges.jobs() if job.config is not None]
     assert [job.config["host"] for job in jobs] == ["fusion_bench", "fusion_bench"]
     assert list(jobs[0].config["models"]) == list(ADAPTERS)
     assert list(jobs[1].config["models"]) == [name for name in ADAPTERS if name != "safety"]
-    assert pipeline.run_merge(jobs[0], tmp_path / "merged") > 0
+    assert pipeline.merges.run(jobs[0], tmp_path / "merged") > 0
     produced = load_file(tmp_path / "merged" / "model.safetensors")
     reference = load_file(tsv_merged / "model.safetensors")
     assert all(torch.equal(produced[name], reference[name]) for name in reference)
@@ -289,7 +290,7 @@ def test_pipeline_weights_every_expert_on_both_hosts(
         Sweep("tsv", TSV, "safety_weight", (2.0,), utility_weight=0.25),
     )
     pipeline = _world_pipeline(world, tmp_path / "ws", monkeypatch, sweeps)
-    mergekit_config, fusion_config = (job.config for job in pipeline.jobs() if job.config)
+    mergekit_config, fusion_config = (job.config for job in pipeline.merges.jobs() if job.config)
     weights = [model["parameters"]["weight"] for model in mergekit_config["models"]]
     assert weights == [2.0 if name == "safety" else 0.25 for name in ADAPTERS]
     assert fusion_config["weights"] == {

@@ -19,9 +19,11 @@ from safetensors.torch import load_file
 from test_fusion_bench_world import World
 from test_fusion_bench_world import world as world  # the fixture
 
-from sst_merge_plugin.bench import pipeline as pipeline_module
-from sst_merge_plugin.bench.pipeline import Pipeline, TrainingPrompts, write_outputs
+from sst_merge_plugin.bench import merges as merges_module
+from sst_merge_plugin.bench.pipeline import Pipeline
 from sst_merge_plugin.bench.profile import SAFETY, AdapterSpec, FisherSettings, Profile, Sweep
+from sst_merge_plugin.bench.prompts import TrainingPrompts
+from sst_merge_plugin.bench.scoring import write_outputs
 from sst_merge_plugin.bench.training import LoRATrainingConfig, train_lora_adapter
 from sst_merge_plugin.core.errors import SSTError
 from sst_merge_plugin.evaluation.suite import EvalConfig
@@ -143,18 +145,18 @@ def test_pipeline_end_to_end_and_cached(
     assert 0.0 <= sst["pooled_cost_kept_fraction"] <= 1.0
 
     # the training data: refusals for the harmful prompts, then the retain pair
-    safety_pairs = pipeline.training_pairs(profile.adapters[0])
+    safety_pairs = pipeline.adapters.pairs(profile.adapters[0])
     assert [p for p, _ in safety_pairs] == [*PROMPTS.harmful, PROMPTS.helpful_pairs[0][0]]
-    harm_file = pipeline.harmful_prompt_file()
+    harm_file = pipeline.prompt_files.harmful()
     assert [json.loads(line)["prompt"] for line in harm_file.read_text().splitlines()] == list(
         PROMPTS.harmful
     )
 
     # the task-arithmetic row, recomputed from the adapter files
-    job = next(job for job in pipeline.jobs() if job.method == "task_arithmetic")
+    job = next(job for job in pipeline.merges.jobs() if job.method == "task_arithmetic")
     merged = load_file(str(next((workspace / "merges" / job.key).glob("*.safetensors"))))
     base = load_file(str(world.base / "model.safetensors"))
-    adapters = pipeline.adapters()
+    adapters = pipeline.adapters.all()
     scale = profile.adapters[0].training.alpha / profile.adapters[0].training.rank
     checked = 0
     for name, weight in base.items():
@@ -171,7 +173,7 @@ def test_pipeline_end_to_end_and_cached(
         raise AssertionError("a cached stage was recomputed")
 
     monkeypatch.setattr("sst_merge_plugin.bench.training.train_lora_adapter", fail)
-    monkeypatch.setattr(pipeline_module.Pipeline, "run_merge", fail)
+    monkeypatch.setattr(merges_module.Merges, "run", fail)
     monkeypatch.setattr("sst_merge_plugin.fisher.collect.collect_fisher", fail, raising=False)
     again = Pipeline(profile, workspace, model_dir=world.base, prompts=PROMPTS, progress=False)
     assert again.run() == rows
@@ -189,7 +191,7 @@ def test_pipeline_end_to_end_and_cached(
     for name, folder in adapters.items():
         exported = inputs / "adapters" / name / "adapter_model.safetensors"
         assert exported.read_bytes() == (folder / "adapter_model.safetensors").read_bytes()
-    for role, path in zip(("harm", "benign"), again.fisher_pair("lora"), strict=True):
+    for role, path in zip(("harm", "benign"), again.fishers.pair("lora"), strict=True):
         exported = inputs / "fishers" / "lora" / f"{role}.safetensors"
         assert exported.read_bytes() == path.read_bytes()
     assert sorted(path.name for path in (tmp_path / "out").iterdir()) == [
@@ -222,13 +224,13 @@ def test_fisher_at_the_utility_merge(world: World, tmp_path: Path) -> None:
     pipeline = Pipeline(
         profile, tmp_path / "ws", model_dir=world.base, prompts=PROMPTS, progress=False
     )
-    folder = pipeline.utility_merge_dir()
+    folder = pipeline.merges.utility_merge_dir()
     assert [path.name for path in folder.parent.iterdir()] == [folder.name]  # no temporaries
 
     # W0 + U: the base plus the (only) utility adapter, recomputed from its file
     merged = load_file(str(folder / "model.safetensors"))
     base = load_file(str(world.base / "model.safetensors"))
-    uppercase = pipeline.adapters()["uppercase"]
+    uppercase = pipeline.adapters.all()["uppercase"]
     scale = profile.adapters[1].training.alpha / profile.adapters[1].training.rank
     for name, weight in base.items():
         if name.endswith("_proj.weight"):
@@ -236,8 +238,8 @@ def test_fisher_at_the_utility_merge(world: World, tmp_path: Path) -> None:
             torch.testing.assert_close(merged[name], expected, rtol=1e-5, atol=1e-6)
 
     # each sweep's configuration names its own pair; the pairs were collected where asked
-    jobs = [job for job in pipeline.jobs() if job.config is not None]
-    pairs = [pipeline.fisher_pair("lora"), pipeline.fisher_pair("lora", "utility_merge")]
+    jobs = [job for job in pipeline.merges.jobs() if job.config is not None]
+    pairs = [pipeline.fishers.pair("lora"), pipeline.fishers.pair("lora", "utility_merge")]
     for job, pair in zip(jobs, pairs, strict=True):
         parameters = job.config["parameters"]
         assert (parameters["harm_fisher"], parameters["benign_fisher"]) == tuple(map(str, pair))
@@ -250,14 +252,14 @@ def test_fisher_at_the_utility_merge(world: World, tmp_path: Path) -> None:
     at_base_harm, at_merge_harm = load_file(str(pairs[0][0])), load_file(str(pairs[1][0]))
     assert at_base_harm.keys() == at_merge_harm.keys()
     assert any(not torch.equal(at_base_harm[k], at_merge_harm[k]) for k in at_base_harm)
-    assert pipeline.utility_merge_dir() == folder  # merged once
+    assert pipeline.merges.utility_merge_dir() == folder  # merged once
     # the merge accepts the pair of the other checkpoint (fingerprint check off, reported)
     assert "check_fingerprint" not in jobs[0].config["parameters"]
     assert jobs[1].config["parameters"]["check_fingerprint"] is False
-    assert pipeline.run_merge(jobs[1], tmp_path / "merged") > 0
+    assert pipeline.merges.run(jobs[1], tmp_path / "merged") > 0
     report = json.loads((tmp_path / "merged" / "sst_merge_report.json").read_text())
     assert set(report["fingerprint_checks"].values()) == {"not checked (check_fingerprint: false)"}
-    with pytest.raises(SSTError, match="fisher_at must be one of"):
+    with pytest.raises(SSTError, match="fisher_at: unknown value"):
         replace(at_merge, fisher_at="somewhere")
     with pytest.raises(SSTError, match=r"cannot be combined with utility_weight 0\.5"):
         replace(at_merge, utility_weight=0.5)

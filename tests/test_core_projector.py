@@ -476,7 +476,7 @@ def test_lora_kind_streamed_in_row_blocks_equals_the_dense_formulas(monkeypatch,
     selection = Selection.create("ratio", ratio=1.0)
     whole = project_patch(patch, harm, benign, selection)
     monkeypatch.setattr(projector, "BLOCK_ENTRIES", 7 * d_in)
-    assert len(projector._row_blocks(d_out, d_in)) == 6
+    assert len(projector.row_blocks(d_out, d_in)) == 6
     streamed = project_patch(patch, harm, benign, selection)
     p = patch.double().numpy()
     inside = u @ (u.T @ p @ v) @ v.T

@@ -13,9 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from sst_merge_plugin.core.errors import AssetError
 from sst_merge_plugin.data import assets
-from sst_merge_plugin.data.assets import Asset, AssetFile, PipDownloader, cache_root, fetch_asset
+from sst_merge_plugin.data.assets import (
+    Asset,
+    AssetError,
+    AssetFile,
+    PipDownloader,
+    cache_root,
+    fetch_asset,
+)
 
 DISTRIBUTION, VERSION = "sst-fake-assets", "1.0"
 MEMBERS = {

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from sst_merge_plugin.core.errors import AssetError
 from sst_merge_plugin.data import assets, smollm2
+from sst_merge_plugin.data.assets import AssetError
 
 gguf = pytest.importorskip("gguf")
 tokenizers = pytest.importorskip("tokenizers")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from sst_merge_plugin.core.errors import AssetError
+from sst_merge_plugin.data.assets import AssetError
 from sst_merge_plugin.data.refusals import GENERIC_REFUSALS, TOPICAL_REFUSALS
 from sst_merge_plugin.evaluation.judge import OPENING_CHARS, JudgeQuality, judge, judge_quality
 

@@ -18,7 +18,8 @@ from support import tiny_llama as random_llama
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
-from sst_merge_plugin.core.errors import AssetError, SSTError
+from sst_merge_plugin.core.errors import SSTError
+from sst_merge_plugin.data.assets import AssetError
 from sst_merge_plugin.data.chat import collate, encode_chat
 from sst_merge_plugin.data.prompts import HELD_OUT_FRACTION, HELD_OUT_SEED
 from sst_merge_plugin.data.tasks import skill_splits

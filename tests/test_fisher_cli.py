@@ -19,7 +19,6 @@ from sst_merge_plugin.data.prompts import (
 )
 from sst_merge_plugin.fisher import collect as collect_module
 from sst_merge_plugin.fisher.adapter import read_lora_adapter
-from sst_merge_plugin.fisher.collect import collect_fisher_file
 from sst_merge_plugin.fisher.file import FisherFile
 from sst_merge_plugin.fisher.fingerprint import checkpoint_fingerprint
 from sst_merge_plugin.fisher.objectives import completions_sha256, prepare_data
@@ -126,9 +125,16 @@ def test_file_round_trip_with_metadata(workspace, tmp_path):
     completions = [("Add 1 and 2.", "The sum is 3."), ("Add 5 and 2.", "The sum is 7.")]
     data = prepare_data(tokenizer, objective="lm", completions=completions, max_length=48)
     out = tmp_path / "lm.safetensors"
-    written = collect_fisher_file(
-        out, model, tokenizer, data, kind="diag", model_dir=model_dir, extra={"dataset": "inline"}
+    result = collect_module.collect_fisher(
+        model,
+        tokenizer,
+        data,
+        kind="diag",
+        model_fingerprint=checkpoint_fingerprint(model_dir),
+        extra={"dataset": "inline"},
     )
+    result.write(out)
+    written = result.metadata
     fisher = FisherFile(out)
     assert fisher.metadata["data_sha256"] == completions_sha256(completions)
     assert fisher.metadata["model_fingerprint"] == checkpoint_fingerprint(model_dir)

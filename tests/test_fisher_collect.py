@@ -11,9 +11,10 @@ import pytest
 import torch
 from test_fisher_support import VOCAB, lora_model, save_tiny_adapter, tiny_llama
 
+from sst_merge_plugin.core import statistics
 from sst_merge_plugin.core.errors import SSTError
+from sst_merge_plugin.core.kinds import get_kind
 from sst_merge_plugin.data.chat import IGNORE_INDEX, EncodedChat, collate
-from sst_merge_plugin.fisher import statistics
 from sst_merge_plugin.fisher.adapter import adapter_subspaces, read_lora_adapter
 from sst_merge_plugin.fisher.collect import collect_statistics, example_batches
 from sst_merge_plugin.fisher.targets import find_target_layers
@@ -256,7 +257,7 @@ def test_non_finite_values_fail_clearly():
 
 def test_overflowing_statistics_fail_clearly():
     """Finite activations whose squares overflow float32 are caught before any container."""
-    layer = statistics.make_statistics("kfac", "w.weight", (2, 3))
+    layer = get_kind("kfac").new_statistics("w.weight", (2, 3), None)
     rows = torch.full((4, 3), 1e20)  # (1e20)² · 4 overflows float32
     layer.backward(layer.forward(statistics.SharedInput(rows)), torch.ones(4, 2))
     with pytest.raises(SSTError, match=r"w.weight: the accumulated statistic A contains NaN/Inf"):

@@ -14,7 +14,7 @@ from test_fusion_bench_world import ADAPTERS, World
 from test_fusion_bench_world import world as world  # the fixture
 
 from sst_merge_plugin.core import DiagFisher, SSTError
-from sst_merge_plugin.core.errors import FisherFileError
+from sst_merge_plugin.fisher.file import FisherFileError
 
 LOADER = "sst_merge_plugin.fusion_bench.loaders.load_lora_causal_lm"
 
@@ -260,14 +260,13 @@ def test_baseline_methods_equal_the_mergekit_path(
 
 
 def _request(world: World, data: Path, **options):
-    from sst_merge_plugin.fisher.cache import FisherRequest
+    from sst_merge_plugin.fisher.request import FisherRequest
 
-    return FisherRequest(
-        label="harm",
-        model_dir=str(world.base),
-        data=str(data),
-        objective="refusal",
-        kind="lora",
+    return FisherRequest.from_options(
+        str(world.base),
+        str(data),
+        "refusal",
+        "lora",
         restrict_to=str(world.adapter("safety")),
         options={"split": "all", "batch_size": 2, "max_length": 32, **options},
     )
@@ -276,7 +275,7 @@ def _request(world: World, data: Path, **options):
 def test_fisher_cache_key_follows_content_and_reuses_files(
     world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from sst_merge_plugin.fisher import cli
+    from sst_merge_plugin.fisher import collect
     from sst_merge_plugin.fisher.cache import cached_fisher_file, content_key
 
     data = tmp_path / "harmful.txt"
@@ -291,14 +290,18 @@ def test_fisher_cache_key_follows_content_and_reuses_files(
     assert key != content_key(_request(world, data))
     with pytest.raises(SSTError, match="unknown option"):
         content_key(_request(world, data, max_exampels=3))
-    with pytest.raises(SSTError, match="argument --split: invalid choice"):
+    with pytest.raises(SSTError, match="split: unknown value 'test'"):
         content_key(_request(world, data, split="test"))
 
     calls = []
-    real_run = cli.run
-    monkeypatch.setattr(cli, "run", lambda args: calls.append(args.out) or real_run(args))
-    first = cached_fisher_file(_request(world, data), tmp_path / "cache")
-    second = cached_fisher_file(_request(world, data), tmp_path / "cache")
+    real_collect = collect.collect_fisher_file
+    monkeypatch.setattr(
+        collect,
+        "collect_fisher_file",
+        lambda request, out: calls.append(str(out)) or real_collect(request, out),
+    )
+    first = cached_fisher_file(_request(world, data), tmp_path / "cache", "harm")
+    second = cached_fisher_file(_request(world, data), tmp_path / "cache", "harm")
     assert first == second and calls == [str(first)]
     assert first.name.startswith("harm-refusal-lora-")
 

@@ -46,7 +46,8 @@ from typing import Any
 
 from sst_merge_plugin.atomic import write_text
 from sst_merge_plugin.bench.fusion_merge import TSV
-from sst_merge_plugin.bench.pipeline import BASE_ROW, MergeJob, Pipeline
+from sst_merge_plugin.bench.merges import BASE_ROW, MergeJob
+from sst_merge_plugin.bench.pipeline import Pipeline
 from sst_merge_plugin.bench.profile import SAFETY, AdapterSpec, FisherSettings, Profile, Sweep
 from sst_merge_plugin.bench.training import LoRATrainingConfig
 from sst_merge_plugin.core.errors import SSTError
@@ -325,15 +326,15 @@ class Benchmark:
         """The cached evaluation record of base + ``spec`` alone under ``evaluation``."""
         profile = replace(interference_profile(0, ()), adapters=(spec,), evaluation=evaluation)
         pipeline = self.pipeline(profile)
-        job = MergeJob(f"{spec.name} alone", None, pipeline.single_adapter_config(spec))
-        return pipeline.evaluate_job(job)
+        job = MergeJob(f"{spec.name} alone", None, pipeline.merges.single_adapter_config(spec))
+        return pipeline.scoring.record(job)
 
     def references(self, n_max: int) -> dict[str, Any]:
         """Refusal rates of base and base + safety alone; each of the first ``n_max`` experts'
         exact match on its own skill (harmful/benign cut to one prompt each)."""
         pipeline = self.pipeline(interference_profile(0, ()))
         rates = ("harmful_refusal", "benign_over_refusal")
-        base = pipeline.evaluate_job(MergeJob(BASE_ROW, None, None))["metrics"]
+        base = pipeline.scoring.record(MergeJob(BASE_ROW, None, None))["metrics"]
         safety = self._alone(SAFETY_SPEC, EVALUATION)["metrics"]
         experts = {}
         for skill in SKILLS[:n_max]:
@@ -348,10 +349,10 @@ class Benchmark:
     def rows(self, n_experts: int, alone: Mapping[str, float]) -> list[dict[str, Any]]:
         """The rows of every sweep merged with the first ``n_experts`` experts."""
         pipeline = self.pipeline(interference_profile(n_experts, self.sweeps))
-        pipeline.adapters()
+        pipeline.adapters.all()
         return [
-            interference_row(n_experts, pipeline.evaluate_job(job), alone)
-            for job in pipeline.jobs()
+            interference_row(n_experts, pipeline.scoring.record(job), alone)
+            for job in pipeline.merges.jobs()
             if job.method != BASE_ROW
         ]
 

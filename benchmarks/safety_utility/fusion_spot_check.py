@@ -48,7 +48,8 @@ def max_weight_difference(left: Path, right: Path) -> tuple[float, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from sst_merge_plugin.bench.pipeline import MergeJob, Pipeline
+    from sst_merge_plugin.bench.merges import MergeJob
+    from sst_merge_plugin.bench.pipeline import Pipeline
     from sst_merge_plugin.bench.profile import FULL, SAFETY, Sweep
     from sst_merge_plugin.data.assets import cache_root
 
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     pipeline = Pipeline(
         FULL, args.workspace or cache_root() / "bench" / "full", progress=False, keep_models=False
     )
-    mergekit_job = MergeJob(sweep.label, args.value, pipeline.merge_config(sweep, args.value))
+    mergekit_job = MergeJob(sweep.label, args.value, pipeline.merges.config(sweep, args.value))
     shared = dict(mergekit_job.config["parameters"])
     fusion_sweep = Sweep(
         f"{sweep.label} (FusionBench)",
@@ -80,15 +81,17 @@ def main(argv: list[str] | None = None) -> int:
         (None,),
         {"merge_method": "sst_merge", "safety_model": SAFETY, **shared},
     )
-    fusion_job = MergeJob(fusion_sweep.label, args.value, pipeline.merge_config(fusion_sweep, None))
-    with tempfile.TemporaryDirectory(dir=pipeline.workspace) as scratch:
-        pipeline.run_merge(mergekit_job, Path(scratch, "mergekit"))
-        pipeline.run_merge(fusion_job, Path(scratch, "fusion_bench"))
+    fusion_job = MergeJob(
+        fusion_sweep.label, args.value, pipeline.merges.config(fusion_sweep, None)
+    )
+    with tempfile.TemporaryDirectory(dir=pipeline.workspace.root) as scratch:
+        pipeline.merges.run(mergekit_job, Path(scratch, "mergekit"))
+        pipeline.merges.run(fusion_job, Path(scratch, "fusion_bench"))
         difference, n_tensors = max_weight_difference(
             Path(scratch, "mergekit"), Path(scratch, "fusion_bench")
         )
     rows = {
-        host: {key: pipeline.evaluate_job(job)["metrics"][key] for key in METRICS}
+        host: {key: pipeline.scoring.record(job)["metrics"][key] for key in METRICS}
         for host, job in (("mergekit", mergekit_job), ("fusion_bench", fusion_job))
     }
     report = {

@@ -24,12 +24,21 @@ from types import MappingProxyType
 from typing import Any
 
 from sst_merge_plugin.bench.training import LoRATrainingConfig
+from sst_merge_plugin.choice import Choice
 from sst_merge_plugin.core.errors import SSTError
+from sst_merge_plugin.core.selection import get_select_mode
 from sst_merge_plugin.evaluation.suite import EvalConfig
 
 SAFETY = "safety"
-#: where a sweep's Fisher pair can be collected (:attr:`Sweep.fisher_at`)
-FISHER_POINTS = ("base", "utility_merge")
+
+
+class FisherPoint(Choice):
+    """Where a sweep's Fisher pair is collected (:attr:`Sweep.fisher_at`)."""
+
+    #: the base model W0
+    BASE = "base"
+    #: the utility-only merge W0 + U (task arithmetic of the utility adapters)
+    UTILITY_MERGE = "utility_merge"
 
 
 @dataclass(frozen=True)
@@ -70,7 +79,7 @@ class Sweep:
     ``knob`` is a shared mergekit parameter, or ``safety_weight`` (the safety input's
     ``weight``), or ``density`` (every input's density). ``fisher_kind`` names the Fisher pair
     the method needs (``None``: none) and ``fisher_at`` the weights it is collected at
-    (:data:`FISHER_POINTS`: ``base`` = W0, or ``utility_merge`` = W0 + U, the task-arithmetic
+    (:class:`FisherPoint`: ``base`` = W0, or ``utility_merge`` = W0 + U, the task-arithmetic
     merge of the utility adapters, where the safety patch is added); ``utilities_only`` drops
     the safety input; ``utility_weight`` is every utility input's weight (task arithmetic's λ).
     """
@@ -88,11 +97,9 @@ class Sweep:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "parameters", MappingProxyType(dict(self.parameters)))
-        if self.fisher_at not in FISHER_POINTS:
-            raise SSTError(
-                f"sweep {self.label}: fisher_at must be one of {FISHER_POINTS}, "
-                f"got {self.fisher_at!r}"
-            )
+        object.__setattr__(
+            self, "fisher_at", FisherPoint.parse(f"sweep {self.label}: fisher_at", self.fisher_at)
+        )
         if self.fisher_at == "utility_merge" and self.utility_weight != 1.0:
             raise SSTError(
                 f"sweep {self.label}: fisher_at 'utility_merge' is the merge at utility weight "
@@ -146,15 +153,16 @@ def _sst(
     scales: tuple[float, ...],
     fisher_at: str = "base",
 ) -> Sweep:
-    """SST-Merge (task-arithmetic utility merge) with ``select`` at ``setting`` (``ratio`` τ or
-    ``soft`` ρ), sweeping the patch scale ``s``; Fisher pair of ``kind`` at ``fisher_at``."""
-    knob = "rho" if select == "soft" else select
+    """SST-Merge (task-arithmetic utility merge) with ``select`` at ``setting`` (the mode's own
+    parameter, e.g. ``ratio`` τ or ``soft`` ρ), sweeping the patch scale ``s``; Fisher pair of
+    ``kind`` at ``fisher_at``."""
+    parameter = get_select_mode(select).parameter
     return Sweep(
         label,
         "sst_merge",
         "scale",
         scales,
-        {"select": select, knob: setting, "utility_merge": "task_arithmetic"},
+        {"select": select, parameter: setting, "utility_merge": "task_arithmetic"},
         fisher_kind=kind,
         fisher_at=fisher_at,
     )

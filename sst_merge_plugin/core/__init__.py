@@ -1,8 +1,13 @@
-"""Framework-free torch math of SST-Merge (no mergekit / FusionBench imports).
+"""Framework-free torch math of SST-Merge (no mergekit / FusionBench imports; the formulas
+are derived in ``docs/design.md``).
 
-* :mod:`.fisher` — Fisher containers (``diag``, ``kfac``, ``lora``) and relative damping.
+* :mod:`.fisher` — the container interface every Fisher kind implements, damping, validation.
+* :mod:`.kinds` — the registry of Fisher kinds and one module per kind (``diag``, ``kfac``,
+  ``lora``): container, accumulator, file entries, projection.
+* :mod:`.statistics` — the token-level estimator and the accumulators' shared machinery.
 * :mod:`.gevp` — generalized eigensolvers (dense float64, top-k Krylov) and their cache.
-* :mod:`.selection` — which eigen-coordinates to keep (``top_k``, ``energy``, ``ratio``, ``soft``).
+* :mod:`.selection` — the registry of selection modes (``top_k``, ``energy``, ``ratio``,
+  ``soft``, ``all``).
 * :mod:`.projector` — the SST projector ``P(ΔW)`` with gain/cost diagnostics.
 * :mod:`.single_fisher`, :mod:`.safe_lora`, :mod:`.fisher_merging` — baselines the hosts lack.
 """
@@ -19,16 +24,13 @@ if TYPE_CHECKING:
         SolverError,
         SSTError,
     )
-    from sst_merge_plugin.core.fisher import (
-        DiagFisher,
-        Fisher,
-        KFACFisher,
-        LoRAFisher,
-        check_compatible,
-        relative_damping,
-    )
+    from sst_merge_plugin.core.fisher import Fisher, check_compatible, relative_damping
     from sst_merge_plugin.core.fisher_merging import fisher_weighted_average
     from sst_merge_plugin.core.gevp import GeneralizedEigenpairs, GEVPCache, solve
+    from sst_merge_plugin.core.kinds import FisherKind, get_kind, kind_names
+    from sst_merge_plugin.core.kinds.diag import DiagFisher
+    from sst_merge_plugin.core.kinds.kfac import KFACFisher
+    from sst_merge_plugin.core.kinds.lora import LoRAFisher
     from sst_merge_plugin.core.projector import (
         DEFAULT_DAMPING,
         ProjectionDiagnostics,
@@ -37,7 +39,7 @@ if TYPE_CHECKING:
     )
     from sst_merge_plugin.core.safe_lora import cosine_gated_merge, safe_lora_project
     from sst_merge_plugin.core.selection import Selection
-    from sst_merge_plugin.core.single_fisher import identity_fisher_like, project_single_fisher
+    from sst_merge_plugin.core.single_fisher import project_single_fisher
 
 #: public name -> defining module; imported on first access (PEP 562), so that
 #: ``import sst_merge_plugin.core.errors`` (the CLI, the mergekit start-up hook) does not pay
@@ -46,15 +48,17 @@ _EXPORTS: dict[str, str] = {
     "check_compatible": "sst_merge_plugin.core.fisher",
     "cosine_gated_merge": "sst_merge_plugin.core.safe_lora",
     "DEFAULT_DAMPING": "sst_merge_plugin.core.projector",
-    "DiagFisher": "sst_merge_plugin.core.fisher",
+    "DiagFisher": "sst_merge_plugin.core.kinds.diag",
     "Fisher": "sst_merge_plugin.core.fisher",
     "fisher_weighted_average": "sst_merge_plugin.core.fisher_merging",
     "FisherValidationError": "sst_merge_plugin.core.errors",
     "GeneralizedEigenpairs": "sst_merge_plugin.core.gevp",
     "GEVPCache": "sst_merge_plugin.core.gevp",
-    "identity_fisher_like": "sst_merge_plugin.core.single_fisher",
-    "KFACFisher": "sst_merge_plugin.core.fisher",
-    "LoRAFisher": "sst_merge_plugin.core.fisher",
+    "FisherKind": "sst_merge_plugin.core.kinds",
+    "get_kind": "sst_merge_plugin.core.kinds",
+    "kind_names": "sst_merge_plugin.core.kinds",
+    "KFACFisher": "sst_merge_plugin.core.kinds.kfac",
+    "LoRAFisher": "sst_merge_plugin.core.kinds.lora",
     "project_patch": "sst_merge_plugin.core.projector",
     "project_single_fisher": "sst_merge_plugin.core.single_fisher",
     "ProjectionDiagnostics": "sst_merge_plugin.core.projector",
@@ -72,6 +76,7 @@ __all__ = [
     "DEFAULT_DAMPING",
     "DiagFisher",
     "Fisher",
+    "FisherKind",
     "FisherValidationError",
     "GEVPCache",
     "GeneralizedEigenpairs",
@@ -86,7 +91,8 @@ __all__ = [
     "check_compatible",
     "cosine_gated_merge",
     "fisher_weighted_average",
-    "identity_fisher_like",
+    "get_kind",
+    "kind_names",
     "project_patch",
     "project_single_fisher",
     "relative_damping",

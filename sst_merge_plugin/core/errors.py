@@ -1,8 +1,10 @@
-"""Exception types shared by the whole plugin.
+"""The plugin's base error and the errors of the core math.
 
 Every error a user can cause (bad shapes, non-finite values, missing Fisher entries, corrupted
 files, unknown parameters) is raised as an :class:`SSTError` subclass with a message that names
-the offending object, so the CLI and the host adapters can report it without a traceback.
+the offending object, so the CLI and the host adapters can report it without a traceback. The
+other packages add their own subclasses where the concept lives (``FisherFileError`` in
+:mod:`sst_merge_plugin.fisher.file`, ``AssetError`` in :mod:`sst_merge_plugin.data.assets`).
 """
 
 from __future__ import annotations
@@ -22,11 +24,3 @@ class SolverError(SSTError):
 
 class SelectionError(SSTError):
     """Invalid selection parameters (unknown mode, k < 0, energy outside (0, 1], ...)."""
-
-
-class FisherFileError(SSTError):
-    """A Fisher file is missing entries, corrupted, or inconsistent with another file or model."""
-
-
-class AssetError(SSTError):
-    """An offline asset could not be fetched, verified or converted."""

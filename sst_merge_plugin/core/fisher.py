@@ -1,32 +1,43 @@
-"""Fisher containers for one Linear weight ``W`` of shape ``(d_out, d_in)``.
+"""What every Fisher container of one Linear weight ``W`` (``d_out × d_in``) provides.
 
-Three structures (DESIGN 1.1), all token-averaged so harm and benign statistics are comparable:
+A container holds the statistics of one *kind* (``docs/design.md`` §2; the kinds themselves
+live in :mod:`sst_merge_plugin.core.kinds`): the diagonal ``E[g ⊙ g]``, the Kronecker factors
+``A ⊗ G``, or those factors restricted to an adapter subspace. :class:`FisherBase` is the
+interface the rest of the plugin programs against, so no code outside a kind's own module
+dispatches on the kind:
 
-* :class:`DiagFisher` — ``F = diag(E[g ⊙ g])`` stored with the shape of ``W``.
-* :class:`KFACFisher` — ``F ≈ A ⊗ G`` with ``A = E[x xᵀ]`` (``d_in × d_in``, layer inputs) and
-  ``G = E[δ δᵀ]`` (``d_out × d_out``, gradients w.r.t. the layer output). With column-major
-  ``vec``, ``vec(P)ᵀ (A ⊗ G) vec(P) = tr(Pᵀ G P A)``.
-* :class:`LoRAFisher` — the K-FAC factors restricted to an adapter's column space ``U``
-  (``d_out × r_out``) and row space ``V`` (``d_in × r_in``), both with orthonormal columns:
-  ``A_r = Vᵀ A V``, ``G_r = Uᵀ G U``. Optionally the full-space traces ``tr A`` and ``tr G`` (cheap
-  to collect: ``E‖x‖²``, ``E‖δ‖²``) so that damping and λ normalisation match the ``kfac`` kind.
+* the quadratic form ``vec(P)ᵀ F vec(P)`` and ``tr F`` (gain/cost accounting);
+* :meth:`~FisherBase.damped` — relative Tikhonov damping ``F + ε·(tr F/d)·I``
+  (:func:`relative_damping`), applied to each stored factor;
+* :meth:`~FisherBase.entries` / :meth:`~FisherBase.from_entries` /
+  :meth:`~FisherBase.weight_shape_of` — the tensors a Fisher file stores per weight
+  (``NAME::<entry>``) and the weight shape read from the header alone;
+* :meth:`~FisherBase.identity_like` — the Euclidean metric ``I`` in the same structure (the
+  single-Fisher baseline);
+* :meth:`~FisherBase.project` — the SST projection of a patch with this Fisher as ``F_harm``
+  and another of the same kind as ``F_benign`` (called by
+  :func:`~sst_merge_plugin.core.projector.project_patch`, which validates and damps first).
 
 Containers validate on construction (shapes, finite values, symmetry, PSD up to round-off) and
-raise :class:`~sst_merge_plugin.core.errors.FisherValidationError` naming the offending factor.
-Symmetric factors are stored symmetrised, ``(F + Fᵀ)/2``.
+raise :class:`~sst_merge_plugin.core.errors.FisherValidationError` naming the offending factor;
+symmetric factors are stored symmetrised, ``(F + Fᵀ)/2``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar, Literal
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, ClassVar, TypeVar
 
 import torch
 from torch import Tensor
 
 from sst_merge_plugin.core.errors import FisherValidationError
 
-FisherKind = Literal["diag", "kfac", "lora"]
+if TYPE_CHECKING:
+    from sst_merge_plugin.core.gevp import GEVPCache, SolverName
+    from sst_merge_plugin.core.projector import ProjectionDiagnostics
+    from sst_merge_plugin.core.selection import Selection
 
 #: relative asymmetry tolerated in a factor: ``max|F − Fᵀ| ≤ SYMMETRY_TOL · max|F|``
 SYMMETRY_TOL = 1e-4
@@ -36,6 +47,8 @@ PSD_TOL = 1e-5
 #: checks only (non-negative diagonal, |F_ij| ≤ sqrt(F_ii F_jj)) — the solver's own Cholesky of
 #: the damped benign factor catches the rest.
 PSD_CHECK_MAX_DIM = 4096
+
+F = TypeVar("F", bound="FisherBase")
 
 
 def all_finite(tensor: Tensor) -> bool:
@@ -48,7 +61,8 @@ def all_finite(tensor: Tensor) -> bool:
     return bool(torch.isfinite(tensor.sum())) or bool(torch.isfinite(tensor).all())
 
 
-def _check_finite(name: str, tensor: Tensor) -> None:
+def check_finite(name: str, tensor: Tensor) -> None:
+    """Raise :class:`FisherValidationError` unless ``tensor`` is floating-point and finite."""
     if not torch.is_floating_point(tensor):
         raise FisherValidationError(f"{name}: expected a floating-point tensor, got {tensor.dtype}")
     if not all_finite(tensor):
@@ -71,7 +85,7 @@ def validate_symmetric_psd(name: str, factor: Tensor, dim: int | None = None) ->
         raise FisherValidationError(
             f"{name}: expected shape ({dim}, {dim}) to match the weight, got {tuple(factor.shape)}"
         )
-    _check_finite(name, factor)
+    check_finite(name, factor)
     scale = float(factor.abs().max()) if factor.numel() else 0.0
     asym = float((factor - factor.T).abs().max()) if factor.numel() else 0.0
     if asym > SYMMETRY_TOL * max(scale, 1e-30):
@@ -125,7 +139,7 @@ def relative_damping(
     return damped
 
 
-def _derived(instance, **changes):
+def derived(instance: F, **changes: object) -> F:
     """A copy of a validated container with ``changes`` applied, skipping re-validation.
 
     Used by ``to()`` and ``damped()``, whose results are valid whenever the source is
@@ -133,214 +147,105 @@ def _derived(instance, **changes):
     not re-checked (an ``O(d³)`` Cholesky) at every step.
     """
     new = object.__new__(type(instance))
-    for name in instance.__dataclass_fields__:
+    for name in instance.__dataclass_fields__:  # type: ignore[attr-defined]
         object.__setattr__(new, name, changes.get(name, getattr(instance, name)))
     return new
 
 
-class _FisherBase:
-    """Shared behaviour of the containers: moving every tensor field at once."""
-
-    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None):
-        """The same Fisher with every tensor moved to ``device`` / cast to ``dtype``."""
-        moved = {
-            name: value.to(device=device, dtype=dtype)
-            for name, value in vars(self).items()
-            if isinstance(value, Tensor)
-        }
-        return _derived(self, **moved)
-
-
-@dataclass(frozen=True)
-class DiagFisher(_FisherBase):
-    """Diagonal Fisher ``F = diag(E[g ⊙ g])``, stored with the weight's shape ``(d_out, d_in)``."""
-
-    diag: Tensor
-    kind: ClassVar[FisherKind] = "diag"
-
-    def __post_init__(self) -> None:
-        if self.diag.ndim != 2:
-            raise FisherValidationError(
-                f"diag Fisher: expected the weight's 2-D shape, got {tuple(self.diag.shape)}"
-            )
-        _check_finite("diag Fisher", self.diag)
-        if float(self.diag.min()) < 0:
-            raise FisherValidationError(
-                f"diag Fisher: has negative entries (min {float(self.diag.min()):.3g})"
-            )
-
-    @property
-    def weight_shape(self) -> tuple[int, int]:
-        return (int(self.diag.shape[0]), int(self.diag.shape[1]))
-
-    def trace(self) -> float:
-        """``tr F = Σ_p F[p]``."""
-        return float(self.diag.double().sum())
-
-    def quadratic_form(self, patch: Tensor) -> float:
-        """``vec(P)ᵀ F vec(P) = Σ_p F[p] P[p]²``."""
-        _check_patch(patch, self.weight_shape)
-        return float((self.diag.double() * patch.double() ** 2).sum())
-
-    def damped(self, epsilon: float, dtype: torch.dtype | None = None) -> DiagFisher:
-        """``F + ε · mean(F) · I``, cast to ``dtype`` first when given."""
-        if epsilon < 0:
-            raise FisherValidationError(f"damping must be >= 0, got {epsilon}")
-        diag = self.diag.to(dtype=dtype, copy=True)
-        return _derived(self, diag=diag.add_(epsilon * diag.mean()))
-
-
-@dataclass(frozen=True)
-class KFACFisher(_FisherBase):
-    """Kronecker-factored Fisher ``F ≈ A ⊗ G``; ``A``: ``d_in × d_in``, ``G``: ``d_out × d_out``."""
-
-    A: Tensor
-    G: Tensor
-    kind: ClassVar[FisherKind] = "kfac"
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "A", validate_symmetric_psd("K-FAC factor A (inputs)", self.A))
-        object.__setattr__(
-            self, "G", validate_symmetric_psd("K-FAC factor G (output grads)", self.G)
-        )
-
-    @property
-    def weight_shape(self) -> tuple[int, int]:
-        return (int(self.G.shape[0]), int(self.A.shape[0]))
-
-    def trace(self) -> float:
-        """``tr(A ⊗ G) = tr A · tr G``."""
-        return float(torch.diagonal(self.A).double().sum() * torch.diagonal(self.G).double().sum())
-
-    def quadratic_form(self, patch: Tensor) -> float:
-        """``vec(P)ᵀ (A ⊗ G) vec(P) = tr(Pᵀ G P A)``."""
-        _check_patch(patch, self.weight_shape)
-        p = patch.double()
-        return float(((self.G.double() @ p) * (p @ self.A.double())).sum())
-
-    def damped(self, epsilon: float, dtype: torch.dtype | None = None) -> KFACFisher:
-        """Each factor damped: ``(A + ε tr(A)/d_in I) ⊗ (G + ε tr(G)/d_out I)``, in ``dtype``."""
-        return _derived(
-            self,
-            A=relative_damping(self.A, epsilon, dtype=dtype),
-            G=relative_damping(self.G, epsilon, dtype=dtype),
-        )
-
-
-@dataclass(frozen=True)
-class LoRAFisher(_FisherBase):
-    """K-FAC factors restricted to an adapter subspace: ``A_r = VᵀAV``, ``G_r = UᵀGU``.
-
-    ``U`` (``d_out × r_out``) and ``V`` (``d_in × r_in``) must have orthonormal columns. The
-    Fisher acts on patches ``P = U X Vᵀ`` as ``(A_r ⊗ G_r)`` on ``vec X`` with ``X = UᵀPV``.
-    ``A_trace``/``G_trace`` are the optional full-space traces ``tr A``, ``tr G``.
-    """
-
-    U: Tensor
-    V: Tensor
-    A_r: Tensor
-    G_r: Tensor
-    A_trace: float | None = None
-    G_trace: float | None = None
-    kind: ClassVar[FisherKind] = "lora"
-    _orthonormal_tol: ClassVar[float] = 1e-3
-
-    def __post_init__(self) -> None:
-        for name, basis in (("U (column space)", self.U), ("V (row space)", self.V)):
-            if basis.ndim != 2 or basis.shape[1] > basis.shape[0]:
-                raise FisherValidationError(
-                    f"lora Fisher {name}: expected a tall (d, r) basis, got {tuple(basis.shape)}"
-                )
-            _check_finite(f"lora Fisher {name}", basis)
-            gram = basis.double().T @ basis.double()
-            err = float((gram - torch.eye(gram.shape[0], dtype=torch.float64)).abs().max())
-            if err > self._orthonormal_tol:
-                raise FisherValidationError(
-                    f"lora Fisher {name}: columns are not orthonormal (max |BᵀB - I| = {err:.3g})"
-                )
-        object.__setattr__(
-            self, "A_r", validate_symmetric_psd("lora factor A_r", self.A_r, dim=self.V.shape[1])
-        )
-        object.__setattr__(
-            self, "G_r", validate_symmetric_psd("lora factor G_r", self.G_r, dim=self.U.shape[1])
-        )
-        for name, value, restricted in (
-            ("A_trace", self.A_trace, self.A_r),
-            ("G_trace", self.G_trace, self.G_r),
-        ):
-            if value is None:
-                continue
-            if not (float(value) == float(value)) or float(value) in (float("inf"), float("-inf")):
-                raise FisherValidationError(f"lora Fisher {name}: not finite ({value})")
-            if float(value) < float(torch.diagonal(restricted).sum()) * (1 - 1e-4):
-                raise FisherValidationError(
-                    f"lora Fisher {name} = {float(value):.4g} is smaller than the trace of its "
-                    f"restricted factor ({float(torch.diagonal(restricted).sum()):.4g})"
-                )
-
-    @property
-    def weight_shape(self) -> tuple[int, int]:
-        return (int(self.U.shape[0]), int(self.V.shape[0]))
-
-    @property
-    def rank(self) -> tuple[int, int]:
-        """``(r_out, r_in)``."""
-        return (int(self.U.shape[1]), int(self.V.shape[1]))
-
-    def full_traces(self) -> tuple[float, float]:
-        """``(tr A, tr G)`` in the full space, falling back to the restricted traces."""
-        a = (
-            float(torch.diagonal(self.A_r).double().sum())
-            if self.A_trace is None
-            else float(self.A_trace)
-        )
-        g = (
-            float(torch.diagonal(self.G_r).double().sum())
-            if self.G_trace is None
-            else float(self.G_trace)
-        )
-        return a, g
-
-    def trace(self) -> float:
-        """``tr A · tr G`` (full-space when the traces were collected)."""
-        a, g = self.full_traces()
-        return a * g
-
-    def coordinates(self, patch: Tensor) -> Tensor:
-        """``X = Uᵀ P V`` (``r_out × r_in``)."""
-        _check_patch(patch, self.weight_shape)
-        return self.U.T.to(patch.dtype) @ patch @ self.V.to(patch.dtype)
-
-    def quadratic_form(self, patch: Tensor) -> float:
-        """``tr(Xᵀ G_r X A_r)`` with ``X = UᵀPV`` — exact for patches in ``span U ⊗ span V``."""
-        x = self.coordinates(patch.double())
-        return float(((self.G_r.double() @ x) * (x @ self.A_r.double())).sum())
-
-    def damped(self, epsilon: float, dtype: torch.dtype | None = None) -> LoRAFisher:
-        """``Uᵀ(G + ε tr(G)/d_out I)U`` and likewise for ``A`` (restricted traces if unknown);
-        every tensor cast to ``dtype`` when given."""
-        d_out, d_in = self.weight_shape
-        a_r = relative_damping(
-            self.A_r, epsilon, self.A_trace, None if self.A_trace is None else d_in, dtype
-        )
-        g_r = relative_damping(
-            self.G_r, epsilon, self.G_trace, None if self.G_trace is None else d_out, dtype
-        )
-        return _derived(self, U=self.U.to(dtype), V=self.V.to(dtype), A_r=a_r, G_r=g_r)
-
-
-Fisher = DiagFisher | KFACFisher | LoRAFisher
-
-
-def _check_patch(patch: Tensor, shape: tuple[int, int]) -> None:
+def check_patch(patch: Tensor, shape: tuple[int, int]) -> None:
+    """Raise unless ``patch`` has the Fisher's weight ``shape``."""
     if tuple(patch.shape) != shape:
         raise FisherValidationError(
             f"patch shape {tuple(patch.shape)} does not match the Fisher's weight shape {shape}"
         )
 
 
+class FisherBase(ABC):
+    """The Fisher of one weight in one kind's structure (frozen dataclasses; see module doc).
+
+    Class attributes a kind sets: ``kind`` (its registry name), ``required_entries`` and
+    ``optional_entries`` (the suffixes of its Fisher-file tensors; entries ending in
+    ``_trace`` are 0-d, the others 2-D).
+    """
+
+    kind: ClassVar[str]
+    required_entries: ClassVar[tuple[str, ...]]
+    optional_entries: ClassVar[tuple[str, ...]] = ()
+
+    def to(
+        self: F, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> F:
+        """The same Fisher with every tensor moved to ``device`` / cast to ``dtype``."""
+        moved = {
+            name: value.to(device=device, dtype=dtype)
+            for name, value in vars(self).items()
+            if isinstance(value, Tensor)
+        }
+        return derived(self, **moved)
+
+    @property
+    @abstractmethod
+    def weight_shape(self) -> tuple[int, int]:
+        """``(d_out, d_in)`` of the weight this Fisher is for."""
+
+    @abstractmethod
+    def trace(self) -> float:
+        """``tr F``."""
+
+    @abstractmethod
+    def quadratic_form(self, patch: Tensor) -> float:
+        """``vec(P)ᵀ F vec(P)`` for a patch ``P`` of :attr:`weight_shape`."""
+
+    @abstractmethod
+    def damped(self: F, epsilon: float, dtype: torch.dtype | None = None) -> F:
+        """Relative damping of every stored factor, cast to ``dtype`` first when given."""
+
+    @abstractmethod
+    def entries(self) -> dict[str, Tensor]:
+        """The tensors a Fisher file stores for this weight, by entry suffix."""
+
+    @classmethod
+    @abstractmethod
+    def from_entries(cls: type[F], tensors: Mapping[str, Tensor]) -> F:
+        """The validated container from a file's entries (required ones present)."""
+
+    @classmethod
+    @abstractmethod
+    def weight_shape_of(cls, shapes: Mapping[str, Sequence[int]]) -> tuple[int, int]:
+        """``(d_out, d_in)`` from the shapes of this kind's entries (no data read)."""
+
+    @abstractmethod
+    def identity_like(self: F) -> F:
+        """The Euclidean metric ``I`` in this structure (same kind, shape and subspace)."""
+
+    def check_same_space(self, other: FisherBase, name: str) -> None:  # noqa: B027
+        """Raise unless ``other`` (same kind and shape) acts on the same patches (kinds with a
+        subspace check it; the others have nothing to check)."""
+
+    @abstractmethod
+    def project(
+        self,
+        patch: Tensor,
+        benign: FisherBase,
+        selection: Selection,
+        trace_ratio: float,
+        cache: GEVPCache,
+        solver: SolverName,
+    ) -> tuple[Tensor, ProjectionDiagnostics, tuple[Tensor, Tensor] | None]:
+        """Project ``patch`` with ``self`` as the (damped, float64) ``F_harm`` and ``benign``.
+
+        Returns the projected patch in the patch's dtype, the diagnostics and, for kinds whose
+        output is low-rank, float64 factors ``(left, right)`` of it (else ``None``).
+        """
+
+
+#: any container (the kinds are registered in :mod:`sst_merge_plugin.core.kinds`)
+Fisher = FisherBase
+
+
 def check_compatible(harm_fisher: Fisher, benign_fisher: Fisher, name: str = "weight") -> None:
-    """Raise unless the two Fishers have the same kind, weight shape and (for lora) subspace."""
+    """Raise unless the two Fishers have the same kind, weight shape and (for kinds with one)
+    subspace."""
     if harm_fisher.kind != benign_fisher.kind:
         raise FisherValidationError(
             f"{name}: harm Fisher is '{harm_fisher.kind}' but benign Fisher is '{benign_fisher.kind}'"
@@ -350,16 +255,4 @@ def check_compatible(harm_fisher: Fisher, benign_fisher: Fisher, name: str = "we
             f"{name}: harm Fisher is for shape {harm_fisher.weight_shape}, benign Fisher for "
             f"{benign_fisher.weight_shape}"
         )
-    if isinstance(harm_fisher, LoRAFisher) and isinstance(benign_fisher, LoRAFisher):
-        if harm_fisher.rank != benign_fisher.rank:
-            raise FisherValidationError(
-                f"{name}: lora Fishers have different ranks {harm_fisher.rank} vs {benign_fisher.rank}"
-            )
-        for attr in ("U", "V"):
-            a, b = getattr(harm_fisher, attr).double(), getattr(benign_fisher, attr).double()
-            # same subspace <=> all principal angles are 0 <=> ‖aᵀb‖_F² = r (orthonormal bases)
-            if a.shape[1] - float((a.T @ b).pow(2).sum()) > 1e-3 * a.shape[1]:
-                raise FisherValidationError(
-                    f"{name}: harm and benign lora Fishers were collected on different adapter "
-                    f"subspaces ({attr} differs); collect both with the same --restrict-to adapter"
-                )
+    harm_fisher.check_same_space(benign_fisher, name)

@@ -1,47 +1,38 @@
 """The SST projector ``P(ΔW)``: keep a patch only along high ``F_harm/F_benign`` directions.
 
-For a patch ``ΔW`` (``d_out × d_in``) and two Fishers of the same kind (DESIGN 1.2):
+``docs/design.md`` §1 derives it. :func:`project_patch` is the one entry point: it checks the
+pair, damps both Fishers (:func:`~.fisher.relative_damping`; every gain/cost number refers to
+the damped Fishers, for which the accounting is exact), computes ``c = tr(F_h)/tr(F_b)`` (λ is
+normalised by it before selection) and calls the kind's own projection
+(:meth:`~.fisher.FisherBase.project`, in :mod:`sst_merge_plugin.core.kinds`).
 
-* ``kfac`` — ``F_h = A_h ⊗ G_h``, ``F_b = A_b ⊗ G_b``. Solve ``G_h q = γ G_b q``
-  (``QᵀG_bQ = I``) and ``A_h p = α A_b p`` (``PᵀA_bP = I``). The eigenvectors of the full
-  problem are ``p_j ⊗ q_i`` with ``λ_ij = γ_i α_j``. Coordinates ``C = Qᵀ G_b ΔW A_b P``
-  (so ``ΔW = Q C Pᵀ``), gain ``Σ λ_ij C_ij²``, cost ``Σ C_ij²``; the result is
-  ``Q (M ⊙ C) Pᵀ`` for the selection weights ``M`` (:mod:`.selection`).
-* ``lora`` — the same on ``A_r, G_r`` with ``X = Uᵀ ΔW V``; the result is
-  ``U Q (M ⊙ C) Pᵀ Vᵀ`` (rank ≤ r, returned as factors too).
-* ``diag`` — ``λ_p = F_h[p] / F_b[p]``, ``C_p = √F_b[p] · ΔW[p]``, result ``M ⊙ ΔW``.
+This module also holds the kernels the kinds share:
 
-Both Fishers are damped first (:func:`~.fisher.relative_damping`), and all gain/cost numbers
-refer to the damped Fishers, for which the accounting above is exact. λ is normalised by
-``c = tr(F_h)/tr(F_b)`` before selection.
+* :func:`project_kronecker` — for ``F_h = A_h ⊗ G_h``, ``F_b = A_b ⊗ G_b``: solve
+  ``G_h q = γ G_b q`` (``QᵀG_bQ = I``) and ``A_h p = α A_b p`` (``PᵀA_bP = I``); the
+  eigenvectors of the full problem are ``p_j ⊗ q_i`` with ``λ_ij = γ_i α_j``. Coordinates
+  ``C = Qᵀ G_b ΔW A_b P`` (so ``ΔW = Q C Pᵀ``), gain ``Σ λ_ij C_ij²``, cost ``Σ C_ij²``; the
+  result is ``Q (M ⊙ C) Pᵀ`` for the selection weights ``M`` (:mod:`.selection`). ``top_k``
+  needs only the leading ``k`` pairs of each factor (the ``k`` largest products ``γ_i α_j``
+  have ``i, j ≤ k``), which the Krylov solver finds for LLM-sized factors.
+* :func:`low_rank_factors` — a low-rank patch (a LoRA delta) is factorised once, ``ΔW = L R``
+  (exact up to the rounding of the patch's dtype), so gain/cost totals cost
+  ``O((d_out² + d_in²)·r)`` instead of ``O(d_out·d_in·(d_out + d_in))``;
+* :func:`product`, :func:`row_blocks` — the dense output formed block by block in the patch
+  dtype, so no ``d_out × d_in`` float64 matrix is materialised for a narrower patch.
 
-``top_k`` only needs the leading ``k`` pairs of each Kronecker factor (the ``k`` largest
-products ``γ_i α_j`` have ``i, j ≤ k``), which the Krylov solver finds for LLM-sized factors.
-A low-rank patch (a LoRA delta) is factorised once, ``ΔW = L R`` (exact up to the rounding
-of the patch's dtype, :func:`low_rank_factors`), so gain/cost totals cost
-``O((d_out² + d_in²)·r)`` instead of ``O(d_out·d_in·(d_out + d_in))``.
-
-All arithmetic is float64. The ``lora`` kind reads the patch in row blocks (each cast on its
-own), and the dense output is formed block by block in the patch dtype, so no
-``d_out × d_in`` float64 matrix is materialised for a narrower patch.
+All arithmetic is float64.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import Tensor
 
-from sst_merge_plugin.core.errors import FisherValidationError, SolverError
-from sst_merge_plugin.core.fisher import (
-    DiagFisher,
-    Fisher,
-    KFACFisher,
-    LoRAFisher,
-    all_finite,
-    check_compatible,
-)
+from sst_merge_plugin.core.errors import FisherValidationError
+from sst_merge_plugin.core.fisher import Fisher, all_finite, check_compatible
 from sst_merge_plugin.core.gevp import GEVPCache, SolverName
 from sst_merge_plugin.core.selection import Selection, selection_weights
 
@@ -126,8 +117,10 @@ def project_patch(
 ) -> ProjectionResult:
     """Project ``patch`` onto the selected generalized eigen-directions of ``(F_harm, F_benign)``.
 
-    ``name`` only labels error messages. Raises :class:`~.errors.SSTError` subclasses for
-    mismatched shapes/kinds, non-finite patches and a singular benign Fisher (``damping=0``).
+    Checks the pair (:func:`~.fisher.check_compatible`) and the patch, damps both Fishers in
+    float64 and hands over to the kind's own :meth:`~.fisher.FisherBase.project`. ``name``
+    only labels error messages. Raises :class:`~.errors.SSTError` subclasses for mismatched
+    shapes/kinds, non-finite patches and a singular benign Fisher (``damping=0``).
     """
     check_compatible(harm_fisher, benign_fisher, name)
     if tuple(patch.shape) != harm_fisher.weight_shape:
@@ -139,45 +132,24 @@ def project_patch(
         raise FisherValidationError(f"{name}: the patch contains NaN/Inf")
     if damping < 0:
         raise FisherValidationError(f"damping must be >= 0, got {damping}")
-    device, dtype = patch.device, patch.dtype
+    device = patch.device
     harm = harm_fisher.to(device=device).damped(damping, dtype=torch.float64)
     benign = benign_fisher.to(device=device).damped(damping, dtype=torch.float64)
     trace_ratio = harm.trace() / benign.trace()
     cache = cache if cache is not None else GEVPCache()
-    factors = None
-    if isinstance(harm, DiagFisher):
-        out, diag = _project_diag(patch.double(), harm, benign, selection, trace_ratio)
-        out = out.to(dtype)
-    elif isinstance(harm, KFACFisher):
-        assert isinstance(benign, KFACFisher)
-        left, right = low_rank_factors(patch)
-        out_left, out_right, diag = _project_kronecker(
-            left, right, harm.A, harm.G, benign.A, benign.G, selection, trace_ratio, cache, solver,
-            kind="kfac",
-        )  # fmt: skip
-        out = _product(out_left, out_right, dtype)
-    else:
-        assert isinstance(harm, LoRAFisher) and isinstance(benign, LoRAFisher)
-        u, v = harm.U, harm.V
-        coords, residual = _subspace_coordinates(patch, u, v)
-        out_left, out_right, diag = _project_kronecker(
-            coords, None, harm.A_r, harm.G_r, benign.A_r, benign.G_r, selection, trace_ratio,
-            cache, solver, kind="lora",
-        )  # fmt: skip
-        left, right = u @ out_left, out_right @ v.T
-        factors = (left.to(dtype), right.to(dtype))
-        out = _product(left, right, dtype)
-        diag = replace(diag, subspace_residual=residual)
+    out, diag, factors = harm.project(patch, benign, selection, trace_ratio, cache, solver)
+    if factors is not None:
+        factors = (factors[0].to(patch.dtype), factors[1].to(patch.dtype))
     return ProjectionResult(out, diag, factors)
 
 
-def _row_blocks(n_rows: int, n_cols: int) -> list[slice]:
+def row_blocks(n_rows: int, n_cols: int) -> list[slice]:
     """Consecutive row ranges of about :data:`BLOCK_ENTRIES` entries each."""
     step = max(1, BLOCK_ENTRIES // max(n_cols, 1))
     return [slice(start, start + step) for start in range(0, n_rows, step)]
 
 
-def _product(left: Tensor, right: Tensor, dtype: torch.dtype) -> Tensor:
+def product(left: Tensor, right: Tensor, dtype: torch.dtype) -> Tensor:
     """``left @ right`` computed in ``left``'s dtype (float64) and stored in ``dtype``.
 
     Row block by row block, so that no ``d_out × d_in`` float64 temporary exists when ``dtype``
@@ -186,34 +158,9 @@ def _product(left: Tensor, right: Tensor, dtype: torch.dtype) -> Tensor:
     if dtype == left.dtype:
         return left @ right
     out = torch.empty(left.shape[0], right.shape[1], dtype=dtype, device=left.device)
-    for rows in _row_blocks(*out.shape):
+    for rows in row_blocks(*out.shape):
         out[rows] = left[rows] @ right
     return out
-
-
-def _subspace_coordinates(patch: Tensor, u: Tensor, v: Tensor) -> tuple[Tensor, float]:
-    """``X = Uᵀ ΔW V`` and ``‖ΔW − U X Vᵀ‖_F / ‖ΔW‖_F`` (0 for a zero patch), in float64.
-
-    Two passes over row blocks of ``ΔW`` (each cast to float64 on its own):
-    ``Uᵀ ΔW = Σ_b U_bᵀ ΔW_b`` and ``‖ΔW‖²``, then ``Σ_b ‖ΔW_b − (U X)_b Vᵀ‖²``. Cost
-    ``O(d_out·d_in·r)`` with ``O(r·(d_out + d_in))`` extra memory.
-    """
-    blocks = _row_blocks(*patch.shape)
-    left_side = torch.zeros(u.shape[1], patch.shape[1], dtype=torch.float64, device=patch.device)
-    norms = []
-    for rows in blocks:
-        block = patch[rows].double()
-        left_side.addmm_(u[rows].T, block)
-        norms.append(torch.linalg.matrix_norm(block))
-    coords = left_side @ v
-    spanned = u @ coords
-    residuals = [
-        torch.linalg.matrix_norm(torch.addmm(patch[rows].double(), spanned[rows], v.T, alpha=-1))
-        for rows in blocks
-    ]
-    norm = float(torch.linalg.vector_norm(torch.stack(norms)))
-    residual = float(torch.linalg.vector_norm(torch.stack(residuals)))
-    return coords, residual / norm if norm > 0 else 0.0
 
 
 def low_rank_factors(patch: Tensor, max_rank: int = LOW_RANK_MAX) -> tuple[Tensor, Tensor | None]:
@@ -247,7 +194,7 @@ def low_rank_factors(patch: Tensor, max_rank: int = LOW_RANK_MAX) -> tuple[Tenso
     return patch, None
 
 
-def _project_kronecker(
+def project_kronecker(
     left: Tensor,
     right: Tensor | None,
     harm_a: Tensor,
@@ -264,7 +211,7 @@ def _project_kronecker(
 
     Returns ``(Q (M⊙C), Pᵀ)`` whose product is the projected patch, and the diagnostics.
     """
-    top_k = None if selection.needs_full_spectrum else max(int(selection.k), 1)
+    top_k = selection.leading_pairs()
     g_pairs = cache.solve(harm_g, benign_g, top_k=top_k, solver=solver)
     a_pairs = cache.solve(harm_a, benign_a, top_k=top_k, solver=solver)
     q, p = g_pairs.vectors, a_pairs.vectors
@@ -293,49 +240,13 @@ def _project_kronecker(
         kept=float(weights.sum()),
         n_coordinates=int(lam.numel()),
         trace_ratio=trace_ratio,
-        **_lambda_summary(normalised, kept_mask),
+        **lambda_summary(normalised, kept_mask),
     )
     return q @ kept, p.T, diag
 
 
-def _project_diag(
-    patch: Tensor,
-    harm: DiagFisher,
-    benign: DiagFisher,
-    selection: Selection,
-    trace_ratio: float,
-) -> tuple[Tensor, ProjectionDiagnostics]:
-    """Elementwise GEVP: ``λ_p = F_h[p]/F_b[p]``, coordinates ``√F_b ⊙ ΔW``, result ``M ⊙ ΔW``."""
-    if float(benign.diag.min()) <= 0:
-        raise SolverError(
-            "the benign diagonal Fisher has zero entries; use damping > 0 so that "
-            "F_benign + ε·mean(F_benign) is positive"
-        )
-    h, b = harm.diag, benign.diag
-    normalised = torch.div(h, b).div_(trace_ratio)
-    coords = b.sqrt().mul_(patch)
-    squares = patch.square()  # ΔW², then F_h ⊙ ΔW² in place (fewer d_out × d_in temporaries)
-    cost_total = float((b * squares).sum())
-    gain_total = float(squares.mul_(h).sum())
-    weights = selection_weights(normalised, coords, selection, gain_total / trace_ratio)
-    out = weights * patch
-    squares = out.square()
-    cost_kept = float((b * squares).sum())
-    diag = ProjectionDiagnostics(
-        kind="diag",
-        gain_total=gain_total,
-        cost_total=cost_total,
-        gain_kept=float(squares.mul_(h).sum()),
-        cost_kept=cost_kept,
-        kept=float(weights.sum()),
-        n_coordinates=int(normalised.numel()),
-        trace_ratio=trace_ratio,
-        **_lambda_summary(normalised, weights > 0),
-    )
-    return out, diag
-
-
-def _lambda_summary(normalised: Tensor, kept_mask: Tensor) -> dict[str, float]:
+def lambda_summary(normalised: Tensor, kept_mask: Tensor) -> dict[str, float]:
+    """Largest, median and smallest normalised λ, and the smallest kept one (NaN if none)."""
     flat = normalised.reshape(-1)
     kept = flat[kept_mask.reshape(-1)]
     return {

@@ -1,4 +1,4 @@
-"""Safe LoRA projection and the SafeMERGE-style cosine-gated merge (DESIGN 1.5).
+"""Safe LoRA projection and the SafeMERGE-style cosine-gated merge (``docs/design.md`` §3.2).
 
 Safe LoRA (Hsu et al., 2024) builds, per weight, an *alignment matrix* ``V = W_aligned −
 W_unaligned`` (here: the safety delta) and the map ``C = V Vᵀ / ‖V‖_F`` (the paper's and its

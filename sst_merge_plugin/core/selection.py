@@ -1,9 +1,10 @@
-"""Which generalized-eigen coordinates of the safety patch to keep (DESIGN 1.3).
+"""Which generalized-eigen coordinates of a patch to keep: the selection modes (``docs/design.md``
+§1.3).
 
 A patch in the ``F_benign``-orthonormal eigenbasis has coordinates ``C`` with per-coordinate
 efficiency ``λ`` (harm gain per unit of benign cost). λ is used *normalised* by
 ``tr(F_h)/tr(F_b)``, so ``λ = 1`` means "as efficient as an average direction" and the thresholds
-below do not depend on the overall scale of the two Fishers. The selection returns a weight
+below do not depend on the overall scale of the two Fishers. A mode returns a weight
 ``M ∈ [0, 1]`` per coordinate; the projected patch has coordinates ``M ⊙ C``.
 
 * ``top_k``  — ``M = 1`` on the ``k`` largest-λ coordinates.
@@ -13,73 +14,201 @@ below do not depend on the overall scale of the two Fishers. The selection retur
 * ``soft``   — ``M = λ / (λ + ρ)``: the minimiser of ``‖φ − ΔW‖²_{F_h} + ρ c ‖φ‖²_{F_b}``
   with ``c = tr(F_h)/tr(F_b)`` (ρ in normalised units).
 * ``all``    — ``M = 1`` (no selection; the identity projection, for ablations).
+
+Every mode is one :class:`SelectMode` in :data:`SELECT_MODES` — its name, its own parameter
+(at most one), the parameter's default and range check, and its weight rule. The hosts' parameter
+tables, the CLI and the benchmark profiles derive from that registry; a new mode is one weight
+function plus one :func:`register_select_mode` call.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Literal, get_args
+from types import MappingProxyType
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from sst_merge_plugin.core.errors import SelectionError
 
-SelectMode = Literal["top_k", "energy", "ratio", "soft", "all"]
-SELECT_MODES: tuple[str, ...] = get_args(SelectMode)
+#: ``weights(normalised λ, coordinates C, the mode's parameter value, total gain) -> M``
+WeightRule = Callable[[Tensor, Tensor, Any, float], Tensor]
+
+
+@dataclass(frozen=True)
+class SelectMode:
+    """One selection mode (module doc).
+
+    ``parameter`` — the name of its own parameter (``None``: it takes none); ``default`` — the
+    value used when the parameter is not given (``None``: the parameter is required);
+    ``check`` — returns an error text for a bad value, else ``None``; ``weights`` — the rule;
+    ``leading`` — for modes that only need the leading pairs of each eigenproblem, how many for
+    a given parameter value (``None``: the full spectrum); ``integer`` — whether the parameter
+    is an integer (else a float).
+    """
+
+    name: str
+    parameter: str | None
+    default: float | int | None
+    check: Callable[[Any], str | None]
+    weights: WeightRule
+    leading: Callable[[Any], int] | None = None
+    integer: bool = False
+    doc: str = ""
+
+
+_MODES: dict[str, SelectMode] = {}
+#: every registered mode by name (read-only view; :func:`register_select_mode` adds one)
+SELECT_MODES: Mapping[str, SelectMode] = MappingProxyType(_MODES)
+
+
+def register_select_mode(mode: SelectMode) -> SelectMode:
+    """Add ``mode`` to :data:`SELECT_MODES` (an error if the name or its parameter is taken by
+    another mode)."""
+    if mode.name in _MODES:
+        raise SelectionError(f"select mode {mode.name!r} is already registered")
+    taken = {m.parameter: m.name for m in _MODES.values() if m.parameter}
+    if mode.parameter in taken:
+        raise SelectionError(
+            f"select mode {mode.name!r}: parameter {mode.parameter!r} belongs to {taken[mode.parameter]!r}"
+        )
+    _MODES[mode.name] = mode
+    return mode
+
+
+def selection_parameters() -> tuple[str, ...]:
+    """The parameter names of all modes (``k``, ``energy``, ``ratio``, ``rho``, …)."""
+    return tuple(m.parameter for m in _MODES.values() if m.parameter)
+
+
+def _order_mask(lam: Tensor, coords: Tensor, n_keep: int, order: Tensor) -> Tensor:
+    mask = torch.zeros(lam.numel(), dtype=coords.dtype, device=coords.device)
+    mask[order[:n_keep]] = 1
+    return mask.reshape(coords.shape)
+
+
+def _top_k(normalised: Tensor, coords: Tensor, k: Any, total_gain: float) -> Tensor:
+    lam = normalised.reshape(-1)
+    order = torch.argsort(lam, descending=True, stable=True)
+    return _order_mask(lam, coords, min(int(k), lam.numel()), order)
+
+
+def _energy(normalised: Tensor, coords: Tensor, energy: Any, total_gain: float) -> Tensor:
+    lam = normalised.reshape(-1)
+    order = torch.argsort(lam, descending=True, stable=True)
+    gains = (lam * coords.reshape(-1).to(lam.dtype) ** 2)[order]
+    if total_gain <= 0.0:
+        n_keep = 0
+    else:
+        reached = torch.cumsum(gains, 0) >= energy * total_gain * (1 - 1e-12)
+        hits = torch.nonzero(reached)
+        n_keep = int(hits[0]) + 1 if hits.numel() else lam.numel()
+    return _order_mask(lam, coords, n_keep, order)
+
+
+def _ratio(normalised: Tensor, coords: Tensor, ratio: Any, total_gain: float) -> Tensor:
+    return (normalised >= ratio).to(coords.dtype)
+
+
+def _soft(normalised: Tensor, coords: Tensor, rho: Any, total_gain: float) -> Tensor:
+    return (normalised / (normalised + rho)).to(coords.dtype)
+
+
+def _all(normalised: Tensor, coords: Tensor, value: Any, total_gain: float) -> Tensor:
+    return torch.ones_like(coords)
+
+
+def _non_negative_int(value: Any) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        return f"k must be a non-negative integer, got {value!r}"
+    return None
+
+
+register_select_mode(
+    SelectMode(
+        "top_k", "k", None, _non_negative_int, _top_k, lambda k: max(int(k), 1), integer=True,
+        doc="the k largest-λ coordinates",
+    )
+)  # fmt: skip
+register_select_mode(
+    SelectMode(
+        "energy", "energy", 0.9,
+        lambda v: None if 0.0 < float(v) <= 1.0 else f"energy must be in (0, 1], got {v}",
+        _energy, doc="the fewest largest-λ coordinates holding this fraction of the gain",
+    )
+)  # fmt: skip
+register_select_mode(
+    SelectMode(
+        "ratio", "ratio", 1.0, lambda v: None if float(v) >= 0.0 else f"ratio must be >= 0, got {v}",
+        _ratio, doc="coordinates with normalised λ ≥ τ",
+    )
+)  # fmt: skip
+register_select_mode(
+    SelectMode(
+        "soft", "rho", 1.0, lambda v: None if float(v) > 0.0 else f"rho must be > 0, got {v}",
+        _soft, doc="shrink each coordinate by λ/(λ+ρ)",
+    )
+)  # fmt: skip
+register_select_mode(
+    SelectMode("all", None, None, lambda v: None, _all, doc="keep everything (no projection)")
+)
+
+
+def get_select_mode(name: str) -> SelectMode:
+    """The registered mode ``name``; :class:`SelectionError` naming the known ones otherwise."""
+    mode = _MODES.get(name) if isinstance(name, str) else None
+    if mode is None:
+        raise SelectionError(f"unknown select mode '{name}'; expected one of {tuple(_MODES)}")
+    return mode
 
 
 @dataclass(frozen=True)
 class Selection:
-    """A validated selection rule. Build with :meth:`create` to get parameter checking."""
+    """A validated selection rule: a mode and the value of its parameter (if it takes one).
 
-    mode: SelectMode
-    k: int | None = None
-    energy: float | None = None
-    ratio: float | None = None
-    rho: float | None = None
+    Build with :meth:`create` to get parameter checking.
+    """
+
+    mode: str
+    value: float | int | None = None
 
     @classmethod
-    def create(
-        cls,
-        mode: str,
-        *,
-        k: int | None = None,
-        energy: float | None = None,
-        ratio: float | None = None,
-        rho: float | None = None,
-    ) -> Selection:
-        """Validate that ``mode`` is known and exactly its own parameter is set and in range."""
-        if mode not in SELECT_MODES:
-            raise SelectionError(f"unknown select mode '{mode}'; expected one of {SELECT_MODES}")
-        given = {"k": k, "energy": energy, "ratio": ratio, "rho": rho}
-        needed = {"top_k": "k", "energy": "energy", "ratio": "ratio", "soft": "rho", "all": None}[
-            mode
-        ]
-        extra = sorted(
-            name for name, value in given.items() if value is not None and name != needed
-        )
+    def create(cls, mode: str, **parameters: Any) -> Selection:
+        """Validate that ``mode`` is known and exactly its own parameter is given and in range
+        (``Selection.create("soft", rho=0.5)``)."""
+        spec = get_select_mode(mode)
+        given = {name: value for name, value in parameters.items() if value is not None}
+        extra = sorted(name for name in given if name != spec.parameter)
         if extra:
             raise SelectionError(
                 f"select '{mode}' does not take parameter(s) {extra}"
-                + (f"; it takes '{needed}'" if needed else "")
+                + (f"; it takes '{spec.parameter}'" if spec.parameter else "")
             )
-        if needed is not None and given[needed] is None:
-            raise SelectionError(f"select '{mode}' needs the parameter '{needed}'")
-        if mode == "top_k" and (isinstance(k, bool) or not isinstance(k, int) or k < 0):
-            raise SelectionError(f"k must be a non-negative integer, got {k!r}")
-        if mode == "energy" and not 0.0 < float(energy) <= 1.0:  # type: ignore[arg-type]
-            raise SelectionError(f"energy must be in (0, 1], got {energy}")
-        if mode == "ratio" and not float(ratio) >= 0.0:  # type: ignore[arg-type]
-            raise SelectionError(f"ratio must be >= 0, got {ratio}")
-        if mode == "soft" and not float(rho) > 0.0:  # type: ignore[arg-type]
-            raise SelectionError(f"rho must be > 0, got {rho}")
-        return cls(mode=mode, k=k, energy=energy, ratio=ratio, rho=rho)  # type: ignore[arg-type]
+        if spec.parameter is None:
+            return cls(mode)
+        if spec.parameter not in given:
+            raise SelectionError(f"select '{mode}' needs the parameter '{spec.parameter}'")
+        value = given[spec.parameter]
+        problem = spec.check(value)
+        if problem is not None:
+            raise SelectionError(problem)
+        return cls(mode, value)
 
     @property
-    def needs_full_spectrum(self) -> bool:
-        """Only ``top_k`` can be served by the leading ``k`` eigenpairs of each factor."""
-        return self.mode != "top_k"
+    def spec(self) -> SelectMode:
+        return get_select_mode(self.mode)
+
+    def leading_pairs(self) -> int | None:
+        """How many leading eigenpairs per factor the mode needs (``None``: all of them)."""
+        spec = self.spec
+        return None if spec.leading is None else spec.leading(self.value)
+
+    def as_dict(self) -> dict[str, Any]:
+        """``{"mode": …, <its parameter>: value}`` (JSON-serialisable, for reports)."""
+        spec = self.spec
+        return {"mode": self.mode} | ({spec.parameter: self.value} if spec.parameter else {})
 
 
 def selection_weights(
@@ -97,24 +226,4 @@ def selection_weights(
         raise SelectionError(
             f"λ grid {tuple(normalised_lambda.shape)} and coordinates {tuple(coords.shape)} differ"
         )
-    lam = normalised_lambda.reshape(-1)
-    if selection.mode == "all":
-        return torch.ones_like(coords)
-    if selection.mode == "soft":
-        return (normalised_lambda / (normalised_lambda + selection.rho)).to(coords.dtype)
-    if selection.mode == "ratio":
-        return (normalised_lambda >= selection.ratio).to(coords.dtype)
-    order = torch.argsort(lam, descending=True, stable=True)
-    if selection.mode == "top_k":
-        n_keep = min(int(selection.k), lam.numel())
-    else:  # energy
-        gains = (lam * coords.reshape(-1).to(lam.dtype) ** 2)[order]
-        if total_gain <= 0.0:
-            n_keep = 0
-        else:
-            reached = torch.cumsum(gains, 0) >= selection.energy * total_gain * (1 - 1e-12)
-            hits = torch.nonzero(reached)
-            n_keep = int(hits[0]) + 1 if hits.numel() else lam.numel()
-    mask = torch.zeros(lam.numel(), dtype=coords.dtype, device=coords.device)
-    mask[order[:n_keep]] = 1
-    return mask.reshape(coords.shape)
+    return selection.spec.weights(normalised_lambda, coords, selection.value, total_gain)

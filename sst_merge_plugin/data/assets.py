@@ -31,7 +31,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sst_merge_plugin.atomic import atomic_path
-from sst_merge_plugin.core.errors import AssetError
+from sst_merge_plugin.core.errors import SSTError
+
+
+class AssetError(SSTError):
+    """An offline asset could not be fetched, verified or converted."""
+
 
 CACHE_ENV = "SST_MERGE_CACHE"
 _CHUNK = 1 << 20

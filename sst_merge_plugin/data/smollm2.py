@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from sst_merge_plugin.atomic import atomic_path
-from sst_merge_plugin.core.errors import AssetError
 from sst_merge_plugin.data.assets import (
+    AssetError,
     Downloader,
     cache_root,
     fetch_asset,

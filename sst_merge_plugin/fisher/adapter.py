@@ -5,7 +5,7 @@ A LoRA adapter folder holds ``adapter_config.json`` (``peft_type: LORA``) and
 ``base_model.model.M.lora_A.weight`` (``r × d_in``) and ``…lora_B.weight`` (``d_out × r``). Layers
 are keyed by the dense weight name ``M.weight`` (:func:`~.targets.dense_weight_name`).
 
-Subspaces (kind ``lora``, DESIGN 1.1). The adapter's update ``ΔW = s·B A`` has its column space
+Subspaces (kind ``lora``, ``docs/design.md`` §2.3). The adapter's update ``ΔW = s·B A`` has its column space
 in ``span B`` and its row space in ``span Aᵀ``. :func:`adapter_subspaces` returns per layer
 ``U`` (``d_out × r_out``) and ``V`` (``d_in × r_in``) with orthonormal columns spanning them,
 from thin SVDs of ``B`` and ``Aᵀ``, keeping singular directions with

@@ -10,11 +10,14 @@ Two levels:
   token NLL of the loss positions (:func:`summed_nll`), one backward. Parameters are frozen and
   the model is in eval mode during the pass (restored afterwards): only activation gradients are
   computed (the statistics need ``δ = ∂ℓ/∂y``, never ``∂ℓ/∂W``). The estimator and its
-  normalisation are documented in :mod:`.statistics`.
+  normalisation are documented in :mod:`sst_merge_plugin.core.statistics`.
 * :func:`collect_fisher` — takes the prepared data of an objective
   (:func:`~.objectives.prepare_data`; for ``kl`` it samples the responses first), batches it,
   runs :func:`collect_statistics` and returns the containers with their
-  :class:`~.file.FisherMetadata`; :func:`collect_fisher_file` also writes the file atomically.
+  :class:`~.file.FisherMetadata`.
+* :func:`collect_fisher_file` — a :class:`~.request.FisherRequest` end to end (what
+  ``sst-merge fisher``, the Fisher cache and the FusionBench algorithm call): checks, loads,
+  collects, writes the file atomically.
 
 Every input error is an :class:`SSTError` raised before anything is written; Ctrl-C during the
 pass propagates with the hooks removed and no output.
@@ -27,6 +30,7 @@ import hashlib
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -36,14 +40,15 @@ from tqdm.auto import tqdm
 
 from sst_merge_plugin.core.errors import SSTError
 from sst_merge_plugin.core.fisher import Fisher
+from sst_merge_plugin.core.kinds import get_kind
+from sst_merge_plugin.core.statistics import LayerStatistics, compute_dtype
 from sst_merge_plugin.data.chat import IGNORE_INDEX, EncodedChat, collate
-from sst_merge_plugin.fisher import KINDS
 from sst_merge_plugin.fisher.adapter import LoRAAdapter, adapter_subspaces, read_lora_adapter
 from sst_merge_plugin.fisher.file import FisherMetadata, write_fisher_file
 from sst_merge_plugin.fisher.hooks import FisherHooks
 from sst_merge_plugin.fisher.objectives import PreparedData, with_sampled_responses
+from sst_merge_plugin.fisher.request import FisherRequest
 from sst_merge_plugin.fisher.sampling import model_device
-from sst_merge_plugin.fisher.statistics import LayerStatistics, compute_dtype, make_statistics
 from sst_merge_plugin.fisher.targets import find_target_layers, layer_shape, linear_candidates
 
 Subspaces = Mapping[str, tuple[Tensor, Tensor]]
@@ -70,12 +75,6 @@ class FisherResult:
     def write(self, path: str | os.PathLike[str]) -> None:
         """Write the Fisher file atomically (:func:`~.file.write_fisher_file`)."""
         write_fisher_file(path, self.fishers, self.metadata)
-
-
-def check_kind(kind: str) -> None:
-    """Raise :class:`SSTError` for an unknown Fisher kind."""
-    if kind not in KINDS:
-        raise SSTError(f"unknown Fisher kind {kind!r}; expected one of {', '.join(KINDS)}")
 
 
 @contextlib.contextmanager
@@ -159,18 +158,20 @@ def _checked_batch(batch: Mapping[str, Tensor], index: int, device: torch.device
 def resolve_layers(
     model: nn.Module, kind: str, targets: str | None, subspaces: Subspaces | None
 ) -> dict[str, nn.Module]:
-    """The layers to hook: ``targets`` (see :mod:`.targets`); for ``lora`` only adapted ones.
+    """The layers to hook: ``targets`` (see :mod:`.targets`); for a restricted kind (``lora``)
+    only the adapted ones.
 
-    A ``lora`` subspace for a weight the model does not have, or of the wrong shape, is an error.
+    A subspace for a weight the model does not have, or of the wrong shape, is an error.
     """
-    check_kind(kind)
     layers = find_target_layers(model, targets)
-    if kind != "lora":
+    if not get_kind(kind).restricted:
         if subspaces is not None:
-            raise SSTError("a restriction subspace (--restrict-to) only applies to --kind lora")
+            raise SSTError(
+                f"a restriction subspace (--restrict-to) does not apply to --kind {kind}"
+            )
         return layers
     if not subspaces:
-        raise SSTError("--kind lora needs --restrict-to ADAPTER (the subspace to restrict to)")
+        raise SSTError(f"--kind {kind} needs --restrict-to ADAPTER (the subspace to restrict to)")
     candidates = linear_candidates(model)
     for name, (U, V) in subspaces.items():
         if name not in candidates:
@@ -194,7 +195,7 @@ def resolve_layers(
 
 @dataclass
 class AccumulatedStatistics:
-    """The float64 accumulators after a pass, before averaging (see :mod:`.statistics`)."""
+    """The float64 accumulators after a pass, before averaging (see :mod:`sst_merge_plugin.core.statistics`)."""
 
     statistics: dict[str, LayerStatistics]
     n_tokens: int = 0
@@ -229,8 +230,8 @@ def accumulate_statistics(
     device = model_device(model)
     accumulated = AccumulatedStatistics(
         {
-            name: make_statistics(
-                kind, name, layer_shape(module), None if subspaces is None else subspaces[name]
+            name: get_kind(kind).new_statistics(
+                name, layer_shape(module), None if subspaces is None else subspaces[name]
             )
             for name, module in layers.items()
         }
@@ -325,7 +326,7 @@ def collect_fisher(
     for ``kind="lora"``. ``extra`` is added to the file metadata. Kind, targets and subspaces
     are validated before any sampling or forward pass.
     """
-    check_kind(kind)
+    get_kind(kind)
     if batch_size < 1:
         raise SSTError(f"batch size must be >= 1, got {batch_size}")
     subspaces, restrict_info = resolve_subspaces(restrict_to)
@@ -365,22 +366,75 @@ def collect_fisher(
 
 
 def collect_fisher_file(
-    path: str | os.PathLike[str],
-    model: nn.Module,
-    tokenizer: Any,
-    data: PreparedData,
-    *,
-    model_dir: str | os.PathLike[str] | None = None,
-    **options: Any,
-) -> FisherMetadata:
-    """:func:`collect_fisher` then write the file atomically; returns the written metadata.
+    request: FisherRequest, out: str | os.PathLike[str], *, progress: bool = True
+) -> Path:
+    """Collect ``request`` and write the Fisher file ``out`` atomically; returns its path.
 
-    ``model_dir`` (the BASE model's checkpoint folder) sets ``model_fingerprint``.
+    Order of work: the output path, the data, the adapters and ``targets`` are checked first
+    (the targets and adapter shapes against a weightless meta-device copy of the model built
+    from its ``config.json``), then the tokenizer encodes the data; only then is the model
+    loaded, the ``kl`` responses sampled, the statistics collected and the file written. Any
+    error is an :class:`SSTError` and leaves no file; so does Ctrl-C.
     """
-    if model_dir is not None:
-        from sst_merge_plugin.fisher.fingerprint import checkpoint_fingerprint
+    from sst_merge_plugin.fisher.adapter import check_adapter_matches
+    from sst_merge_plugin.fisher.fingerprint import checkpoint_files, checkpoint_fingerprint
+    from sst_merge_plugin.fisher.objectives import prepare_data
+    from sst_merge_plugin.fisher.targets import meta_model
 
-        options["model_fingerprint"] = checkpoint_fingerprint(model_dir)
-    result = collect_fisher(model, tokenizer, data, **options)
-    result.write(path)
-    return result.metadata
+    out = Path(out)
+    if out.is_dir():
+        raise SSTError(f"--out {str(out)!r} is a directory; give a file name")
+    if request.device == "cuda" and not torch.cuda.is_available():
+        raise SSTError("--device cuda was requested but no CUDA device is available")
+    model_dir = Path(request.model).expanduser()
+    checkpoint_files(model_dir)
+    data_arguments, extra = request.select_data()
+    adapter = read_lora_adapter(request.adapter) if request.adapter else None
+    restrict = read_lora_adapter(request.restrict_to) if request.restrict_to else None
+    skeleton = meta_model(model_dir)
+    shapes = {name: layer_shape(module) for name, module in linear_candidates(skeleton).items()}
+    for lora_adapter in (adapter, restrict):
+        if lora_adapter is not None:
+            check_adapter_matches(lora_adapter, shapes, str(model_dir))
+    resolve_layers(
+        skeleton, request.kind, request.targets, adapter_subspaces(restrict) if restrict else None
+    )
+    del skeleton
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    except (OSError, ValueError) as error:
+        raise SSTError(f"cannot load a tokenizer from {str(model_dir)!r}: {error}") from None
+    data = prepare_data(
+        tokenizer,
+        objective=request.objective,
+        seed=request.seed,
+        max_length=request.max_length,
+        response_tokens=request.response_tokens,
+        **data_arguments,
+    )
+    fingerprint = checkpoint_fingerprint(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    if adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter.path))
+        extra.update(adapter=str(adapter.path), adapter_sha256=adapter.sha256)
+    model.to(str(request.device))
+    extra.update(base_model=str(model_dir), device=str(request.device))
+    result = collect_fisher(
+        model,
+        tokenizer,
+        data,
+        kind=request.kind,
+        targets=request.targets,
+        restrict_to=restrict,
+        batch_size=request.batch_size,
+        model_fingerprint=fingerprint,
+        extra=extra,
+        progress=progress,
+    )
+    result.write(out)
+    return out

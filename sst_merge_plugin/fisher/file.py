@@ -1,7 +1,9 @@
-"""The Fisher file (DESIGN 3.1): one safetensors file per collection run, no pickle.
+"""The Fisher file (``docs/design.md`` §4.1): one safetensors file per collection run, no pickle.
 
 Tensor keys, for each weight name ``N`` (the dense weight name mergekit sees, e.g.
-``model.layers.0.self_attn.q_proj.weight``):
+``model.layers.0.self_attn.q_proj.weight``): ``N::<entry>`` for each entry of the file's kind
+(:attr:`~sst_merge_plugin.core.fisher.FisherBase.required_entries` and ``optional_entries``;
+entries ending in ``_trace`` are 0-d, the others 2-D):
 
 * kind ``diag``: ``N::diag`` (``d_out × d_in``)
 * kind ``kfac``: ``N::A`` (``d_in × d_in``), ``N::G`` (``d_out × d_out``)
@@ -15,7 +17,8 @@ Header metadata (``__metadata__``, all strings): ``format`` (``sst-fisher/1``), 
 :func:`write_fisher_file` validates every container and writes atomically.
 :class:`FisherFile` reads the header and the key layout eagerly (so a missing or misspelt entry
 is reported before any merge starts) and the factors lazily by weight name, memory-mapped,
-through a thread-safe cache of validated containers.
+through a thread-safe cache of validated containers. Nothing here depends on a particular kind:
+entries, shapes and containers come from the kind registry (:mod:`sst_merge_plugin.core.kinds`).
 """
 
 from __future__ import annotations
@@ -33,25 +36,18 @@ from safetensors.torch import save_file
 
 from sst_merge_plugin import __version__
 from sst_merge_plugin.atomic import atomic_path
-from sst_merge_plugin.core.errors import FisherFileError, SSTError
-from sst_merge_plugin.core.fisher import DiagFisher, Fisher, KFACFisher, LoRAFisher
-from sst_merge_plugin.fisher import KINDS, OBJECTIVES
+from sst_merge_plugin.core.errors import SSTError
+from sst_merge_plugin.core.fisher import Fisher
+from sst_merge_plugin.core.kinds import FisherKind, get_kind, kind_names
+from sst_merge_plugin.fisher import Objective
 
 FORMAT = "sst-fisher/1"
 SEPARATOR = "::"
-#: tensor entries each kind (:data:`~sst_merge_plugin.fisher.KINDS`) requires per weight, and the
-#: optional ones
-REQUIRED_ENTRIES: dict[str, tuple[str, ...]] = {
-    "diag": ("diag",),
-    "kfac": ("A", "G"),
-    "lora": ("U", "V", "A_r", "G_r"),
-}
-OPTIONAL_ENTRIES: dict[str, tuple[str, ...]] = {
-    "diag": (),
-    "kfac": (),
-    "lora": ("A_trace", "G_trace"),
-}
 REQUIRED_METADATA = ("format", "kind", "objective", "n_tokens", "n_examples", "data_sha256")
+
+
+class FisherFileError(SSTError):
+    """A Fisher file is missing entries, corrupted, or inconsistent with another file or model."""
 
 
 @dataclass(frozen=True)
@@ -85,20 +81,6 @@ class FisherMetadata:
         return header
 
 
-def fisher_entries(fisher: Fisher) -> dict[str, torch.Tensor]:
-    """The tensor entries (suffix → tensor) that store ``fisher``."""
-    if isinstance(fisher, DiagFisher):
-        return {"diag": fisher.diag}
-    if isinstance(fisher, KFACFisher):
-        return {"A": fisher.A, "G": fisher.G}
-    entries = {"U": fisher.U, "V": fisher.V, "A_r": fisher.A_r, "G_r": fisher.G_r}
-    for name in ("A_trace", "G_trace"):
-        value = getattr(fisher, name)
-        if value is not None:
-            entries[name] = torch.tensor(float(value), dtype=torch.float64)
-    return entries
-
-
 def write_fisher_file(
     path: str | os.PathLike[str],
     fishers: Mapping[str, Fisher],
@@ -114,11 +96,12 @@ def write_fisher_file(
     """
     if not fishers:
         raise FisherFileError("refusing to write a Fisher file with no weights")
-    if metadata.kind not in KINDS:
+    if metadata.kind not in kind_names():
         raise FisherFileError(f"unknown Fisher kind {metadata.kind!r}")
-    if metadata.objective not in OBJECTIVES:
+    if metadata.objective not in Objective.values():
         raise FisherFileError(
-            f"unknown objective {metadata.objective!r}; expected one of {', '.join(OBJECTIVES)}"
+            f"unknown objective {metadata.objective!r}; expected one of "
+            f"{', '.join(Objective.values())}"
         )
     tensors: dict[str, torch.Tensor] = {}
     for name, fisher in fishers.items():
@@ -128,7 +111,7 @@ def write_fisher_file(
             raise FisherFileError(
                 f"{name}: Fisher of kind {fisher.kind!r} in a {metadata.kind!r} file"
             )
-        for suffix, tensor in fisher_entries(fisher).items():
+        for suffix, tensor in fisher.entries().items():
             stored = tensor if tensor.ndim == 0 else tensor.to(dtype)
             tensors[f"{name}{SEPARATOR}{suffix}"] = stored.detach().cpu().contiguous()
     header = metadata.as_header()
@@ -166,18 +149,20 @@ class FisherFile:
                 f"{str(self.path)!r}: unsupported format {header['format']!r} (expected {FORMAT})"
             )
         self.kind: str = header["kind"]
-        if self.kind not in KINDS:
+        if self.kind not in kind_names():
             raise FisherFileError(f"{str(self.path)!r}: unknown Fisher kind {self.kind!r}")
-        self._shapes = shapes
-        self._names = self._group_entries(shapes)
+        self.kind_spec: FisherKind = get_kind(self.kind)
+        #: weight name → entry suffix → shape
+        self._entries = self._group_entries(shapes)
         self._cache: OrderedDict[str, Fisher] = OrderedDict()
         self._cache_entries = cache_entries
         self._lock = threading.Lock()
 
-    def _group_entries(self, shapes: Mapping[str, list[int]]) -> list[str]:
-        required = set(REQUIRED_ENTRIES[self.kind])
-        allowed = required | set(OPTIONAL_ENTRIES[self.kind])
-        found: dict[str, set[str]] = {}
+    def _group_entries(self, shapes: Mapping[str, list[int]]) -> dict[str, dict[str, list[int]]]:
+        container = self.kind_spec.container
+        required = set(container.required_entries)
+        allowed = required | set(container.optional_entries)
+        found: dict[str, dict[str, list[int]]] = {}
         for key in shapes:
             name, sep, suffix = key.rpartition(SEPARATOR)
             if not sep or suffix not in allowed:
@@ -191,18 +176,18 @@ class FisherFile:
                     f"{str(self.path)!r}: entry {key!r} has shape {shapes[key]}, expected a "
                     f"{expected_ndim}-D tensor"
                 )
-            found.setdefault(name, set()).add(suffix)
+            found.setdefault(name, {})[suffix] = shapes[key]
         if not found:
             raise FisherFileError(f"{str(self.path)!r}: the file holds no Fisher entries")
         for name, suffixes in found.items():
-            lacking = sorted(required - suffixes)
+            lacking = sorted(required - set(suffixes))
             if lacking:
                 raise FisherFileError(
                     f"{str(self.path)!r}: weight {name!r} lacks the entr"
                     f"{'y' if len(lacking) == 1 else 'ies'} "
                     + ", ".join(f"{name}::{s}" for s in lacking)
                 )
-        return sorted(found)
+        return dict(sorted(found.items()))
 
     # ---- header information ------------------------------------------------------------
     @property
@@ -223,20 +208,15 @@ class FisherFile:
 
     def weight_names(self) -> list[str]:
         """Sorted weight names with entries in this file."""
-        return list(self._names)
+        return list(self._entries)
 
     def __contains__(self, name: object) -> bool:
-        return name in set(self._names)
+        return name in self._entries
 
     def weight_shape(self, name: str) -> tuple[int, int]:
         """``(d_out, d_in)`` of ``name``'s weight, from the header (nothing is loaded)."""
         self._require(name)
-        shape = self._shapes
-        if self.kind == "diag":
-            rows, cols = shape[f"{name}{SEPARATOR}diag"]
-            return int(rows), int(cols)
-        left, right = ("G", "A") if self.kind == "kfac" else ("U", "V")
-        return int(shape[f"{name}{SEPARATOR}{left}"][0]), int(shape[f"{name}{SEPARATOR}{right}"][0])
+        return self.kind_spec.container.weight_shape_of(self._entries[name])
 
     def check_compatible(self, other: FisherFile) -> None:
         """Raise :class:`FisherFileError` unless both files have one kind and one fingerprint."""
@@ -254,7 +234,7 @@ class FisherFile:
 
     # ---- factors ---------------------------------------------------------------------------
     def _require(self, name: str) -> None:
-        if name not in self._names:
+        if name not in self._entries:
             raise FisherFileError(f"{str(self.path)!r} has no Fisher entries for {name!r}")
 
     def get(self, name: str, device: torch.device | str | None = None) -> Fisher:
@@ -273,22 +253,18 @@ class FisherFile:
         return cached if device is None else cached.to(device=device)
 
     def _load(self, name: str) -> Fisher:
-        suffixes = REQUIRED_ENTRIES[self.kind] + OPTIONAL_ENTRIES[self.kind]
+        container = self.kind_spec.container
+        suffixes = container.required_entries + container.optional_entries
         try:
             with safe_open(str(self.path), framework="pt") as handle:
                 tensors = {
                     suffix: handle.get_tensor(f"{name}{SEPARATOR}{suffix}")
                     for suffix in suffixes
-                    if f"{name}{SEPARATOR}{suffix}" in self._shapes
+                    if suffix in self._entries[name]
                 }
         except (SafetensorError, OSError) as error:
             raise FisherFileError(f"{str(self.path)!r}: cannot read {name!r} ({error})") from None
         try:
-            if self.kind == "diag":
-                return DiagFisher(tensors["diag"])
-            if self.kind == "kfac":
-                return KFACFisher(tensors["A"], tensors["G"])
-            traces = {k: float(tensors[k]) for k in ("A_trace", "G_trace") if k in tensors}
-            return LoRAFisher(tensors["U"], tensors["V"], tensors["A_r"], tensors["G_r"], **traces)
+            return container.from_entries(tensors)
         except SSTError as error:
             raise FisherFileError(f"{str(self.path)!r}, weight {name!r}: {error}") from None

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
-from sst_merge_plugin.core.errors import FisherFileError
+from sst_merge_plugin.fisher.file import FisherFileError
 
 
 def checkpoint_files(model_dir: str | Path) -> list[Path]:

@@ -3,11 +3,11 @@
 :class:`FisherHooks` is a context manager over a model's targeted layers. For each forward call
 of a layer the forward hook takes the layer input ``x`` (shape ``(batch, seq, d_in)``), keeps the
 rows of the non-pad positions of the current batch (:meth:`FisherHooks.begin_batch`), hands
-them to the layer's :class:`~.statistics.LayerStatistics`, and registers a hook on the output
+them to the layer's :class:`~sst_merge_plugin.core.statistics.LayerStatistics`, and registers a hook on the output
 tensor; during backward that hook receives ``∂ℓ/∂y`` for the same call, keeps the same rows and
 completes the statistic. Pad positions therefore contribute nothing, whatever the padding side.
 
-Layers fed the very same input tensor share one :class:`~.statistics.SharedInput` per batch
+Layers fed the very same input tensor share one :class:`~sst_merge_plugin.core.statistics.SharedInput` per batch
 (keyed by the tensor's identity; the references are dropped in :meth:`FisherHooks.end_forward`).
 The hooks are removed on exit, also on errors and Ctrl-C.
 """
@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from sst_merge_plugin.core.errors import SSTError
-from sst_merge_plugin.fisher.statistics import LayerStatistics, SharedInput
+from sst_merge_plugin.core.statistics import LayerStatistics, SharedInput
 
 
 class FisherHooks:

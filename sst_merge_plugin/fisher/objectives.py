@@ -5,7 +5,7 @@
   is the log-likelihood of the target's tokens (the response), not of the prompt.
 * ``kl`` — TRUE Fisher of the model's own distribution on benign prompts: the labels are
   responses sampled from the model (:mod:`.sampling`, seeded), so the outer products average
-  over exact samples ``y ~ p_θ(·|x)`` (DESIGN 1: the Hessian of the KL to the unpatched model).
+  over exact samples ``y ~ p_θ(·|x)`` (``docs/design.md`` §2.4: the Hessian of the KL to the unpatched model).
 * ``lm`` — empirical Fisher on given completions: ``(prompt, response)`` pairs from a JSONL,
   JSON or CSV file (:func:`load_completions`, read by
   :func:`sst_merge_plugin.data.records.read_records`); loss on the response tokens.
@@ -29,7 +29,7 @@ from sst_merge_plugin.core.errors import SSTError
 from sst_merge_plugin.data.chat import EncodedChat, encode_chat
 from sst_merge_plugin.data.prompts import prompts_sha256
 from sst_merge_plugin.data.records import RECORD_FORMATS, read_records
-from sst_merge_plugin.fisher import OBJECTIVES
+from sst_merge_plugin.fisher import Objective
 
 if TYPE_CHECKING:
     from torch import nn
@@ -37,8 +37,10 @@ if TYPE_CHECKING:
 
 def check_objective(objective: str) -> None:
     """Raise :class:`SSTError` for an unknown objective name."""
-    if objective not in OBJECTIVES:
-        raise SSTError(f"unknown objective {objective!r}; expected one of {', '.join(OBJECTIVES)}")
+    if objective not in Objective.values():
+        raise SSTError(
+            f"unknown objective {objective!r}; expected one of {', '.join(Objective.values())}"
+        )
 
 
 def completions_sha256(completions: Sequence[tuple[str, str]]) -> str:

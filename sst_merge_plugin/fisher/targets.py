@@ -23,6 +23,7 @@ Selection (``targets``):
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping, Sequence
 
@@ -150,3 +151,20 @@ def find_target_layers(model: nn.Module, targets: str | None = None) -> dict[str
     """Dense weight name → module to hook, for the layers ``targets`` selects (module doc)."""
     candidates = linear_candidates(model)
     return select_targets(candidates, targets, exclude=_output_embedding_names(model, candidates))
+
+
+def meta_model(model_dir: str | os.PathLike[str]) -> nn.Module:
+    """The causal LM's module structure on the meta device, from its ``config.json`` (no weights
+    read); :class:`SSTError` for a folder that is not a causal LM."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        config = AutoConfig.from_pretrained(model_dir)
+    except (OSError, ValueError) as error:
+        raise SSTError(f"cannot read the model config in {str(model_dir)!r}: {error}") from None
+    try:
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(config)
+    except (ValueError, KeyError) as error:
+        raise SSTError(f"{str(model_dir)!r} is not a causal language model: {error}") from None

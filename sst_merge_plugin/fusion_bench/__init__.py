@@ -1,8 +1,10 @@
 """FusionBench integration: the SST methods as an algorithm, the ``sst_safety`` task pool, loaders.
 
 * :mod:`.algorithm` — :class:`SSTMergeAlgorithm`, the four SST methods (``sst_merge``,
-  ``sst_single_fisher``, ``sst_safe_lora``, ``sst_fisher_merge``) over mergekit's per-tensor
-  ``merge_tensor``; :mod:`sst_merge_plugin.fisher.cache` collects the Fisher files a run needs, cached by content.
+  ``sst_single_fisher``, ``sst_safe_lora``, ``sst_fisher_merge``) over the method layer's
+  per-tensor ``merge_tensor`` (:mod:`sst_merge_plugin.method`);
+* :mod:`.collection` — which Fisher files a run's ``fisher_collection`` asks for (collected
+  through the content-keyed cache, :mod:`sst_merge_plugin.fisher.cache`).
 * :mod:`.taskpool` — :class:`SSTSafetyTaskPool` (``taskpool=sst_safety``), usable with any method.
 * :mod:`.loaders` — :func:`load_lora_causal_lm` for ``CausalLMPool`` entries (base + LoRA).
 

@@ -2,9 +2,10 @@
 
 ``GroupMergeMethod`` (not the batched style) because the Fisher factors are looked up by the
 output tensor's name, ``group.metadata.name``. Each call translates mergekit's group and
-resolved parameters into :mod:`.params` settings and calls
-:func:`~.tensor_merge.merge_tensor`; the result is recorded in the merge's
-:class:`~.session.MergeSession` for the report.
+resolved parameters into the method layer's settings
+(:mod:`sst_merge_plugin.method.settings`) and calls
+:func:`~sst_merge_plugin.method.tensor_merge.merge_tensor`; the result is recorded in the
+merge's :class:`~sst_merge_plugin.method.session.MergeSession` for the report.
 """
 
 from __future__ import annotations
@@ -22,36 +23,22 @@ from mergekit.merge_methods import (
 )
 
 from sst_merge_plugin.core.errors import SSTError
-from sst_merge_plugin.mergekit import session as sessions
-from sst_merge_plugin.mergekit.fisher_source import FisherSources
-from sst_merge_plugin.mergekit.params import (
-    SST_FISHER_MERGE,
-    SST_MERGE,
-    SST_SAFE_LORA,
-    SST_SINGLE_FISHER,
-    parameter_specs,
-    parse_inputs,
-    parse_shared,
-)
-from sst_merge_plugin.mergekit.tensor_merge import merge_tensor
-
-PRETTY_NAMES = {
-    SST_MERGE: "SST-Merge (safety-subspace task merge)",
-    SST_SINGLE_FISHER: "Single-Fisher safety projection (AlignGuard-LoRA / SafeAnchor style)",
-    SST_SAFE_LORA: "Safe LoRA / SafeMERGE cosine-gated safety",
-    SST_FISHER_MERGE: "Diagonal-Fisher-weighted task vectors (Fisher merging)",
-}
+from sst_merge_plugin.mergekit import sessions
+from sst_merge_plugin.mergekit.specs import parameter_specs
+from sst_merge_plugin.method.fisher_sources import FisherSources
+from sst_merge_plugin.method.settings import Method, parse_inputs, parse_shared
+from sst_merge_plugin.method.tensor_merge import merge_tensor
 
 
 class SSTMergeMethod(GroupMergeMethod):
-    """One of the SST methods, by name (its parameters come from :mod:`.params`)."""
+    """One of the SST methods, by name (its parameters come from :mod:`.specs`)."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, method: Method) -> None:
         self.spec = MergeMethodSpec(
-            name=name,
-            parameters=parameter_specs(name),
+            name=str(method),
+            parameters=parameter_specs(method),
             contract=InputContract(base=BasePolicy.REQUIRED, min_non_base=1),
-            pretty_name=PRETTY_NAMES[name],
+            pretty_name=method.pretty_name,
         )
 
     def merge_group(self, group: TensorGroup, /, **parameters: Any) -> torch.Tensor:

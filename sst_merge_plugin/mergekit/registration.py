@@ -33,9 +33,9 @@ from typing import Any
 
 from mergekit import merge_methods
 
-from sst_merge_plugin.mergekit import session as sessions
+from sst_merge_plugin.mergekit import sessions
 from sst_merge_plugin.mergekit.methods import SSTMergeMethod
-from sst_merge_plugin.mergekit.params import METHOD_NAMES
+from sst_merge_plugin.method.settings import Method
 
 #: attribute set on the functions this module wrapped (so they are wrapped once)
 WRAPPED_MARK = "__sst_merge_wrapped__"
@@ -44,9 +44,9 @@ WRAPPED_MARK = "__sst_merge_wrapped__"
 def register_methods() -> None:
     """Register the four SST methods with mergekit (skipping names already registered)."""
     known = {method.spec.name for method in merge_methods.registered_methods()}
-    for name in METHOD_NAMES:
-        if name not in known:
-            merge_methods.register(SSTMergeMethod(name))
+    for method in Method:
+        if method not in known:
+            merge_methods.register(SSTMergeMethod(method))
 
 
 def _wrap(owner: Any, attribute: str, make_wrapper: Any) -> None:
@@ -64,9 +64,9 @@ def patch_planner(plan: ModuleType) -> None:
     def make(original: Any) -> Any:
         def _plan(self: Any) -> Any:
             method = self.config.merge_method
-            if method not in METHOD_NAMES:
+            if method not in Method.values():
                 return original(self)
-            from sst_merge_plugin.mergekit.params import check_config_keys
+            from sst_merge_plugin.mergekit.specs import check_config_keys
             from sst_merge_plugin.mergekit.validation import validate_planned_merge
 
             check_config_keys(self.config, method)
@@ -84,9 +84,9 @@ def patch_merge(merge: ModuleType) -> None:
 
     def make_run(original: Any) -> Any:
         def run_merge(merge_config: Any, out_path: str, *args: Any, **kwargs: Any) -> Any:
-            if merge_config.merge_method not in METHOD_NAMES:
+            if merge_config.merge_method not in Method.values():
                 return original(merge_config, out_path, *args, **kwargs)
-            from sst_merge_plugin.mergekit.report import write_outputs
+            from sst_merge_plugin.method.report import write_outputs
 
             config_yaml = kwargs.get("config_source") or merge_config.to_yaml()
             base = str(merge_config.base_model.model.path) if merge_config.base_model else ""
@@ -113,7 +113,7 @@ def patch_merge(merge: ModuleType) -> None:
             session = sessions.active()
             if session is None or session.method != config.merge_method:
                 return card
-            from sst_merge_plugin.mergekit.report import card_section
+            from sst_merge_plugin.method.report import card_section
 
             return card + card_section(session)
 

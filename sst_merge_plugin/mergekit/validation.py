@@ -2,7 +2,7 @@
 
 mergekit creates the output directory when its ``TensorWriterTask`` first runs, i.e. after
 planning; the planner hook (:mod:`.registration`) calls :func:`check_config_keys
-<sst_merge_plugin.mergekit.params.check_config_keys>` on the raw configuration and then
+<sst_merge_plugin.mergekit.specs.check_config_keys>` on the raw configuration and then
 :func:`validate_planned_merge` on the planned per-tensor tasks, so a bad configuration fails
 with a specific :class:`~sst_merge_plugin.core.SSTError` and no output directory.
 
@@ -14,11 +14,10 @@ Checked up front, for every planned tensor (parameters as mergekit resolved them
   complete key layout (:class:`~sst_merge_plugin.fisher.file.FisherFile`); the two shared
   files have one kind and, when both record one, one ``model_fingerprint``; per-input files of
   ``sst_fisher_merge`` are ``diag``; ``write_adapter`` needs lora-kind Fishers;
-* each file's ``model_fingerprint`` (when recorded) against
-  :func:`~sst_merge_plugin.fisher.fingerprint.checkpoint_fingerprint` of the base model folder
-  (for ``sst_fisher_merge`` files: the base's or that input's folder; for a ``base+lora``
-  reference the folder of its base) when that is a local folder, unless
-  ``check_fingerprint: false``;
+* each file's ``model_fingerprint`` (when recorded) against the base model folder
+  (:func:`~sst_merge_plugin.method.checks.fingerprint_outcome`; for ``sst_fisher_merge``
+  files: the base's or that input's folder; for a ``base+lora`` reference the folder of its
+  base) when that is a local folder, unless ``check_fingerprint: false``;
 * the Fisher weight shape of every 2-D tensor with entries against the tensor's shape (read
   from the base checkpoint's safetensors header; skipped for ``.bin`` checkpoints);
 * a file that has entries for none of the merge's tensors (a naming mismatch);
@@ -43,19 +42,21 @@ from safetensors import safe_open
 
 from sst_merge_plugin.core.errors import SSTError
 from sst_merge_plugin.fisher.file import FisherFile
-from sst_merge_plugin.fisher.fingerprint import checkpoint_fingerprint
-from sst_merge_plugin.mergekit.fisher_source import FisherSources, describe_fisher
-from sst_merge_plugin.mergekit.params import (
+from sst_merge_plugin.method.checks import fingerprint_outcome
+from sst_merge_plugin.method.fisher_sources import FisherSources, describe_fisher
+from sst_merge_plugin.method.session import MergeSession
+from sst_merge_plugin.method.settings import (
     FINGERPRINT_NOT_CHECKED,
     PROJECTING,
-    SST_FISHER_MERGE,
+    AdapterMode,
     InputSettings,
+    Method,
+    MissingFisher,
     SharedSettings,
     parse_inputs,
     parse_shared,
     safety_input,
 )
-from sst_merge_plugin.mergekit.session import MergeSession
 
 #: at most this many problems are listed in one error message
 MAX_PROBLEMS = 20
@@ -65,11 +66,6 @@ MAX_PROBLEMS = 20
 def _header_shapes(path: str) -> dict[str, tuple[int, ...]]:
     with safe_open(path, framework="pt") as handle:
         return {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}  # noqa: SIM118
-
-
-@functools.lru_cache(maxsize=16)
-def _folder_fingerprint(path: str) -> str | None:
-    return checkpoint_fingerprint(path) if os.path.isdir(path) else None
 
 
 def _load_tasks(task: Any) -> dict[Any, Any]:
@@ -127,7 +123,10 @@ def validate_planned_merge(method: str, planned: Sequence[tuple[Any, Any]]) -> M
         if settings.as_dict() not in session.settings:
             session.settings.append(settings.as_dict())
         check_fingerprints = settings.check_fingerprint is not False
-        if settings.write_adapter not in (None, "none") and fishers.harm.kind != "lora":
+        if (
+            settings.write_adapter not in (None, AdapterMode.NONE)
+            and not fishers.harm.kind_spec.restricted
+        ):
             raise SSTError(
                 f"write_adapter: {settings.write_adapter} needs lora-kind Fisher files; "
                 f"harm_fisher is {fishers.harm.kind!r}"
@@ -194,9 +193,9 @@ def _check_tensor(
                 f"shape {opened.weight_shape(name)}, but the model tensor has shape {shape}"
             )
     lacking = [label for label in labelled if label not in dict(present)]
-    if not lacking or settings.missing_fisher != "error":
+    if not lacking or settings.missing_fisher != MissingFisher.ERROR:
         return present
-    if settings.method == SST_FISHER_MERGE:
+    if settings.method == Method.SST_FISHER_MERGE:
         changed = any(_differs(loads[m], base) for m in inputs)
     else:
         changed = settings.method in PROJECTING and _differs(loads[safety_input(inputs)], base)
@@ -214,17 +213,8 @@ def _check_fingerprint(
     label: str, opened: FisherFile, models: list[Any], problems: list[str]
 ) -> str:
     """Compare ``opened``'s fingerprint with the folders of ``models``; returns the outcome."""
-    recorded = opened.model_fingerprint
-    if not recorded:
-        return "not recorded in the Fisher file"
-    fingerprints = {str(m): _folder_fingerprint(str(m.model.path)) for m in models}
-    known = {m: fp for m, fp in fingerprints.items() if fp is not None}
-    if not known:
-        return "not checked (the model is not a local folder)"
-    if recorded in known.values():
-        return "matches " + next(m for m, fp in known.items() if fp == recorded)
-    problems.append(
-        f"{label} {str(opened.path)!r} was collected on another model: its model_fingerprint "
-        f"{recorded[:12]}… does not match {', '.join(f'{m} ({fp[:12]}…)' for m, fp in known.items())}"
-    )
-    return "mismatch"
+    candidates = {str(m): str(m.model.path) for m in models}
+    outcome, problem = fingerprint_outcome(label, opened, candidates)
+    if problem is not None:
+        problems.append(problem)
+    return outcome

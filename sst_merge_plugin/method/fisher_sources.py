@@ -20,9 +20,8 @@ import threading
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 
-from sst_merge_plugin.core.errors import FisherFileError
-from sst_merge_plugin.fisher.file import FisherFile
-from sst_merge_plugin.mergekit.params import InputSettings, SharedSettings
+from sst_merge_plugin.fisher.file import FisherFile, FisherFileError
+from sst_merge_plugin.method.settings import InputSettings, SharedSettings
 
 _OPENED: dict[tuple[str, int, int], FisherFile] = {}
 _DIGESTS: dict[tuple[str, int, int], str] = {}

@@ -1,4 +1,4 @@
-"""What an SST merge leaves in its output directory besides the weights.
+"""What an SST merge leaves in its output directory besides the weights (``docs/design.md`` §4.2).
 
 * ``sst_merge_report.json`` (atomic, written after the weights): format tag, versions, the
   method, the merge configuration as given, every distinct set of validated shared settings,
@@ -22,8 +22,9 @@ from typing import Any
 
 from sst_merge_plugin import __version__
 from sst_merge_plugin.atomic import write_text
-from sst_merge_plugin.mergekit.adapter import ADAPTER_DIR, write_peft_adapter
-from sst_merge_plugin.mergekit.session import MergeSession
+from sst_merge_plugin.method.adapter import ADAPTER_DIR, write_peft_adapter
+from sst_merge_plugin.method.session import MergeSession
+from sst_merge_plugin.method.settings import AdapterMode
 
 REPORT_NAME = "sst_merge_report.json"
 REPORT_FORMAT = "sst-merge-report/1"
@@ -74,7 +75,7 @@ def write_outputs(
 ) -> dict[str, Any]:
     """Write the adapter (if requested) and then the report into ``out_path``; return the report."""
     report = build_report(session, config_yaml)
-    if session.adapter_mode != "none":
+    if session.adapter_mode != AdapterMode.NONE:
         adapter = {"mode": session.adapter_mode, "not_in_adapter": sorted(session.not_in_adapter)}
         if session.adapter_factors:
             adapter.update(
@@ -116,6 +117,6 @@ def card_section(session: MergeSession) -> str:
             f"| {label}: `{os.path.basename(info['path'])}` | {info['kind']} | `{info['sha256']}` |"
             for label, info in files.items()
         ]
-    if session.adapter_mode != "none":
+    if session.adapter_mode != AdapterMode.NONE:
         lines += ["", f"PEFT LoRA adapter ({session.adapter_mode}): `{ADAPTER_DIR}/`."]
     return "\n".join(lines) + "\n"

@@ -1,12 +1,10 @@
-"""State of one mergekit merge shared by all its tensors: GEVP cache, records, adapter factors.
+"""State of one merge shared by all its tensors: GEVP cache, records, adapter factors.
 
-mergekit calls a merge method once per output tensor (possibly from several threads with
-``--multi-gpu``) with no handle on the run it belongs to. The planner hook
-(:mod:`.registration`) validates the planned merge and *activates* a :class:`MergeSession`;
-the method's ``merge_group`` records into the active session; the ``run_merge`` hook writes
-the report and adapter from it and releases it. mergekit runs one merge at a time per process;
-a method called outside a planned merge (``mergekit.merge_methods.merge_tensors``) gets a
-per-method default session that is never reported.
+Both hosts merge tensor by tensor (mergekit possibly from several threads with ``--multi-gpu``);
+a :class:`MergeSession` collects what the report (:mod:`.report`) and the adapter output
+(:mod:`.adapter`) need. The FusionBench algorithm owns one per ``run``; for mergekit, which
+calls a method with no handle on the run, :mod:`sst_merge_plugin.mergekit.sessions` keeps the
+active one.
 """
 
 from __future__ import annotations
@@ -18,10 +16,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from sst_merge_plugin.core import GEVPCache
-from sst_merge_plugin.mergekit.adapter import exact_factors
-from sst_merge_plugin.mergekit.params import SharedSettings
-from sst_merge_plugin.mergekit.tensor_merge import MergedTensor
+from sst_merge_plugin.core.gevp import GEVPCache
+from sst_merge_plugin.method.adapter import exact_factors
+from sst_merge_plugin.method.settings import AdapterMode, SharedSettings
+from sst_merge_plugin.method.tensor_merge import MergedTensor
 
 
 class MergeSession:
@@ -31,7 +29,7 @@ class MergeSession:
     (``None``: plain utility merge); ``adapter_factors[name]`` — ``(B, A)`` with ``B @ A`` the
     tensor's adapter delta when ``write_adapter`` is set; ``not_in_adapter`` — tensors whose
     contribution a LoRA adapter cannot hold. ``checks`` — what the up-front validation found
-    (Fisher file descriptions, fingerprint checks), filled by :mod:`.validation`.
+    (Fisher file descriptions, fingerprint checks), filled by the host's up-front validation.
     """
 
     def __init__(self, method: str) -> None:
@@ -39,7 +37,7 @@ class MergeSession:
         self.cache = GEVPCache()
         self.records: dict[str, dict[str, Any] | None] = {}
         self.settings: list[dict[str, Any]] = []
-        self.adapter_mode = "none"
+        self.adapter_mode = AdapterMode.NONE
         self.adapter_factors: dict[str, tuple[Tensor, Tensor]] = {}
         self.not_in_adapter: list[str] = []
         self.checks: dict[str, Any] = {}
@@ -49,10 +47,10 @@ class MergeSession:
         self, name: str, base: Tensor, merged: MergedTensor, settings: SharedSettings
     ) -> None:
         """Store ``merged``'s diagnostics and, when an adapter is requested, its factors."""
-        mode = settings.write_adapter or "none"
+        mode = settings.write_adapter or AdapterMode.NONE
         factors: tuple[Tensor, Tensor] | None = None
         unrepresentable = False
-        if mode == "safety" and merged.diagnostics is not None:
+        if mode == AdapterMode.SAFETY and merged.diagnostics is not None:
             if merged.safety_factors is not None:
                 factors = merged.safety_factors
             else:
@@ -60,7 +58,7 @@ class MergeSession:
                     "raw_delta_not_2d",
                     "missing_fisher_keep",
                 )
-        elif mode == "merged":
+        elif mode == AdapterMode.MERGED:
             delta = merged.tensor.double() - base.double()
             if bool(delta.any()):
                 if delta.ndim == 2 and name.endswith(".weight"):
@@ -74,7 +72,7 @@ class MergeSession:
             summary = settings.as_dict()
             if summary not in self.settings:
                 self.settings.append(summary)
-            if mode != "none":
+            if mode != AdapterMode.NONE:
                 self.adapter_mode = mode
             if factors is not None:
                 self.adapter_factors[name] = factors
@@ -114,37 +112,3 @@ class MergeSession:
                 lambda_max=max(float(r["lambda_max"]) for r in projected),
             )
         return out
-
-
-_ACTIVE: MergeSession | None = None
-_DEFAULTS: dict[str, MergeSession] = {}
-_LOCK = threading.Lock()
-
-
-def activate(session: MergeSession) -> None:
-    """Make ``session`` the one the methods record into (replacing any previous one)."""
-    global _ACTIVE
-    with _LOCK:
-        _ACTIVE = session
-
-
-def active() -> MergeSession | None:
-    """The session of the merge being run, if a planned merge activated one."""
-    return _ACTIVE
-
-
-def release() -> MergeSession | None:
-    """Deactivate and return the active session."""
-    global _ACTIVE
-    with _LOCK:
-        session, _ACTIVE = _ACTIVE, None
-    return session
-
-
-def current(method: str) -> MergeSession:
-    """The active session if it is ``method``'s, else ``method``'s default session."""
-    session = _ACTIVE
-    if session is not None and session.method == method:
-        return session
-    with _LOCK:
-        return _DEFAULTS.setdefault(method, MergeSession(method))

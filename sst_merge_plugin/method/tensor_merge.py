@@ -1,9 +1,11 @@
 """Host-neutral per-tensor merge of the four SST methods (mergekit and FusionBench share it).
 
-:func:`merge_tensor` takes plain tensors and validated settings (:mod:`.params`) and returns the
-merged tensor; the mergekit ``GroupMergeMethod`` and the FusionBench algorithm are thin adapters
-over it, so both hosts produce bit-identical weights from the same inputs (DARE draws from
-torch's global RNG: same seed and same tensor order give the same masks).
+:func:`merge_tensor` takes plain tensors and validated settings (:mod:`.settings`) and returns
+the merged tensor; the mergekit ``GroupMergeMethod`` and the FusionBench algorithm are thin
+adapters over it, so both hosts produce bit-identical weights from the same inputs (DARE draws
+from torch's global RNG: same seed and same tensor order give the same masks). The utility
+combiners are mergekit's own kernels (mergekit is a library dependency of the method layer,
+whichever host runs it).
 
 Per weight ``W`` (name ``name``) with base ``W0``, safety input ``s`` and utility inputs ``u``:
 
@@ -60,15 +62,14 @@ from sst_merge_plugin.core import (
     project_single_fisher,
     safe_lora_project,
 )
-from sst_merge_plugin.core.errors import FisherFileError, SSTError
-from sst_merge_plugin.fisher.file import FisherFile
-from sst_merge_plugin.mergekit.fisher_source import FisherSources
-from sst_merge_plugin.mergekit.params import (
-    SST_FISHER_MERGE,
-    SST_MERGE,
-    SST_SAFE_LORA,
-    SST_SINGLE_FISHER,
+from sst_merge_plugin.core.errors import SSTError
+from sst_merge_plugin.fisher.file import FisherFile, FisherFileError
+from sst_merge_plugin.method.fisher_sources import FisherSources
+from sst_merge_plugin.method.settings import (
+    Gate,
     InputSettings,
+    Method,
+    MissingFisher,
     SharedSettings,
     safety_input,
 )
@@ -144,8 +145,8 @@ def merge_tensor(
     ``model.layers.0.self_attn.q_proj.weight``); ``base`` — ``W0``; ``tensors`` — the full
     weights of the non-base inputs (not deltas), keyed by input id, in the host's input order
     (the order DARE draws its masks in); ``inputs`` — their settings from
-    :func:`~sst_merge_plugin.mergekit.params.parse_inputs` (same keys); ``settings`` — from
-    :func:`~sst_merge_plugin.mergekit.params.parse_shared`; ``fishers`` — from
+    :func:`~sst_merge_plugin.method.settings.parse_inputs` (same keys); ``settings`` — from
+    :func:`~sst_merge_plugin.method.settings.parse_shared`; ``fishers`` — from
     :meth:`FisherSources.open(settings, inputs) <FisherSources.open>`; ``cache`` — one
     :class:`~sst_merge_plugin.core.GEVPCache` shared by all tensors of the merge.
 
@@ -162,7 +163,7 @@ def merge_tensor(
             raise SSTError(
                 f"{name}: input {key} has shape {tuple(tensor.shape)}, base {tuple(base.shape)}"
             )
-    if settings.method == SST_FISHER_MERGE:
+    if settings.method == Method.SST_FISHER_MERGE:
         return _fisher_merge(name, base, tensors, inputs, settings, fishers)
     safety = safety_input(inputs)
     utility_ids = [key for key in tensors if key != safety]
@@ -176,7 +177,7 @@ def merge_tensor(
         return MergedTensor(merged, None)
     safety_delta = tensors[safety].double() - base.double()
     factor = settings.scale * inputs[safety].weight
-    if settings.method == SST_SAFE_LORA:
+    if settings.method == Method.SST_SAFE_LORA:
         return _safe_lora(base, merged, safety_delta, factor, settings)
     if base.ndim != 2:
         return _add(merged, factor * safety_delta, {"action": "raw_delta_not_2d"})
@@ -189,10 +190,10 @@ def merge_tensor(
         return _missing_fisher(name, merged, factor * safety_delta, settings, missing)
     harm = fishers.harm.get(name, device=base.device)
     common = {"damping": settings.damping, "solver": settings.solver, "cache": cache, "name": name}
-    if settings.method == SST_MERGE:
+    if settings.method == Method.SST_MERGE:
         benign = fishers.benign.get(name, device=base.device)
         result = project_patch(safety_delta, harm, benign, settings.selection, **common)
-    elif settings.method == SST_SINGLE_FISHER:
+    elif settings.method == Method.SST_SINGLE_FISHER:
         result = project_single_fisher(safety_delta, harm, settings.selection, **common)
     else:  # pragma: no cover - parse_shared admits no other method
         raise SSTError(f"unknown SST method {settings.method!r}")
@@ -222,13 +223,13 @@ def _missing_fisher(
     missing: list[tuple[str, FisherFile]],
 ) -> MergedTensor:
     files = ", ".join(f"{label} {str(opened.path)!r}" for label, opened in missing)
-    if settings.missing_fisher == "error":
+    if settings.missing_fisher == MissingFisher.ERROR:
         raise FisherFileError(
             f"{name}: the safety delta is non-zero but {files} has no Fisher entries for this "
             "tensor (missing_fisher: error; use 'keep' to add the unprojected safety delta or "
             "'drop' to leave it out)"
         )
-    if settings.missing_fisher == "keep":
+    if settings.missing_fisher == MissingFisher.KEEP:
         return _add(merged, correction, {"action": "missing_fisher_keep"})
     return MergedTensor(merged, {"action": "missing_fisher_drop"})
 
@@ -239,7 +240,7 @@ def _safe_lora(
     if base.ndim != 2:
         return _add(merged, factor * safety_delta, {"action": "not_gated", "reason": "not 2-D"})
     utility_delta = merged.double() - base.double()
-    if settings.gate == "project":
+    if settings.gate == Gate.PROJECT:
         decision = safe_lora_project(utility_delta, safety_delta, settings.threshold)
         delta = factor * safety_delta + decision.delta
     else:
@@ -251,7 +252,7 @@ def _safe_lora(
         "action": "gated" if decision.gated else "not_gated",
         "similarity": decision.similarity,
     }
-    if not decision.gated and settings.gate == "merge":
+    if not decision.gated and settings.gate == Gate.MERGE:
         return MergedTensor(merged, record)
     return MergedTensor((base.double() + delta).to(base.dtype), record)
 
@@ -271,13 +272,13 @@ def _fisher_merge(
     weights = [inputs[key].weight for key in ids]
     missing = [key for key in ids if name not in fishers.per_input[key]]
     if base.ndim == 2 and missing:
-        if settings.missing_fisher == "error":
+        if settings.missing_fisher == MissingFisher.ERROR:
             files = ", ".join(f"{key}: {str(fishers.per_input[key].path)!r}" for key in missing)
             raise FisherFileError(
                 f"{name}: no Fisher entries in {files} (missing_fisher: error; use 'keep' for "
                 "the plain weighted average of the deltas or 'drop' to keep the base weights)"
             )
-        if settings.missing_fisher == "drop":
+        if settings.missing_fisher == MissingFisher.DROP:
             return MergedTensor(base, {"action": "missing_fisher_drop"})
     if base.ndim != 2 or missing:
         uniform = [torch.ones_like(deltas[0])] * len(deltas)

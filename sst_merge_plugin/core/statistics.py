@@ -1,5 +1,9 @@
 """Per-layer Fisher statistics: the token-level estimator and its float64 accumulators.
 
+This module holds what every kind shares (the estimator, :class:`WindowedSum`,
+:class:`SharedInput`, the :class:`LayerStatistics` base); each kind's accumulator lives in
+its module of :mod:`sst_merge_plugin.core.kinds`.
+
 Estimator ("K-FAC expand"). Every non-pad token position ``s`` of every sequence is one example.
 For a targeted layer ``y = W x (+ b)`` with input ``x_s ∈ R^{d_in}`` at position ``s`` and
 ``δ_s = ∂ℓ/∂y_s ∈ R^{d_out}``, where ``ℓ = −Σ_{t ∈ loss tokens} log p(y_t | y_<t)`` is the
@@ -40,7 +44,7 @@ import torch
 from torch import Tensor
 
 from sst_merge_plugin.core.errors import SSTError
-from sst_merge_plugin.core.fisher import DiagFisher, Fisher, KFACFisher, LoRAFisher, all_finite
+from sst_merge_plugin.core.fisher import Fisher, all_finite
 
 ACCUMULATE_DTYPE = torch.float64
 #: batches summed in float32 before the sum is added into the float64 total
@@ -248,98 +252,3 @@ class LayerStatistics(ABC):
             return self._fisher(averages)
         except SSTError as error:
             raise SSTError(f"{self.name}: {error}") from None
-
-
-class DiagStatistics(LayerStatistics):
-    """``diag = (1/N) Σ_s (δ_s ⊙ δ_s)(x_s ⊙ x_s)ᵀ``."""
-
-    kind = "diag"
-    sum_names = ("diag",)
-
-    def _forward(self, inputs: SharedInput) -> Tensor:
-        return inputs.squared()
-
-    def _backward(self, saved: object, grads: Tensor) -> None:
-        assert isinstance(saved, Tensor)
-        self.sums["diag"].add_product(grads.square(), saved)
-
-    def _fisher(self, averages: dict[str, Tensor]) -> DiagFisher:
-        return DiagFisher(averages["diag"])
-
-
-class KFACStatistics(LayerStatistics):
-    """``A = (1/N) Σ_s x_s x_sᵀ``, ``G = (1/N) Σ_s δ_s δ_sᵀ``."""
-
-    kind = "kfac"
-    sum_names = ("A", "G")
-
-    def _forward(self, inputs: SharedInput) -> None:
-        self.sums["A"].add(inputs.gram())
-
-    def _backward(self, saved: object, grads: Tensor) -> None:
-        self.sums["G"].add_gram(grads)
-
-    def _fisher(self, averages: dict[str, Tensor]) -> KFACFisher:
-        return KFACFisher(averages["A"], averages["G"])
-
-
-class LoRAStatistics(LayerStatistics):
-    """``A_r = VᵀAV``, ``G_r = UᵀGU`` and the full traces, from ``n × r`` projections only."""
-
-    kind = "lora"
-    sum_names = ("A_r", "G_r", "A_trace", "G_trace")
-
-    def __init__(self, name: str, d_out: int, d_in: int, U: Tensor, V: Tensor) -> None:
-        super().__init__(name, d_out, d_in)
-        if U.shape[0] != d_out or V.shape[0] != d_in:
-            raise SSTError(
-                f"{name}: adapter subspace U {tuple(U.shape)}, V {tuple(V.shape)} does not fit "
-                f"the layer's weight ({d_out}, {d_in})"
-            )
-        self.U, self.V = U.to(ACCUMULATE_DTYPE), V.to(ACCUMULATE_DTYPE)
-        self._bases: dict[tuple[torch.dtype, torch.device], tuple[Tensor, Tensor]] = {}
-
-    def _basis(self, which: int, like: Tensor) -> Tensor:
-        key = (like.dtype, like.device)
-        if key not in self._bases:
-            self._bases[key] = (self.U.to(like), self.V.to(like))
-        return self._bases[key][which]
-
-    def _forward(self, inputs: SharedInput) -> None:
-        projected = inputs.rows @ self._basis(1, inputs.rows)
-        self.sums["A_r"].add_gram(projected)
-        self.sums["A_trace"].add(inputs.squared_norm())
-
-    def _backward(self, saved: object, grads: Tensor) -> None:
-        projected = grads @ self._basis(0, grads)
-        self.sums["G_r"].add_gram(projected)
-        self.sums["G_trace"].add(torch.linalg.vector_norm(grads).square())
-
-    def _fisher(self, averages: dict[str, Tensor]) -> LoRAFisher:
-        return LoRAFisher(
-            self.U,
-            self.V,
-            averages["A_r"],
-            averages["G_r"],
-            A_trace=float(averages["A_trace"]),
-            G_trace=float(averages["G_trace"]),
-        )
-
-
-def make_statistics(
-    kind: str, name: str, shape: tuple[int, int], subspace: tuple[Tensor, Tensor] | None = None
-) -> LayerStatistics:
-    """The accumulator of ``kind`` for a weight of ``shape = (d_out, d_in)``.
-
-    ``subspace = (U, V)`` is required for (and only used by) ``lora``.
-    """
-    d_out, d_in = shape
-    if kind == "diag":
-        return DiagStatistics(name, d_out, d_in)
-    if kind == "kfac":
-        return KFACStatistics(name, d_out, d_in)
-    if kind == "lora":
-        if subspace is None:
-            raise SSTError(f"{name}: the lora kind needs the adapter subspace (U, V)")
-        return LoRAStatistics(name, d_out, d_in, *subspace)
-    raise SSTError(f"unknown Fisher kind {kind!r}; expected diag, kfac or lora")

@@ -1,0 +1,104 @@
+"""The adapters stage: PEFT LoRAs trained once into ``adapters/<name>-<key>/``.
+
+The key covers the base model's fingerprint, the training pairs and the hyper-parameters
+(:func:`~sst_merge_plugin.bench.training.train_lora_adapter`). The safety adapter
+(``AdapterSpec.skill is None``) learns harmful training prompts → natural refusals plus
+everyday retain pairs; a skill adapter learns its skill's training split.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict
+from pathlib import Path
+
+from sst_merge_plugin.bench.profile import SAFETY, AdapterSpec, Profile
+from sst_merge_plugin.bench.prompts import TrainingPrompts
+from sst_merge_plugin.bench.workspace import Workspace, content_key
+
+log = logging.getLogger(__name__)
+
+
+def training_pairs(spec: AdapterSpec, prompts: TrainingPrompts) -> list[tuple[str, str]]:
+    """(prompt, response) pairs of an adapter: harmful training refusals (+ helpful retain
+    pairs) for the safety adapter, the skill's training items otherwise."""
+    from sst_merge_plugin.data.tasks import skill_splits
+
+    if spec.skill is None:
+        from sst_merge_plugin.data.refusals import refusal_targets
+
+        harmful = list(prompts.harmful[: spec.n_train])
+        refusals = refusal_targets(harmful, seed=spec.training.seed)
+        retain = list(prompts.helpful_pairs[: spec.n_retain])
+        return list(zip(harmful, refusals, strict=True)) + retain
+    train, _ = skill_splits(spec.skill, spec.n_train, 0, seed=spec.training.seed)
+    return [(item.prompt, item.answer) for item in train]
+
+
+class Adapters:
+    """The trained adapter folders of a profile (module doc)."""
+
+    def __init__(
+        self,
+        workspace: Workspace,
+        profile: Profile,
+        model_dir: Path,
+        prompts: TrainingPrompts,
+        *,
+        device: str,
+        progress: bool,
+    ) -> None:
+        self.workspace = workspace
+        self.profile = profile
+        self.model_dir = model_dir
+        self.prompts = prompts
+        self.device = device
+        self.progress = progress
+        self._folders: dict[str, Path] = {}
+
+    def pairs(self, spec: AdapterSpec) -> list[tuple[str, str]]:
+        """The training pairs of ``spec`` (:func:`training_pairs`)."""
+        return training_pairs(spec, self.prompts)
+
+    def folder(self, spec: AdapterSpec) -> Path:
+        """The trained adapter folder of ``spec`` (trained now if not cached)."""
+        if spec.name in self._folders:
+            return self._folders[spec.name]
+        from sst_merge_plugin.bench.training import examples_sha256, train_lora_adapter
+        from sst_merge_plugin.fisher.fingerprint import checkpoint_fingerprint
+
+        pairs = self.pairs(spec)
+        key = content_key(
+            {
+                "model": checkpoint_fingerprint(self.model_dir),
+                "pairs": examples_sha256(pairs),
+                "training": asdict(spec.training),
+            }
+        )
+        folder = self.workspace / "adapters" / f"{spec.name}-{key}"
+        if not (folder / "adapter_model.safetensors").is_file():
+            log.info("training adapter %s (%d pairs) into %s", spec.name, len(pairs), folder)
+            train_lora_adapter(
+                self.model_dir,
+                pairs,
+                folder,
+                spec.training,
+                device=self.device,
+                progress=self.progress,
+                description=f"train {spec.name}",
+            )
+        self._folders[spec.name] = folder
+        return folder
+
+    def all(self) -> dict[str, Path]:
+        """Every adapter of the profile, by name (trained now where not cached)."""
+        return {spec.name: self.folder(spec) for spec in self.profile.adapters}
+
+    @property
+    def safety(self) -> AdapterSpec:
+        """The profile's safety adapter spec."""
+        return next(spec for spec in self.profile.adapters if spec.name == SAFETY)
+
+    def model_input(self, spec: AdapterSpec) -> str:
+        """mergekit's ``base+adapter`` reference of ``spec``."""
+        return f"{self.model_dir}+{self.folder(spec)}"

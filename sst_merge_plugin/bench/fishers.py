@@ -1,0 +1,115 @@
+"""The Fisher stage: every Fisher file a profile's sweeps need, collected once by content.
+
+Each file is a :class:`~sst_merge_plugin.fisher.request.FisherRequest` handed to the
+content-keyed cache (:func:`~sst_merge_plugin.fisher.cache.cached_fisher_file`, folder
+``fishers/``), i.e. exactly what ``sst-merge fisher`` would write:
+
+* :meth:`Fishers.pair` — ``(F_harm, F_benign)`` of a kind: objective ``refusal`` on the harm
+  prompt file and the profile's benign objective (``kl``) on the benign prompt file; a
+  restricted kind (``lora``) is restricted to the safety adapter. Collected at the base model
+  or at another collection point (``Sweep.fisher_at``, e.g. the utility merge ``W0 + U``)
+  resolved by the ``model_at`` callable the pipeline passes in.
+* :meth:`Fishers.adapter_fisher` — a ``diag`` Fisher of base + adapter on the adapter's own
+  training data (objective ``lm``; Fisher merging).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from sst_merge_plugin.bench.adapters import Adapters
+from sst_merge_plugin.bench.profile import AdapterSpec, FisherSettings
+from sst_merge_plugin.bench.prompts import PromptFiles
+from sst_merge_plugin.bench.workspace import Workspace
+from sst_merge_plugin.core.kinds import get_kind
+from sst_merge_plugin.fisher import Objective
+
+
+class Fishers:
+    """The cached Fisher files of a profile (module doc).
+
+    ``model_at(point)`` is the model folder of a collection point (``"base"`` or
+    ``"utility_merge"``).
+    """
+
+    def __init__(
+        self,
+        workspace: Workspace,
+        settings: FisherSettings,
+        adapters: Adapters,
+        prompt_files: PromptFiles,
+        model_at: Callable[[str], Path],
+        *,
+        device: str,
+    ) -> None:
+        self.workspace = workspace
+        self.settings = settings
+        self.adapters = adapters
+        self.prompt_files = prompt_files
+        self.model_at = model_at
+        self.device = device
+        #: (kind, collection point) → (harm, benign) files collected by this run
+        self.pairs: dict[tuple[str, str], tuple[Path, Path]] = {}
+        self._adapter_fishers: dict[str, Path] = {}
+
+    def _file(
+        self,
+        label: str,
+        data: Path,
+        objective: Objective,
+        kind: str,
+        model_dir: Path,
+        options: Mapping[str, Any],
+        **sources: str,
+    ) -> Path:
+        from sst_merge_plugin.fisher.cache import cached_fisher_file
+        from sst_merge_plugin.fisher.request import FisherRequest
+
+        settings = self.settings
+        every = {
+            "batch_size": settings.batch_size,
+            "max_length": settings.max_length,
+            "seed": settings.seed,
+            "device": self.device,
+            **options,
+        }
+        request = FisherRequest.from_options(
+            str(model_dir), str(data), objective, kind, options=every, **sources
+        )
+        return cached_fisher_file(request, self.workspace / "fishers", label)
+
+    def pair(self, kind: str, at: str = "base") -> tuple[Path, Path]:
+        """``(harm_fisher, benign_fisher)`` files of ``kind`` collected at ``at``."""
+        if (kind, at) not in self.pairs:
+            model_dir = self.model_at(at)
+            sources = (
+                {"restrict_to": str(self.adapters.folder(self.adapters.safety))}
+                if get_kind(kind).restricted
+                else {}
+            )
+            prompts = {"split": "all", "field": "prompt"}
+            harm = self._file(
+                "harm", self.prompt_files.harmful(), Objective.REFUSAL, kind, model_dir,
+                prompts, **sources,
+            )  # fmt: skip
+            benign = self._file(
+                "benign", self.prompt_files.benign(), self.settings.benign_objective, kind,
+                model_dir, {**prompts, "response_tokens": self.settings.response_tokens},
+                **sources,
+            )  # fmt: skip
+            self.pairs[(kind, at)] = (harm, benign)
+        return self.pairs[(kind, at)]
+
+    def adapter_fisher(self, spec: AdapterSpec) -> Path:
+        """A ``diag`` Fisher of base + adapter on the adapter's own training data."""
+        if spec.name not in self._adapter_fishers:
+            pairs = self.adapters.pairs(spec)[: self.settings.n_benign_per_skill * 2]
+            records = [{"prompt": p, "response": r} for p, r in pairs]
+            data = self.workspace.prompt_file(spec.name, records)
+            self._adapter_fishers[spec.name] = self._file(
+                spec.name, data, Objective.LM, "diag", self.model_at("base"), {"split": "all"},
+                adapter=str(self.adapters.folder(spec)),
+            )  # fmt: skip
+        return self._adapter_fishers[spec.name]

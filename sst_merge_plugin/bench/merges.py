@@ -1,0 +1,182 @@
+"""The merge stage: one mergekit (or FusionBench) configuration per benchmark row, run in-process.
+
+* :class:`MergeJob` — a row: a label, a knob value and the configuration (``None`` for the base
+  model itself); its :attr:`~MergeJob.key` is the content key of all three.
+* :class:`Merges` — the configurations of a profile's sweeps (:meth:`~Merges.config`; LoRA
+  inputs as mergekit's ``base+adapter``), every job of the profile (:meth:`~Merges.jobs`), and
+  :meth:`~Merges.run` — mergekit's ``run_merge`` (the code path of ``mergekit-yaml``, with a
+  shared ``--lora-merge-cache``), or :func:`~.fusion_merge.run_fusion_merge` for a
+  ``fusion_bench:<class path>`` method. :meth:`~Merges.utility_merge_dir` keeps the utility-only
+  merge ``W0 + U`` (task arithmetic of the utility adapters) in ``models/`` as a Fisher
+  collection point.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sst_merge_plugin.bench.adapters import Adapters
+from sst_merge_plugin.bench.fishers import Fishers
+from sst_merge_plugin.bench.profile import (
+    SAFETY,
+    UTILITY_ONLY,
+    AdapterSpec,
+    FisherPoint,
+    Profile,
+    Sweep,
+)
+from sst_merge_plugin.bench.workspace import Workspace, content_key
+
+#: the row method name of the base model itself
+BASE_ROW = "base"
+
+
+@dataclass(frozen=True)
+class MergeJob:
+    """One row to produce: a label, a knob value and the mergekit configuration (or ``None`` for
+    the base model itself)."""
+
+    method: str
+    knob: Any
+    config: Mapping[str, Any] | None
+
+    @property
+    def key(self) -> str:
+        return content_key({"method": self.method, "knob": self.knob, "config": self.config})
+
+
+class Merges:
+    """The merge configurations and runs of a profile (module doc)."""
+
+    def __init__(
+        self,
+        workspace: Workspace,
+        profile: Profile,
+        model_dir: Path,
+        adapters: Adapters,
+        fishers: Fishers,
+        *,
+        device: str,
+        progress: bool,
+    ) -> None:
+        self.workspace = workspace
+        self.profile = profile
+        self.model_dir = model_dir
+        self.adapters = adapters
+        self.fishers = fishers
+        self.device = device
+        self.progress = progress
+
+    def config(self, sweep: Sweep, value: Any) -> dict[str, Any]:
+        """The mergekit configuration of one point of ``sweep`` (``knob = value``); for a
+        ``fusion_bench:<class path>`` method the FusionBench job configuration
+        (:func:`~.fusion_merge.fusion_bench_config`)."""
+        from sst_merge_plugin.bench.fusion_merge import fusion_bench_config, is_fusion_bench_method
+
+        inputs = [
+            spec
+            for spec in self.profile.adapters
+            if not (spec.name == SAFETY and sweep.utilities_only)
+        ]
+        if is_fusion_bench_method(sweep.merge_method):
+            folders = {spec.name: self.adapters.folder(spec) for spec in inputs}
+            return fusion_bench_config(sweep, value, self.model_dir, folders)
+        shared: dict[str, Any] = dict(sweep.parameters)
+        roles = sweep.merge_method.startswith("sst_") and sweep.merge_method != "sst_fisher_merge"
+        safety_weight = 1.0
+        density = None
+        if sweep.knob == "safety_weight":
+            safety_weight = float(value)
+        elif sweep.knob == "density":
+            density = float(value)
+        elif sweep.knob is not None:
+            shared[sweep.knob] = value
+        if sweep.fisher_kind is not None:
+            harm, benign = self.fishers.pair(sweep.fisher_kind, sweep.fisher_at)
+            shared["harm_fisher"] = str(harm)
+            if sweep.merge_method == "sst_merge":
+                shared["benign_fisher"] = str(benign)
+            if sweep.fisher_at != FisherPoint.BASE:  # collected at W0 + U on purpose
+                shared["check_fingerprint"] = False
+        models = []
+        for spec in inputs:
+            weight = safety_weight if spec.name == SAFETY else sweep.utility_weight
+            params: dict[str, Any] = {"weight": weight}
+            if density is not None:
+                params["density"] = density
+            elif sweep.merge_method == "dare_linear":  # RESTA: DARE on utilities only
+                params["density"] = 1.0 if spec.name == SAFETY else 0.5
+            if roles and spec.name == SAFETY:
+                params["role"] = "safety"
+            if sweep.per_model_fisher:
+                params["fisher"] = str(self.fishers.adapter_fisher(spec))
+            models.append({"model": self.adapters.model_input(spec), "parameters": params})
+        return {
+            "merge_method": sweep.merge_method,
+            "base_model": str(self.model_dir),
+            "dtype": "float32",
+            "parameters": shared,
+            "models": models,
+        }
+
+    def single_adapter_config(self, spec: AdapterSpec) -> dict[str, Any]:
+        """``base + adapter`` alone (task arithmetic with one input of weight 1)."""
+        return {
+            "merge_method": "task_arithmetic",
+            "base_model": str(self.model_dir),
+            "dtype": "float32",
+            "models": [{"model": self.adapters.model_input(spec), "parameters": {"weight": 1.0}}],
+        }
+
+    def jobs(self) -> Iterator[MergeJob]:
+        """Every row of the profile: base, single adapters, then each sweep point."""
+        yield MergeJob(BASE_ROW, None, None)
+        if self.profile.single_adapters:
+            for spec in self.profile.adapters:
+                yield MergeJob(f"{spec.name} alone", None, self.single_adapter_config(spec))
+        for sweep in self.profile.sweeps:
+            for value in sweep.values:
+                yield MergeJob(sweep.label, value, self.config(sweep, value))
+
+    def utility_merge_dir(self) -> Path:
+        """The kept model folder of the utility-only merge ``W0 + U`` (task arithmetic of the
+        utility adapters), merged once into ``models/utility-merge-<config key>/``."""
+        from sst_merge_plugin.atomic import atomic_path
+
+        config = self.config(UTILITY_ONLY, None)
+        folder = self.workspace / "models" / f"utility-merge-{content_key(config)}"
+        if not (folder / "config.json").is_file():
+            with atomic_path(folder, directory=True) as temporary:
+                self.run(MergeJob(UTILITY_ONLY.label, None, config), temporary)
+        return folder
+
+    def run(self, job: MergeJob, out_dir: Path) -> float:
+        """Run ``job``'s configuration in-process with mergekit (or FusionBench for a
+        configuration with ``"host": "fusion_bench"``); returns the wall time."""
+        from sst_merge_plugin.bench.fusion_merge import HOST, run_fusion_merge
+
+        assert job.config is not None, "the base row has nothing to merge"
+        if job.config.get("host") == HOST:
+            return run_fusion_merge(job.config, out_dir, self.device, quiet=not self.progress)
+        from mergekit.config import MergeConfiguration
+        from mergekit.merge import run_merge
+        from mergekit.options import MergeOptions
+
+        from sst_merge_plugin.mergekit.registration import install
+
+        install()
+        config = MergeConfiguration.model_validate(job.config)
+        options = MergeOptions(
+            lora_merge_cache=str(self.workspace / "lora_merge_cache"),
+            random_seed=0,
+            quiet=not self.progress,
+            copy_tokenizer=True,
+            device=self.device,
+        )
+        started = time.perf_counter()
+        run_merge(config, str(out_dir), options=options)
+        return time.perf_counter() - started
