@@ -22,16 +22,25 @@ import threading
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Literal, get_args
 
 import torch
 from torch import Tensor
 
+from sst_merge_plugin.choice import Choice
 from sst_merge_plugin.core.errors import SolverError
 from sst_merge_plugin.core.fisher import all_finite
 
-SolverName = Literal["auto", "dense", "krylov"]
-SOLVERS: tuple[str, ...] = get_args(SolverName)
+
+class Solver(Choice):
+    """Which eigensolver: ``dense`` (full spectrum), ``krylov`` (top-k) or ``auto``."""
+
+    AUTO = "auto"
+    DENSE = "dense"
+    KRYLOV = "krylov"
+
+
+#: a solver, by member or by name
+SolverName = Solver | str
 
 #: ``auto`` uses the dense solver up to this dimension, the Krylov solver above it (when only the top ``k``
 #: pairs are needed).
@@ -183,7 +192,7 @@ def solve(
     ``auto`` picks the Krylov solver only when ``top_k`` is given and the dimension exceeds
     :data:`DENSE_MAX_DIM`; otherwise the dense float64 solver.
     """
-    if solver not in SOLVERS:
+    if solver not in Solver.values():
         raise SolverError(f"unknown solver '{solver}' (expected auto, dense or krylov)")
     use_krylov = solver == "krylov" or (
         solver == "auto" and top_k is not None and gain.shape[0] > DENSE_MAX_DIM

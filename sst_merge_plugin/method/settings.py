@@ -30,7 +30,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from sst_merge_plugin.choice import Choice, unknown_value
 from sst_merge_plugin.core.errors import SSTError
-from sst_merge_plugin.core.gevp import SOLVERS
+from sst_merge_plugin.core.gevp import Solver
 from sst_merge_plugin.core.projector import DEFAULT_DAMPING
 from sst_merge_plugin.core.selection import SELECT_MODES, Selection, get_select_mode
 
@@ -100,16 +100,6 @@ class Role(Choice):
     SAFETY = "safety"
     UTILITY = "utility"
 
-
-class Solver(Choice):
-    """The generalized eigensolver (:mod:`sst_merge_plugin.core.gevp`)."""
-
-    AUTO = "auto"
-    DENSE = "dense"
-    KRYLOV = "krylov"
-
-
-assert Solver.values() == SOLVERS, "Solver must list core.gevp.SOLVERS"
 
 #: a parameter without a default must be given
 REQUIRED = object()
