@@ -1,10 +1,13 @@
 """The benchmark pipeline end to end on the tiny FusionBench world (no asset cache needed).
 
 LoRA training (loss goes down, seeded runs are identical, bad settings fail before writing),
-then a whole :class:`~sst_merge_plugin.bench.pipeline.Pipeline` run: adapters trained, Fisher
-files collected, merges through mergekit, every row evaluated; the task-arithmetic row's
-weights equal ``W0 + Σ B·A·alpha/r`` computed here from the adapter files; a second run reuses
-every cached stage (training and merging are made to fail); the report files are written.
+then a whole :class:`~sst_merge_plugin.bench.pipeline.Pipeline` run under the protocol: adapters
+trained, Fisher files collected, every grid point merged through mergekit and scored on the
+validation split, each method's point chosen by the rule (checked here against the rule applied
+to the recorded scores), only the chosen points scored on the test split; a task-arithmetic
+point's weights equal ``W0 + Σ w·B·A·alpha/r`` computed here from the adapter files; a second
+run reuses every cached stage (training and merging are made to fail); the report files
+(intervals, bootstrap, plots) are written.
 """
 
 from __future__ import annotations
@@ -23,8 +26,9 @@ from sst_merge_plugin.bench import merges as merges_module
 from sst_merge_plugin.bench.pipeline import Pipeline
 from sst_merge_plugin.bench.profile import SAFETY, AdapterSpec, FisherSettings, Profile, Sweep
 from sst_merge_plugin.bench.prompts import TrainingPrompts
-from sst_merge_plugin.bench.scoring import write_outputs
+from sst_merge_plugin.bench.report import summarise, write_outputs
 from sst_merge_plugin.bench.training import LoRATrainingConfig, train_lora_adapter
+from sst_merge_plugin.bench.tuning import Scores
 from sst_merge_plugin.core.errors import SSTError
 from sst_merge_plugin.evaluation.suite import EvalConfig
 
@@ -70,6 +74,16 @@ def test_training_rejects_bad_settings_before_writing(world: World, tmp_path: Pa
 
 def _profile(world: World) -> Profile:
     training = _training()
+    validation = EvalConfig(
+        harmful=str(world.data("harmful.txt")),
+        benign=str(world.data("benign.txt")),
+        utility=(str(world.data("add.jsonl")),),
+        n_harmful=2,
+        n_benign=2,
+        n_utility=2,
+        max_new_tokens=3,
+        batch_size=2,
+    )
     return Profile(
         name="tiny",
         adapters=(
@@ -86,31 +100,27 @@ def _profile(world: World) -> Profile:
             batch_size=2,
             max_length=48,
         ),
-        evaluation=EvalConfig(
-            harmful=str(world.data("harmful.txt")),
-            benign=str(world.data("benign.txt")),
-            utility=(str(world.data("add.jsonl")),),
-            truefalse=str(world.data("truefalse.json")),
-            n_harmful=2,
-            n_benign=2,
-            n_utility=2,
-            n_truefalse=2,
-            max_new_tokens=3,
-            batch_size=2,
-        ),
+        validation=validation,
+        test=replace(validation, max_new_tokens=4),
         sweeps=(
-            Sweep("utility_only", "task_arithmetic", None, (None,), utilities_only=True),
-            Sweep("task_arithmetic", "task_arithmetic", "safety_weight", (0.5,)),
+            Sweep(
+                "utility_only", "task_arithmetic", {"utility_weight": (1.0,)}, utilities_only=True
+            ),
+            Sweep(
+                "task_arithmetic",
+                "task_arithmetic",
+                {"utility_weight": (1.0,), "safety_weight": (0.5, 1.0)},
+            ),
             Sweep(
                 "sst_lora_soft",
                 "sst_merge",
-                "rho",
-                (1.0,),
-                {"select": "soft", "utility_merge": "task_arithmetic"},
+                {"scale": (1.0, 2.0)},
+                {"select": "soft", "rho": 1.0, "utility_merge": "task_arithmetic"},
                 fisher_kind="lora",
             ),
         ),
         single_adapters=False,
+        reference_lambdas=(1.0,),
     )
 
 
@@ -128,21 +138,27 @@ def test_pipeline_end_to_end_and_cached(
     pipeline = Pipeline(
         profile, workspace, model_dir=world.base, prompts=PROMPTS, keep_models=True, progress=False
     )
-    rows = pipeline.run()
-    assert [(row["method"], row["knob"]) for row in rows] == [
-        ("base", None),
-        ("utility_only", None),
-        ("task_arithmetic", 0.5),
-        ("sst_lora_soft", 1.0),
-    ]
-    for row in rows:
-        assert 0.0 <= row["harmful_refusal"] <= 1.0 and 0.0 <= row["benign_over_refusal"] <= 1.0
-        assert set(row["utility"]) == {"add"}
-    assert rows[0]["drift"] == 0.0 and rows[0]["merge_seconds"] is None
-    assert all(row["merge_seconds"] > 0 for row in rows[1:])
-    sst = rows[3]
-    assert 0.0 <= sst["pooled_gain_kept_fraction"] <= 1.0
-    assert 0.0 <= sst["pooled_cost_kept_fraction"] <= 1.0
+    run = pipeline.run()
+    assert [r["method"] for r in run.references] == ["base", "utility_only"]
+    assert [len(m.validation) for m in run.methods] == [1, 2, 2]
+    base_over = run.base_validation["metrics"]["benign_over_refusal"]
+    for method in run.methods:
+        # validation scored every grid point, in grid order; the rule picked among them
+        assert [r["knob"] for r in method.validation] == [p or None for p in method.sweep.points()]
+        scores = [
+            Scores(
+                r["metrics"]["harmful_refusal"],
+                r["metrics"]["benign_over_refusal"],
+                r["metrics"]["utility_mean"],
+            )
+            for r in method.validation
+        ]
+        assert method.chosen == profile.rule.choose(scores, base_over)
+        # the chosen point, and only it, was scored on the test split
+        assert method.test["knob"] == method.validation[method.chosen.index]["knob"]
+        assert method.test["metrics"]["config"]["max_new_tokens"] == profile.test.max_new_tokens
+    sst = run.methods[2].test
+    assert 0.0 <= sst["sst_summary"]["pooled_gain_kept_fraction"] <= 1.0
 
     # the training data: refusals for the harmful prompts, then the retain pair
     safety_pairs = pipeline.adapters.pairs(profile.adapters[0])
@@ -152,8 +168,9 @@ def test_pipeline_end_to_end_and_cached(
         PROMPTS.harmful
     )
 
-    # the task-arithmetic row, recomputed from the adapter files
-    job = next(job for job in pipeline.merges.jobs() if job.method == "task_arithmetic")
+    # a task-arithmetic grid point, recomputed from the adapter files
+    job = pipeline.merges.sweep_jobs(profile.sweeps[1])[0]
+    assert job.knob == {"utility_weight": 1.0, "safety_weight": 0.5}
     merged = load_file(str(next((workspace / "merges" / job.key).glob("*.safetensors"))))
     base = load_file(str(world.base / "model.safetensors"))
     adapters = pipeline.adapters.all()
@@ -176,13 +193,19 @@ def test_pipeline_end_to_end_and_cached(
     monkeypatch.setattr(merges_module.Merges, "run", fail)
     monkeypatch.setattr("sst_merge_plugin.fisher.collect.collect_fisher", fail, raising=False)
     again = Pipeline(profile, workspace, model_dir=world.base, prompts=PROMPTS, progress=False)
-    assert again.run() == rows
+    rerun = again.run()
+    assert summarise(rerun) == summarise(run)
 
-    paths = write_outputs(rows, tmp_path / "out", "tiny")
-    table = json.loads(paths["json"].read_text())
-    assert [row["method"] for row in table] == [row["method"] for row in rows]
-    assert all(isinstance(row["pareto"], bool) for row in table)
+    paths = write_outputs(rerun, tmp_path / "out", "tiny")
+    summary = json.loads(paths["json"].read_text())
+    assert [m["method"] for m in summary["methods"]] == [s.label for s in profile.sweeps]
+    assert summary["headline"] == "sst_lora_soft"
+    assert [row["baseline"] for row in summary["bootstrap"]] == ["utility_only", "task_arithmetic"]
+    for method in summary["methods"]:
+        interval = method["test"]["intervals"]["harmful_refusal"]
+        assert interval["low"] <= method["test"]["harmful_refusal"] <= interval["high"]
     assert paths["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert paths["sweeps"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "sst_lora_soft" in paths["markdown"].read_text()
 
     # the merge inputs, exported under the names configs/mergekit/*.yml use
@@ -199,6 +222,7 @@ def test_pipeline_end_to_end_and_cached(
         "pareto.png",
         "results.json",
         "results.md",
+        "sweeps.png",
     ]
 
 
@@ -209,8 +233,10 @@ def test_profile_checks_its_sweeps(world: World) -> None:
     kfac = replace(profile, sweeps=(replace(profile.sweeps[2], fisher_kind="kfac"),))
     with pytest.raises(SSTError, match="does not collect"):
         _ = kfac.fisher_kinds
-    with pytest.raises(SSTError, match="exactly one value"):
-        Sweep("x", "ties", None, (1, 2))
+    with pytest.raises(SSTError, match="has no values"):
+        Sweep("x", "ties", {"safety_weight": ()})
+    with pytest.raises(SSTError, match="no safety weight"):
+        Sweep("x", "ties", {"safety_weight": (1.0,)}, utilities_only=True)
 
 
 def test_fisher_at_the_utility_merge(world: World, tmp_path: Path) -> None:
@@ -238,7 +264,7 @@ def test_fisher_at_the_utility_merge(world: World, tmp_path: Path) -> None:
             torch.testing.assert_close(merged[name], expected, rtol=1e-5, atol=1e-6)
 
     # each sweep's configuration names its own pair; the pairs were collected where asked
-    jobs = [job for job in pipeline.merges.jobs() if job.config is not None]
+    jobs = [pipeline.merges.sweep_jobs(sweep)[0] for sweep in profile.sweeps]
     pairs = [pipeline.fishers.pair("lora"), pipeline.fishers.pair("lora", "utility_merge")]
     for job, pair in zip(jobs, pairs, strict=True):
         parameters = job.config["parameters"]
@@ -261,5 +287,5 @@ def test_fisher_at_the_utility_merge(world: World, tmp_path: Path) -> None:
     assert set(report["fingerprint_checks"].values()) == {"not checked (check_fingerprint: false)"}
     with pytest.raises(SSTError, match="fisher_at: unknown value"):
         replace(at_merge, fisher_at="somewhere")
-    with pytest.raises(SSTError, match=r"cannot be combined with utility_weight 0\.5"):
-        replace(at_merge, utility_weight=0.5)
+    with pytest.raises(SSTError, match=r"cannot be combined with other utility weights"):
+        replace(at_merge, grid={"utility_weight": (0.5,)})

@@ -53,7 +53,11 @@ def test_apply_knobs_sets_weights_density_and_shared_parameters() -> None:
     assert out["parameters"] == {"normalize": False, "lambda": 1.2}
     assert CONFIG["models"][0]["parameters"] == {"weight": 1.0}  # the input is not changed
     with pytest.raises(SSTError, match="exactly one safety input"):
-        apply_knobs(CONFIG, {"safety_weight": 2.0}, lambda entry: True)
+        apply_knobs(CONFIG, {"utility_weight": 2.0}, lambda entry: True)
+    with pytest.raises(SSTError, match="exactly one safety input"):
+        apply_knobs(CONFIG, {"safety_weight": 2.0}, lambda entry: False)
+    utilities = apply_knobs(CONFIG, {"utility_weight": 0.5}, lambda entry: False)
+    assert [entry["parameters"]["weight"] for entry in utilities["models"]] == [0.5] * 3
 
 
 def test_rule_prefers_utility_within_the_constraints() -> None:

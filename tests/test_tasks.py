@@ -63,6 +63,8 @@ def solve(skill: str, prompt: str) -> tuple[tuple, str]:
         "sort_digits": lambda: " ".join(sorted(shown.split())),
         "uppercase": shown.upper,
         "acronym": lambda: "".join(word[0] for word in shown.split()).upper(),
+        "last_word": lambda: shown.split()[-1],
+        "lowercase": shown.lower,
     }
     return (shown,), answers[skill]()
 

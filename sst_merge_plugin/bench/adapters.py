@@ -2,8 +2,12 @@
 
 The key covers the base model's fingerprint, the training pairs and the hyper-parameters
 (:func:`~sst_merge_plugin.bench.training.train_lora_adapter`). The safety adapter
-(``AdapterSpec.skill is None``) learns harmful training prompts → natural refusals plus
-everyday retain pairs; a skill adapter learns its skill's training split.
+(``AdapterSpec.skill is None``) learns harmful training prompts → natural refusals plus retain
+pairs: everyday questions with helpful answers and, with ``retain_lookalikes``, the benign
+look-alikes (the over-refusal pool's training part, harmless probes) with the base model's own
+greedy answers (:meth:`Adapters.lookalike_pairs`; answers the refusal judge calls refusals are
+left out), so the adapter learns which requests *not* to refuse. A skill adapter learns its
+skill's training split.
 """
 
 from __future__ import annotations
@@ -19,9 +23,17 @@ from sst_merge_plugin.bench.workspace import Workspace, content_key
 log = logging.getLogger(__name__)
 
 
-def training_pairs(spec: AdapterSpec, prompts: TrainingPrompts) -> list[tuple[str, str]]:
+#: greedy tokens of the base model's answer to a look-alike (retain data)
+LOOKALIKE_TOKENS = 64
+
+
+def training_pairs(
+    spec: AdapterSpec,
+    prompts: TrainingPrompts,
+    lookalikes: list[tuple[str, str]] | None = None,
+) -> list[tuple[str, str]]:
     """(prompt, response) pairs of an adapter: harmful training refusals (+ helpful retain
-    pairs) for the safety adapter, the skill's training items otherwise."""
+    pairs, + ``lookalikes`` pairs) for the safety adapter, the skill's training items otherwise."""
     from sst_merge_plugin.data.tasks import skill_splits
 
     if spec.skill is None:
@@ -29,7 +41,7 @@ def training_pairs(spec: AdapterSpec, prompts: TrainingPrompts) -> list[tuple[st
 
         harmful = list(prompts.harmful[: spec.n_train])
         refusals = refusal_targets(harmful, seed=spec.training.seed)
-        retain = list(prompts.helpful_pairs[: spec.n_retain])
+        retain = list(prompts.helpful_pairs[: spec.n_retain]) + list(lookalikes or [])
         return list(zip(harmful, refusals, strict=True)) + retain
     train, _ = skill_splits(spec.skill, spec.n_train, 0, seed=spec.training.seed)
     return [(item.prompt, item.answer) for item in train]
@@ -58,7 +70,50 @@ class Adapters:
 
     def pairs(self, spec: AdapterSpec) -> list[tuple[str, str]]:
         """The training pairs of ``spec`` (:func:`training_pairs`)."""
-        return training_pairs(spec, self.prompts)
+        lookalikes = self.lookalike_pairs() if spec.retain_lookalikes else None
+        return training_pairs(spec, self.prompts, lookalikes)
+
+    def lookalike_pairs(self) -> list[tuple[str, str]]:
+        """``(prompt, base model's greedy answer)`` for every benign look-alike (the prompts'
+        ``edgy`` then ``lookalikes``), leaving out answers the judge calls refusals; generated
+        once into ``data/lookalikes-<key>.jsonl`` (key: base fingerprint, prompts, tokens)."""
+        import json
+
+        from sst_merge_plugin.fisher.fingerprint import checkpoint_fingerprint
+
+        prompts = list(dict.fromkeys((*self.prompts.edgy, *self.prompts.lookalikes)))
+        key = content_key(
+            {
+                "model": checkpoint_fingerprint(self.model_dir),
+                "prompts": prompts,
+                "max_new_tokens": LOOKALIKE_TOKENS,
+            }
+        )
+        path = self.workspace / "data" / f"lookalikes-{key}.jsonl"
+        if not path.is_file():
+            from sst_merge_plugin.atomic import write_text
+            from sst_merge_plugin.bench.scoring import load_model
+            from sst_merge_plugin.evaluation.generate import generate_responses
+            from sst_merge_plugin.evaluation.judge import judge
+
+            log.info("answering %d look-alikes with the base model", len(prompts))
+            model, tokenizer = load_model(self.model_dir, self.device)
+            answers = generate_responses(
+                model,
+                tokenizer,
+                prompts,
+                max_new_tokens=LOOKALIKE_TOKENS,
+                batch_size=8,
+                progress=self.progress,
+                desc="look-alike answers",
+            )
+            records = [
+                {"prompt": prompt, "response": answer, "refusal": judge(answer).is_refusal}
+                for prompt, answer in zip(prompts, answers, strict=True)
+            ]
+            write_text(path, "".join(json.dumps(r) + "\n" for r in records))
+        records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+        return [(r["prompt"], r["response"]) for r in records if not r["refusal"] and r["response"]]
 
     def folder(self, spec: AdapterSpec) -> Path:
         """The trained adapter folder of ``spec`` (trained now if not cached)."""

@@ -2,8 +2,9 @@
 
 * :class:`MergeJob` — a row: a label, a knob value and the configuration (``None`` for the base
   model itself); its :attr:`~MergeJob.key` is the content key of all three.
-* :class:`Merges` — the configurations of a profile's sweeps (:meth:`~Merges.config`; LoRA
-  inputs as mergekit's ``base+adapter``), every job of the profile (:meth:`~Merges.jobs`), and
+* :class:`Merges` — the configurations of a profile's sweeps at their grid points
+  (:meth:`~Merges.config`; LoRA inputs as mergekit's ``base+adapter``), the reference rows
+  (:meth:`~Merges.references`) and each sweep's grid jobs (:meth:`~Merges.sweep_jobs`), and
   :meth:`~Merges.run` — mergekit's ``run_merge`` (the code path of ``mergekit-yaml``, with a
   shared ``--lora-merge-cache``), or :func:`~.fusion_merge.run_fusion_merge` for a
   ``fusion_bench:<class path>`` method. :meth:`~Merges.utility_merge_dir` keeps the utility-only
@@ -29,6 +30,7 @@ from sst_merge_plugin.bench.profile import (
     Profile,
     Sweep,
 )
+from sst_merge_plugin.bench.tuning import UTILITY_WEIGHT, apply_knobs
 from sst_merge_plugin.bench.workspace import Workspace, content_key
 
 #: the row method name of the base model itself
@@ -71,10 +73,10 @@ class Merges:
         self.device = device
         self.progress = progress
 
-    def config(self, sweep: Sweep, value: Any) -> dict[str, Any]:
-        """The mergekit configuration of one point of ``sweep`` (``knob = value``); for a
-        ``fusion_bench:<class path>`` method the FusionBench job configuration
-        (:func:`~.fusion_merge.fusion_bench_config`)."""
+    def config(self, sweep: Sweep, point: Mapping[str, Any]) -> dict[str, Any]:
+        """The mergekit configuration of ``sweep`` at the grid ``point`` (knob → value,
+        :func:`~.tuning.apply_knobs`); for a ``fusion_bench:<class path>`` method the FusionBench
+        job configuration (:func:`~.fusion_merge.fusion_bench_config`)."""
         from sst_merge_plugin.bench.fusion_merge import fusion_bench_config, is_fusion_bench_method
 
         inputs = [
@@ -84,17 +86,9 @@ class Merges:
         ]
         if is_fusion_bench_method(sweep.merge_method):
             folders = {spec.name: self.adapters.folder(spec) for spec in inputs}
-            return fusion_bench_config(sweep, value, self.model_dir, folders)
+            return fusion_bench_config(sweep, point, self.model_dir, folders)
         shared: dict[str, Any] = dict(sweep.parameters)
         roles = sweep.merge_method.startswith("sst_") and sweep.merge_method != "sst_fisher_merge"
-        safety_weight = 1.0
-        density = None
-        if sweep.knob == "safety_weight":
-            safety_weight = float(value)
-        elif sweep.knob == "density":
-            density = float(value)
-        elif sweep.knob is not None:
-            shared[sweep.knob] = value
         if sweep.fisher_kind is not None:
             harm, benign = self.fishers.pair(sweep.fisher_kind, sweep.fisher_at)
             shared["harm_fisher"] = str(harm)
@@ -104,24 +98,29 @@ class Merges:
                 shared["check_fingerprint"] = False
         models = []
         for spec in inputs:
-            weight = safety_weight if spec.name == SAFETY else sweep.utility_weight
-            params: dict[str, Any] = {"weight": weight}
-            if density is not None:
-                params["density"] = density
-            elif sweep.merge_method == "dare_linear":  # RESTA: DARE on utilities only
+            params: dict[str, Any] = {"weight": 1.0}
+            if sweep.merge_method == "dare_linear":  # RESTA: DARE on utilities only
                 params["density"] = 1.0 if spec.name == SAFETY else 0.5
             if roles and spec.name == SAFETY:
                 params["role"] = "safety"
             if sweep.per_model_fisher:
                 params["fisher"] = str(self.fishers.adapter_fisher(spec))
             models.append({"model": self.adapters.model_input(spec), "parameters": params})
-        return {
+        config = {
             "merge_method": sweep.merge_method,
             "base_model": str(self.model_dir),
             "dtype": "float32",
             "parameters": shared,
             "models": models,
         }
+        safety = (
+            self.adapters.model_input(self.adapters.safety) if not sweep.utilities_only else None
+        )
+        return apply_knobs(config, point, lambda entry: entry["model"] == safety)
+
+    def job(self, sweep: Sweep, point: Mapping[str, Any]) -> MergeJob:
+        """The row of ``sweep`` at ``point`` (its knob values are the row's ``knob``)."""
+        return MergeJob(sweep.label, dict(point) or None, self.config(sweep, point))
 
     def single_adapter_config(self, spec: AdapterSpec) -> dict[str, Any]:
         """``base + adapter`` alone (task arithmetic with one input of weight 1)."""
@@ -132,22 +131,26 @@ class Merges:
             "models": [{"model": self.adapters.model_input(spec), "parameters": {"weight": 1.0}}],
         }
 
-    def jobs(self) -> Iterator[MergeJob]:
-        """Every row of the profile: base, single adapters, then each sweep point."""
+    def references(self) -> Iterator[MergeJob]:
+        """The reference rows: the base model, each adapter alone (``single_adapters``), the
+        utility-only merge at each of the profile's ``reference_lambdas``."""
         yield MergeJob(BASE_ROW, None, None)
         if self.profile.single_adapters:
             for spec in self.profile.adapters:
                 yield MergeJob(f"{spec.name} alone", None, self.single_adapter_config(spec))
-        for sweep in self.profile.sweeps:
-            for value in sweep.values:
-                yield MergeJob(sweep.label, value, self.config(sweep, value))
+        for value in self.profile.reference_lambdas:
+            yield self.job(UTILITY_ONLY, {UTILITY_WEIGHT: value})
+
+    def sweep_jobs(self, sweep: Sweep) -> list[MergeJob]:
+        """Every grid point of ``sweep``, in grid order."""
+        return [self.job(sweep, point) for point in sweep.points()]
 
     def utility_merge_dir(self) -> Path:
         """The kept model folder of the utility-only merge ``W0 + U`` (task arithmetic of the
         utility adapters), merged once into ``models/utility-merge-<config key>/``."""
         from sst_merge_plugin.atomic import atomic_path
 
-        config = self.config(UTILITY_ONLY, None)
+        config = self.config(UTILITY_ONLY, {})
         folder = self.workspace / "models" / f"utility-merge-{content_key(config)}"
         if not (folder / "config.json").is_file():
             with atomic_path(folder, directory=True) as temporary:

@@ -10,28 +10,64 @@ inputs, so an interrupted run resumes and a changed input recomputes only what d
 3. **prompt files** (:mod:`.prompts`) — the Fisher stage's harm and benign prompts.
 4. **Fisher files** (:mod:`.fishers`) — the pairs and per-adapter Fishers the sweeps need,
    collected at the base model or at the utility merge ``W0 + U``.
-5. **merges** (:mod:`.merges`) — one mergekit (or FusionBench) configuration per row.
-6. **evaluation** (:mod:`.scoring`) — each merged model scored and the record cached.
+5. **merges** (:mod:`.merges`) — one mergekit (or FusionBench) configuration per grid point.
+6. **evaluation** (:mod:`.scoring`) — each merged model scored on a split, the record cached.
 
-:class:`Pipeline` holds one object per stage (``adapters``, ``prompt_files``, ``fishers``,
-``merges``, ``scoring``); :meth:`Pipeline.run` produces every row of the profile and
-:meth:`Pipeline.export_inputs` copies the merge inputs for ``configs/mergekit``.
+:meth:`Pipeline.run` follows the protocol (``docs/design.md`` §7): every grid point of every
+method is scored on the validation split, the profile's rule picks each method's point
+(:mod:`.tuning`), and only the chosen points and the reference rows are scored on the test
+split. :class:`Pipeline` holds one object per stage (``adapters``, ``prompt_files``,
+``fishers``, ``merges``, ``scoring``); :meth:`Pipeline.export_inputs` copies the merge inputs
+for ``configs/mergekit``.
 """
 
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sst_merge_plugin.bench.adapters import Adapters
 from sst_merge_plugin.bench.fishers import Fishers
-from sst_merge_plugin.bench.merges import BASE_ROW, Merges
-from sst_merge_plugin.bench.profile import Profile
+from sst_merge_plugin.bench.merges import Merges
+from sst_merge_plugin.bench.profile import Profile, Sweep
 from sst_merge_plugin.bench.prompts import PromptFiles, TrainingPrompts
-from sst_merge_plugin.bench.scoring import Scoring, result_row
+from sst_merge_plugin.bench.scoring import Scoring
+from sst_merge_plugin.bench.tuning import Chosen, Scores
 from sst_merge_plugin.bench.workspace import Workspace
+
+
+def scores_of(record: Mapping[str, Any]) -> Scores:
+    """The rule's view of an evaluation record: refusal, over-refusal, mean utility."""
+    metrics = record["metrics"]
+    return Scores(
+        metrics["harmful_refusal"], metrics["benign_over_refusal"], metrics["utility_mean"] or 0.0
+    )
+
+
+@dataclass
+class TunedMethod:
+    """One method's grid records (validation, grid order), the rule's choice and the chosen
+    point's test record."""
+
+    sweep: Sweep
+    validation: list[dict[str, Any]]
+    chosen: Chosen
+    test: dict[str, Any]
+
+
+@dataclass
+class BenchmarkRun:
+    """What :meth:`Pipeline.run` produced: the base model's records on both splits, the
+    reference rows' test records (base first) and every tuned method."""
+
+    profile: Profile
+    base_validation: dict[str, Any]
+    base_test: dict[str, Any]
+    references: list[dict[str, Any]] = field(default_factory=list)
+    methods: list[TunedMethod] = field(default_factory=list)
 
 
 class Pipeline:
@@ -85,7 +121,6 @@ class Pipeline:
         )
         self.scoring = Scoring(
             self.workspace,
-            profile.evaluation,
             self.model_dir,
             self.merges,
             keep_models=keep_models,
@@ -99,23 +134,34 @@ class Pipeline:
         utility-only merge ``W0 + U`` (``"utility_merge"``)."""
         return self.model_dir if at == "base" else self.merges.utility_merge_dir()
 
-    def run(self, on_row: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
-        """Produce every row (cached stages are reused); ``on_row`` sees each finished row."""
+    def run(self) -> BenchmarkRun:
+        """Every reference row on test, every grid point on validation, each method's chosen
+        point on test (cached stages are reused)."""
         from tqdm.auto import tqdm
 
+        profile = self.profile
         self.workspace.root.mkdir(parents=True, exist_ok=True)
         self.adapters.all()
-        jobs = list(self.merges.jobs())  # collects the Fisher files the sweeps need
-        rows: list[dict[str, Any]] = []
-        base_accuracy: float | None = None
-        for job in tqdm(jobs, desc="merge + evaluate", disable=not self.progress):
-            record = self.scoring.record(job)
-            if job.method == BASE_ROW:
-                base_accuracy = record["metrics"].get("truefalse_accuracy")
-            rows.append(result_row(record, base_accuracy))
-            if on_row is not None:
-                on_row(rows[-1])
-        return rows
+        references = list(self.merges.references())
+        base_validation = self.scoring.record(references[0], profile.validation)
+        base_test = self.scoring.record(references[0], profile.test)
+        run = BenchmarkRun(profile, base_validation, base_test)
+        for job in tqdm(references, desc="references (test)", disable=not self.progress):
+            run.references.append(self.scoring.record(job, profile.test))
+        base_over = base_validation["metrics"]["benign_over_refusal"]
+        for sweep in tqdm(profile.sweeps, desc="methods", disable=not self.progress):
+            jobs = self.merges.sweep_jobs(sweep)
+            records = [self.scoring.record(job, profile.validation) for job in jobs]
+            chosen = profile.rule.choose([scores_of(r) for r in records], base_over)
+            run.methods.append(
+                TunedMethod(
+                    sweep,
+                    records,
+                    chosen,
+                    self.scoring.record(jobs[chosen.index], profile.test),
+                )
+            )
+        return run
 
     def export_inputs(self, out_dir: str | Path) -> Path:
         """The merge inputs under ``out_dir/inputs``, named for ``configs/mergekit/*.yml``:

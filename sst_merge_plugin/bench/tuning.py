@@ -48,20 +48,21 @@ def apply_knobs(
 ) -> dict[str, Any]:
     """A copy of the mergekit configuration ``config`` with ``knobs`` set.
 
-    ``safety_weight`` sets the ``weight`` of the input(s) ``is_safety`` selects (exactly one
-    must match), ``utility_weight`` that of every other input, ``density`` every input's
-    ``density``; any other knob is a shared (top-level) parameter.
+    ``safety_weight`` sets the ``weight`` of the input ``is_safety`` selects (exactly one must
+    match), ``utility_weight`` that of every other input (all of them in a configuration
+    without a safety input), ``density`` every input's ``density``; any other knob is a shared
+    (top-level) parameter.
     """
     out = deepcopy(dict(config))
     models = out.get("models") or []
     safety = [entry for entry in models if is_safety(entry)]
+    if len(safety) > 1 or (SAFETY_WEIGHT in knobs and len(safety) != 1):
+        raise SSTError(
+            f"knobs {sorted(knobs)}: the configuration needs exactly one safety input, found "
+            f"{len(safety)}"
+        )
     for knob, value in knobs.items():
         if knob in (SAFETY_WEIGHT, UTILITY_WEIGHT):
-            if len(safety) != 1:
-                raise SSTError(
-                    f"knob {knob}: the configuration needs exactly one safety input, found "
-                    f"{len(safety)}"
-                )
             chosen = safety if knob == SAFETY_WEIGHT else [e for e in models if e not in safety]
             for entry in chosen:
                 entry.setdefault("parameters", {})["weight"] = value

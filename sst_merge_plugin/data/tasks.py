@@ -181,6 +181,21 @@ def _acronym(rng: random.Random) -> tuple[str, TaskItem]:
     return shown, TaskItem(template.format(s=shown), "".join(w[0] for w in words).upper())
 
 
+def _last_word(rng: random.Random) -> tuple[str, TaskItem]:
+    words = rng.sample(_WORDS, rng.randint(3, 5))
+    shown = " ".join(words)
+    template = rng.choice(
+        ("What is the last word in this list: {s}", "Write only the final word of: {s}")
+    )
+    return shown, TaskItem(template.format(s=shown), words[-1])
+
+
+def _lowercase(rng: random.Random) -> tuple[str, TaskItem]:
+    words = " ".join(rng.sample(_WORDS, rng.randint(2, 3))).upper()
+    template = rng.choice(("Rewrite in lowercase: {s}", "Convert to small letters: {s}"))
+    return words, TaskItem(template.format(s=words), words.lower())
+
+
 SKILLS: dict[str, Skill] = {
     skill.name: skill
     for skill in (
@@ -194,6 +209,8 @@ SKILLS: dict[str, Skill] = {
         Skill("count_word", "count one word's occurrences in a 4-8 word list", _count_word),
         Skill("max_number", "pick the largest of 3-5 numbers below 100", _max_number),
         Skill("acronym", "capital initials of 3-4 words", _acronym),
+        Skill("last_word", "the last of 3-5 space-separated words", _last_word),
+        Skill("lowercase", "rewrite 2-3 uppercase words in small letters", _lowercase),
     )
 }
 
