@@ -289,3 +289,47 @@ def test_fisher_at_the_utility_merge(world: World, tmp_path: Path) -> None:
         replace(at_merge, fisher_at="somewhere")
     with pytest.raises(SSTError, match=r"cannot be combined with other utility weights"):
         replace(at_merge, grid={"utility_weight": (0.5,)})
+
+
+def test_demo_command_runs_a_profile_end_to_end(
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """``sst-merge demo`` on the tiny world: the command's own code path (profile lookup,
+    pipeline, reports, exported inputs, run.json), with only the SmolLM2 assets swapped out."""
+    from functools import partial
+
+    from sst_merge_plugin import cli
+    from sst_merge_plugin.bench import demo
+    from sst_merge_plugin.bench import pipeline as pipeline_module
+    from sst_merge_plugin.bench import profile as profile_module
+
+    tiny = _profile(world)
+    monkeypatch.setattr(profile_module, "PROFILES", {"tiny": tiny})
+    monkeypatch.setattr(
+        pipeline_module,
+        "Pipeline",
+        partial(pipeline_module.Pipeline, model_dir=world.base, prompts=PROMPTS),
+    )
+    monkeypatch.setattr(
+        demo,
+        "judge_summary",
+        lambda cache_dir: {"precision": 1.0, "recall": 0.5, "f1": 0.6, "n": 4},
+    )
+    out = tmp_path / "demo"
+    status = cli.main(
+        ["demo", "--profile", "tiny", "--out", str(out), "--workspace", str(tmp_path / "ws"),
+         "--no-progress"]
+    )  # fmt: skip
+    printed = capsys.readouterr().out
+    assert status == 0
+    assert "Each method at its validation-chosen point" in printed
+    assert sorted(p.name for p in out.iterdir()) == [
+        "inputs",
+        "pareto.png",
+        "results.json",
+        "results.md",
+        "run.json",
+        "sweeps.png",
+    ]
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["profile"] == "tiny" and meta["judge_on_pyrit_labels"]["n"] == 4

@@ -61,7 +61,7 @@ def run_profile(args: argparse.Namespace, title: str) -> int:
     """Run ``args.profile`` (shared by ``sst-merge demo`` and ``benchmarks/safety_utility``)."""
     from sst_merge_plugin.bench.pipeline import Pipeline
     from sst_merge_plugin.bench.profile import PROFILES
-    from sst_merge_plugin.bench.scoring import write_outputs
+    from sst_merge_plugin.bench.report import write_outputs
     from sst_merge_plugin.data.assets import cache_root
 
     if args.profile not in PROFILES:
