@@ -158,28 +158,46 @@ class Merges:
         return folder
 
     def run(self, job: MergeJob, out_dir: Path) -> float:
-        """Run ``job``'s configuration in-process with mergekit (or FusionBench for a
-        configuration with ``"host": "fusion_bench"``); returns the wall time."""
-        from sst_merge_plugin.bench.fusion_merge import HOST, run_fusion_merge
-
+        """Merge ``job`` into ``out_dir`` (:func:`run_merge_job`); returns the wall time."""
         assert job.config is not None, "the base row has nothing to merge"
-        if job.config.get("host") == HOST:
-            return run_fusion_merge(job.config, out_dir, self.device, quiet=not self.progress)
-        from mergekit.config import MergeConfiguration
-        from mergekit.merge import run_merge
-        from mergekit.options import MergeOptions
-
-        from sst_merge_plugin.mergekit.registration import install
-
-        install()
-        config = MergeConfiguration.model_validate(job.config)
-        options = MergeOptions(
-            lora_merge_cache=str(self.workspace / "lora_merge_cache"),
-            random_seed=0,
-            quiet=not self.progress,
-            copy_tokenizer=True,
+        return run_merge_job(
+            job.config,
+            out_dir,
+            lora_merge_cache=self.workspace / "lora_merge_cache",
             device=self.device,
+            progress=self.progress,
         )
-        started = time.perf_counter()
-        run_merge(config, str(out_dir), options=options)
-        return time.perf_counter() - started
+
+
+def run_merge_job(
+    config: Mapping[str, Any],
+    out_dir: Path,
+    *,
+    lora_merge_cache: Path,
+    device: str,
+    progress: bool,
+) -> float:
+    """Run a merge configuration in-process — mergekit's ``run_merge`` (the code path of
+    ``mergekit-yaml``, LoRA inputs merged through ``lora_merge_cache``), or FusionBench for a
+    configuration with ``"host": "fusion_bench"`` — into ``out_dir``; returns the wall time."""
+    from sst_merge_plugin.bench.fusion_merge import HOST, run_fusion_merge
+
+    if config.get("host") == HOST:
+        return run_fusion_merge(config, out_dir, device, quiet=not progress)
+    from mergekit.config import MergeConfiguration
+    from mergekit.merge import run_merge
+    from mergekit.options import MergeOptions
+
+    from sst_merge_plugin.mergekit.registration import install
+
+    install()
+    options = MergeOptions(
+        lora_merge_cache=str(lora_merge_cache),
+        random_seed=0,
+        quiet=not progress,
+        copy_tokenizer=True,
+        device=device,
+    )
+    started = time.perf_counter()
+    run_merge(MergeConfiguration.model_validate(config), str(out_dir), options=options)
+    return time.perf_counter() - started

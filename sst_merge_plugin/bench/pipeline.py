@@ -122,7 +122,7 @@ class Pipeline:
         self.scoring = Scoring(
             self.workspace,
             self.model_dir,
-            self.merges,
+            self.merges.run,
             keep_models=keep_models,
             device=device,
             progress=progress,

@@ -1,6 +1,7 @@
 """The evaluation stage: each row's merged model scored once per split, and the report rows.
 
-:class:`Scoring` merges a :class:`~.merges.MergeJob` into ``merges/<job key>/`` (removed after
+:class:`Scoring` merges a :class:`~.merges.MergeJob` (with the ``run_merge`` callable it is
+given, e.g. :meth:`.merges.Merges.run`) into ``merges/<job key>/`` (removed after
 scoring unless ``keep_models``), scores it with
 :func:`~sst_merge_plugin.evaluation.suite.evaluate_model` on the given split's
 :class:`~sst_merge_plugin.evaluation.suite.EvalConfig` and caches the record as
@@ -14,13 +15,13 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from sst_merge_plugin.atomic import write_text
-from sst_merge_plugin.bench.merges import MergeJob, Merges
+from sst_merge_plugin.bench.merges import MergeJob
 from sst_merge_plugin.bench.workspace import Workspace, content_key
 from sst_merge_plugin.core.errors import SSTError
 from sst_merge_plugin.evaluation.suite import EvalConfig
@@ -33,7 +34,7 @@ class Scoring:
         self,
         workspace: Workspace,
         model_dir: Path,
-        merges: Merges,
+        run_merge: Callable[[MergeJob, Path], float],
         *,
         keep_models: bool,
         device: str,
@@ -41,7 +42,7 @@ class Scoring:
     ) -> None:
         self.workspace = workspace
         self.model_dir = model_dir
-        self.merges = merges
+        self.run_merge = run_merge
         self.keep_models = keep_models
         self.device = device
         self.progress = progress
@@ -63,7 +64,7 @@ class Scoring:
                 shutil.rmtree(merged)
             merged.parent.mkdir(parents=True, exist_ok=True)
             try:
-                merge_seconds = self.merges.run(job, merged)
+                merge_seconds = self.run_merge(job, merged)
             except BaseException:
                 shutil.rmtree(merged, ignore_errors=True)
                 raise
