@@ -139,7 +139,7 @@ def test_pipeline_end_to_end_and_cached(
         profile, workspace, model_dir=world.base, prompts=PROMPTS, keep_models=True, progress=False
     )
     run = pipeline.run()
-    assert [r["method"] for r in run.references] == ["base", "utility_only"]
+    assert [r["method"] for r in run.references] == ["base", "safety alone", "utility_only"]
     assert [len(m.validation) for m in run.methods] == [1, 2, 2]
     base_over = run.base_validation["metrics"]["benign_over_refusal"]
     for method in run.methods:

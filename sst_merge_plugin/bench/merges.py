@@ -132,11 +132,12 @@ class Merges:
         }
 
     def references(self) -> Iterator[MergeJob]:
-        """The reference rows: the base model, each adapter alone (``single_adapters``), the
-        utility-only merge at each of the profile's ``reference_lambdas``."""
+        """The reference rows: the base model, the safety adapter alone (the ceiling a merge can
+        reach), each skill adapter alone (``single_adapters``), the utility-only merge at each
+        of the profile's ``reference_lambdas``."""
         yield MergeJob(BASE_ROW, None, None)
-        if self.profile.single_adapters:
-            for spec in self.profile.adapters:
+        for spec in self.profile.adapters:
+            if spec.name == SAFETY or self.profile.single_adapters:
                 yield MergeJob(f"{spec.name} alone", None, self.single_adapter_config(spec))
         for value in self.profile.reference_lambdas:
             yield self.job(UTILITY_ONLY, {UTILITY_WEIGHT: value})

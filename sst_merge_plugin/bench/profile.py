@@ -135,9 +135,9 @@ class Profile:
     """Everything one benchmark run does (module doc).
 
     ``validation`` scores every grid point; ``rule`` picks each method's point from those
-    scores; ``test`` scores the chosen points and the reference rows (the base model, each
-    adapter alone when ``single_adapters``, the utility-only merge at each ``reference_lambdas``)
-    and nothing else.
+    scores; ``test`` scores the chosen points and the reference rows (the base model, the
+    safety adapter alone, each skill adapter alone when ``single_adapters``, the utility-only
+    merge at each ``reference_lambdas``) and nothing else.
     """
 
     name: str
