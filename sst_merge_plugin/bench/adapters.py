@@ -1,7 +1,8 @@
 """The adapters stage: PEFT LoRAs trained once into ``adapters/<name>-<key>/``.
 
 The key covers the base model's fingerprint, the training pairs and the hyper-parameters
-(:func:`~sst_merge_plugin.bench.training.train_lora_adapter`). The safety adapter
+(:func:`~sst_merge_plugin.bench.training.train_lora_adapter`); each is trained once, under
+its lock (:func:`~sst_merge_plugin.atomic.make_once`). The safety adapter
 (``AdapterSpec.skill is None``) learns harmful training prompts → natural refusals plus
 everyday retain pairs; a skill adapter learns its skill's training split.
 """
@@ -12,6 +13,7 @@ import logging
 from dataclasses import asdict
 from pathlib import Path
 
+from sst_merge_plugin.atomic import make_once
 from sst_merge_plugin.bench.profile import SAFETY, AdapterSpec, Profile
 from sst_merge_plugin.bench.prompts import TrainingPrompts
 from sst_merge_plugin.bench.workspace import Workspace, content_key
@@ -76,17 +78,20 @@ class Adapters:
             }
         )
         folder = self.workspace / "adapters" / f"{spec.name}-{key}"
-        if not (folder / "adapter_model.safetensors").is_file():
-            log.info("training adapter %s (%d pairs) into %s", spec.name, len(pairs), folder)
+
+        def train(entry: Path) -> None:
+            log.info("training adapter %s (%d pairs) into %s", spec.name, len(pairs), entry)
             train_lora_adapter(
                 self.model_dir,
                 pairs,
-                folder,
+                entry,
                 spec.training,
                 device=self.device,
                 progress=self.progress,
                 description=f"train {spec.name}",
             )
+
+        make_once(folder, train, lambda entry: (entry / "adapter_model.safetensors").is_file())
         self._folders[spec.name] = folder
         return folder
 

@@ -7,6 +7,11 @@ scoring unless ``keep_models``), scores it with
 record into a report row (:mod:`sst_merge_plugin.evaluation.report`), adding ``drift`` = the
 base model's true/false accuracy minus the row's (knowledge lost; negative = gained);
 :func:`write_outputs` writes ``results.json``, ``results.md`` and ``pareto.png``.
+
+Concurrent runs on one workspace score a record once: it is checked and, if missing, made under
+its lock (:func:`~sst_merge_plugin.atomic.make_once`), and ``merges/<job key>/`` is used only
+under its own lock (:func:`~sst_merge_plugin.atomic.entry_lock`; two evaluation settings share
+a job's folder), so no run removes a folder another is merging into or evaluating.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from sst_merge_plugin.atomic import write_text
+from sst_merge_plugin.atomic import entry_lock, make_once, write_text
 from sst_merge_plugin.bench.merges import MergeJob, Merges
 from sst_merge_plugin.bench.workspace import Workspace, content_key
 from sst_merge_plugin.core.errors import SSTError
@@ -49,12 +54,22 @@ class Scoring:
 
     def record(self, job: MergeJob) -> dict[str, Any]:
         """The cached evaluation record of ``job`` (merged and evaluated now if needed)."""
-        from sst_merge_plugin.evaluation.suite import evaluate_model
-
         eval_key = content_key({"job": job.key, "eval": asdict(self.evaluation)})
         record_path = self.workspace / "evals" / f"{eval_key}.json"
-        if record_path.is_file():
-            return json.loads(record_path.read_text(encoding="utf-8"))
+
+        def evaluate(entry: Path) -> None:
+            with entry_lock(self.workspace / "merges" / job.key):
+                record = self._evaluate(job)
+            write_text(entry, json.dumps(record, indent=2))
+
+        make_once(record_path, evaluate, Path.is_file)
+        return json.loads(record_path.read_text(encoding="utf-8"))
+
+    def _evaluate(self, job: MergeJob) -> dict[str, Any]:
+        """Merge ``job`` into ``merges/<job key>/`` (the caller holds its lock), score it and
+        return the record; the folder is removed afterwards unless ``keep_models``."""
+        from sst_merge_plugin.evaluation.suite import evaluate_model
+
         merge_seconds = None
         model_dir = self.model_dir
         merged = self.workspace / "merges" / job.key
@@ -82,7 +97,6 @@ class Scoring:
         }
         if job.config is not None and not self.keep_models:
             shutil.rmtree(merged, ignore_errors=True)
-        write_text(record_path, json.dumps(record, indent=2))
         return record
 
 
