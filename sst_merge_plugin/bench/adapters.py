@@ -1,7 +1,8 @@
 """The adapters stage: PEFT LoRAs trained once into ``adapters/<name>-<key>/``.
 
 The key covers the base model's fingerprint, the training pairs and the hyper-parameters
-(:func:`~sst_merge_plugin.bench.training.train_lora_adapter`). The safety adapter
+(:func:`~sst_merge_plugin.bench.training.train_lora_adapter`); each is trained once, under
+its lock (:func:`~sst_merge_plugin.atomic.make_once`). The safety adapter
 (``AdapterSpec.skill is None``) learns harmful training prompts → natural refusals plus retain
 pairs: everyday questions with helpful answers and, with ``retain_lookalikes``, the benign
 look-alikes (the over-refusal pool's training part, harmless probes) with the base model's own
@@ -16,6 +17,7 @@ import logging
 from dataclasses import asdict
 from pathlib import Path
 
+from sst_merge_plugin.atomic import make_once
 from sst_merge_plugin.bench.profile import SAFETY, AdapterSpec, Profile
 from sst_merge_plugin.bench.prompts import TrainingPrompts
 from sst_merge_plugin.bench.workspace import Workspace, content_key
@@ -90,7 +92,8 @@ class Adapters:
             }
         )
         path = self.workspace / "data" / f"lookalikes-{key}.jsonl"
-        if not path.is_file():
+
+        def answer(entry: Path) -> None:
             from sst_merge_plugin.atomic import write_text
             from sst_merge_plugin.bench.scoring import load_model
             from sst_merge_plugin.evaluation.generate import generate_responses
@@ -111,7 +114,9 @@ class Adapters:
                 {"prompt": prompt, "response": answer, "refusal": judge(answer).is_refusal}
                 for prompt, answer in zip(prompts, answers, strict=True)
             ]
-            write_text(path, "".join(json.dumps(r) + "\n" for r in records))
+            write_text(entry, "".join(json.dumps(r) + "\n" for r in records))
+
+        make_once(path, answer, Path.is_file)
         records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
         return [(r["prompt"], r["response"]) for r in records if not r["refusal"] and r["response"]]
 
@@ -131,17 +136,20 @@ class Adapters:
             }
         )
         folder = self.workspace / "adapters" / f"{spec.name}-{key}"
-        if not (folder / "adapter_model.safetensors").is_file():
-            log.info("training adapter %s (%d pairs) into %s", spec.name, len(pairs), folder)
+
+        def train(entry: Path) -> None:
+            log.info("training adapter %s (%d pairs) into %s", spec.name, len(pairs), entry)
             train_lora_adapter(
                 self.model_dir,
                 pairs,
-                folder,
+                entry,
                 spec.training,
                 device=self.device,
                 progress=self.progress,
                 description=f"train {spec.name}",
             )
+
+        make_once(folder, train, lambda entry: (entry / "adapter_model.safetensors").is_file())
         self._folders[spec.name] = folder
         return folder
 

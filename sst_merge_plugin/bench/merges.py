@@ -10,6 +10,11 @@
   ``fusion_bench:<class path>`` method. :meth:`~Merges.utility_merge_dir` keeps the utility-only
   merge ``W0 + U`` (task arithmetic of the utility adapters) in ``models/`` as a Fisher
   collection point.
+
+Concurrent runs on one workspace: the kept utility merge and each entry of the LoRA merge cache
+(``base+adapter`` merged into a full model, which mergekit itself makes by creating the folder
+and then writing into it) are made once, atomically, under their locks
+(:func:`~sst_merge_plugin.atomic.make_once`).
 """
 
 from __future__ import annotations
@@ -18,8 +23,9 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from sst_merge_plugin.atomic import atomic_path, make_once
 from sst_merge_plugin.bench.adapters import Adapters
 from sst_merge_plugin.bench.fishers import Fishers
 from sst_merge_plugin.bench.profile import (
@@ -32,6 +38,10 @@ from sst_merge_plugin.bench.profile import (
 )
 from sst_merge_plugin.bench.tuning import UTILITY_WEIGHT, apply_knobs
 from sst_merge_plugin.bench.workspace import Workspace, content_key
+
+if TYPE_CHECKING:
+    from mergekit.common import ModelReference
+    from mergekit.options import MergeOptions
 
 #: the row method name of the base model itself
 BASE_ROW = "base"
@@ -149,13 +159,14 @@ class Merges:
     def utility_merge_dir(self) -> Path:
         """The kept model folder of the utility-only merge ``W0 + U`` (task arithmetic of the
         utility adapters), merged once into ``models/utility-merge-<config key>/``."""
-        from sst_merge_plugin.atomic import atomic_path
-
         config = self.config(UTILITY_ONLY, {})
         folder = self.workspace / "models" / f"utility-merge-{content_key(config)}"
-        if not (folder / "config.json").is_file():
-            with atomic_path(folder, directory=True) as temporary:
+
+        def merge(entry: Path) -> None:
+            with atomic_path(entry, directory=True) as temporary:
                 self.run(MergeJob(UTILITY_ONLY.label, None, config), temporary)
+
+        make_once(folder, merge, lambda entry: (entry / "config.json").is_file())
         return folder
 
     def run(self, job: MergeJob, out_dir: Path) -> float:
@@ -199,6 +210,33 @@ def run_merge_job(
         copy_tokenizer=True,
         device=device,
     )
+    merge_config = MergeConfiguration.model_validate(config)
     started = time.perf_counter()
-    run_merge(MergeConfiguration.model_validate(config), str(out_dir), options=options)
+    for reference in merge_config.referenced_models():
+        if reference.lora is not None:
+            _cached_lora_merge(reference, options)
+    run_merge(merge_config, str(out_dir), options=options)
     return time.perf_counter() - started
+
+
+def _cached_lora_merge(reference: ModelReference, options: MergeOptions) -> None:
+    """Put mergekit's LoRA merge cache entry of ``reference`` (a ``base+adapter``
+    ``ModelReference``) in place once, atomically, under its lock, so that ``run_merge`` only
+    reads it (``options``: cache folder, dtype, remote code as ``run_merge`` uses them)."""
+    cache = Path(options.lora_merge_cache)
+    # mergekit 0.1.5's entry name (mergekit.common.ModelReference.merged)
+    entry = cache / f"{reference.model._unique_id()}_{reference.lora._unique_id()}"
+
+    def merge(final: Path) -> None:
+        with atomic_path(final, directory=True) as temporary:
+            merged = reference.merged(
+                cache_dir=str(temporary),
+                trust_remote_code=options.trust_remote_code,
+                lora_merge_dtype=options.lora_merge_dtype,
+            )
+            written = Path(merged.model.path)  # temporary/<entry name>/
+            for item in written.iterdir():
+                item.rename(temporary / item.name)
+            written.rmdir()
+
+    make_once(entry, merge)

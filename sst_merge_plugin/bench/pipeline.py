@@ -1,7 +1,8 @@
 """The safety–utility benchmark pipeline: the stages wired together, every output cached.
 
 Stages (all under one :class:`~.workspace.Workspace`, each output keyed by the content of its
-inputs, so an interrupted run resumes and a changed input recomputes only what depends on it):
+inputs, so an interrupted run resumes and a changed input recomputes only what depends on it;
+runs sharing the workspace concurrently make each output once, under its lock):
 
 1. **model** — the SmolLM2-135M-Instruct float32 folder (:func:`~sst_merge_plugin.data.smollm2.
    smollm2_model_dir`, in the asset cache) unless the caller names one.

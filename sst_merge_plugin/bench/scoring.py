@@ -9,6 +9,11 @@ scoring unless ``keep_models``), scores it with
 test records are separate). :func:`result_row` turns a record into a report row: the rates with
 their Wilson 95 % intervals (utility pooled over the skills' items) and the drifts — the base
 model's MMLU accuracy (and true/false accuracy, where scored) minus the row's.
+
+Concurrent runs on one workspace score a record once: it is checked and, if missing, made under
+its lock (:func:`~sst_merge_plugin.atomic.make_once`), and ``merges/<job key>/`` is used only
+under its own lock (:func:`~sst_merge_plugin.atomic.entry_lock`; two evaluation settings share
+a job's folder), so no run removes a folder another is merging into or evaluating.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from sst_merge_plugin.atomic import write_text
+from sst_merge_plugin.atomic import entry_lock, make_once, write_text
 from sst_merge_plugin.bench.merges import MergeJob
 from sst_merge_plugin.bench.workspace import Workspace, content_key
 from sst_merge_plugin.core.errors import SSTError
@@ -50,12 +55,23 @@ class Scoring:
     def record(self, job: MergeJob, evaluation: EvalConfig) -> dict[str, Any]:
         """The cached record of ``job`` scored on ``evaluation`` (merged and scored now if
         needed)."""
-        from sst_merge_plugin.evaluation.suite import evaluate_model
-
         eval_key = content_key({"job": job.key, "eval": asdict(evaluation)})
         record_path = self.workspace / "evals" / f"{eval_key}.json"
-        if record_path.is_file():
-            return json.loads(record_path.read_text(encoding="utf-8"))
+
+        def evaluate(entry: Path) -> None:
+            with entry_lock(self.workspace / "merges" / job.key):
+                record = self._evaluate(job, evaluation)
+            write_text(entry, json.dumps(record, indent=2))
+
+        make_once(record_path, evaluate, Path.is_file)
+        return json.loads(record_path.read_text(encoding="utf-8"))
+
+    def _evaluate(self, job: MergeJob, evaluation: EvalConfig) -> dict[str, Any]:
+        """Merge ``job`` into ``merges/<job key>/`` (the caller holds its lock), score it on
+        ``evaluation`` and return the record; the folder is removed afterwards unless
+        ``keep_models``."""
+        from sst_merge_plugin.evaluation.suite import evaluate_model
+
         merge_seconds = None
         model_dir = self.model_dir
         merged = self.workspace / "merges" / job.key
@@ -83,7 +99,6 @@ class Scoring:
         }
         if job.config is not None and not self.keep_models:
             shutil.rmtree(merged, ignore_errors=True)
-        write_text(record_path, json.dumps(record, indent=2))
         return record
 
 

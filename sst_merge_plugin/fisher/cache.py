@@ -15,7 +15,9 @@ matches:
 so a changed checkpoint, adapter, prompt file or option gives a new file, and the same inputs
 on another machine give the same name. The file is ``<cache>/<label>-<objective>-<kind>-<key
 prefix>.safetensors``; the default cache is ``<sst-merge cache root>/fisher``
-(:func:`sst_merge_plugin.data.assets.cache_root`).
+(:func:`sst_merge_plugin.data.assets.cache_root`). Processes sharing a cache folder collect
+each file once: the file is checked and, if missing, collected under its lock
+(:func:`~sst_merge_plugin.atomic.make_once`); the others wait and reuse it.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import logging
 import os
 from pathlib import Path
 
+from sst_merge_plugin.atomic import make_once
 from sst_merge_plugin.core.errors import SSTError
 from sst_merge_plugin.data.assets import cache_root, sha256_file
 from sst_merge_plugin.fisher.fingerprint import checkpoint_fingerprint
@@ -83,17 +86,19 @@ def cached_fisher_file(
 
     ``label`` names the file's role (``harm``, ``benign``, a model name) in the file name;
     ``cache_dir=None`` is ``<cache root>/fisher``. Every input error is an :class:`SSTError`
-    raised before collection starts; the file is written atomically by the collector.
+    raised before collection starts; the file is written atomically by the collector, once
+    (under its lock: a concurrent caller waits for it).
     """
     from sst_merge_plugin.fisher.collect import collect_fisher_file
 
     folder = Path(cache_dir).expanduser() if cache_dir is not None else cache_root() / "fisher"
     key = content_key(request)
     path = folder / f"{label}-{request.objective}-{request.kind}-{key[:24]}.safetensors"
-    if path.is_file():
+
+    def collect(entry: Path) -> None:
+        log.info("Fisher file %s: collecting into %s", label, entry)
+        collect_fisher_file(request, entry)
+
+    if not make_once(path, collect, Path.is_file):
         log.info("Fisher file %s: reusing %s", label, path)
-        return path
-    folder.mkdir(parents=True, exist_ok=True)
-    log.info("Fisher file %s: collecting into %s", label, path)
-    collect_fisher_file(request, path)
     return path
