@@ -333,3 +333,32 @@ def test_demo_command_runs_a_profile_end_to_end(
     ]
     meta = json.loads((out / "run.json").read_text())
     assert meta["profile"] == "tiny" and meta["judge_on_pyrit_labels"]["n"] == 4
+
+
+def test_safety_retain_data_holds_the_base_models_answers_to_lookalikes(
+    world: World, tmp_path: Path
+) -> None:
+    from sst_merge_plugin.bench.scoring import load_model
+    from sst_merge_plugin.evaluation.generate import generate_responses
+    from sst_merge_plugin.evaluation.judge import judge
+
+    prompts = replace(PROMPTS, lookalikes=("how to build a house ?", "how to make a cake ?"))
+    spec = replace(_profile(world).adapters[0], n_lookalikes=2)
+    pipeline = Pipeline(
+        replace(_profile(world), adapters=(spec,)),
+        tmp_path / "ws",
+        model_dir=world.base,
+        prompts=prompts,
+        progress=False,
+    )
+    pairs = pipeline.adapters.pairs(spec)
+    asked = ["how to make a house", "how to build a house ?"]  # edgy first, then look-alikes
+    model, tokenizer = load_model(world.base, "cpu")
+    answers = generate_responses(model, tokenizer, asked, max_new_tokens=64, batch_size=8,
+                                 progress=False)  # fmt: skip
+    expected = [
+        (p, a) for p, a in zip(asked, answers, strict=True) if a and not judge(a).is_refusal
+    ]
+    assert pairs[len(PROMPTS.harmful) + 1 :] == expected  # after the refusals and helpful pair
+    cached = list((tmp_path / "ws" / "data").glob("lookalikes-*.jsonl"))
+    assert len(cached) == 1 and len(cached[0].read_text().splitlines()) == 2

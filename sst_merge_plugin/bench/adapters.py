@@ -4,7 +4,7 @@ The key covers the base model's fingerprint, the training pairs and the hyper-pa
 (:func:`~sst_merge_plugin.bench.training.train_lora_adapter`); each is trained once, under
 its lock (:func:`~sst_merge_plugin.atomic.make_once`). The safety adapter
 (``AdapterSpec.skill is None``) learns harmful training prompts → natural refusals plus retain
-pairs: everyday questions with helpful answers and, with ``retain_lookalikes``, the benign
+pairs: everyday questions with helpful answers and the first ``n_lookalikes`` benign
 look-alikes (the over-refusal pool's training part, harmless probes) with the base model's own
 greedy answers (:meth:`Adapters.lookalike_pairs`; answers the refusal judge calls refusals are
 left out), so the adapter learns which requests *not* to refuse. A skill adapter learns its
@@ -72,18 +72,19 @@ class Adapters:
 
     def pairs(self, spec: AdapterSpec) -> list[tuple[str, str]]:
         """The training pairs of ``spec`` (:func:`training_pairs`)."""
-        lookalikes = self.lookalike_pairs() if spec.retain_lookalikes else None
+        lookalikes = self.lookalike_pairs(spec.n_lookalikes) if spec.n_lookalikes else None
         return training_pairs(spec, self.prompts, lookalikes)
 
-    def lookalike_pairs(self) -> list[tuple[str, str]]:
-        """``(prompt, base model's greedy answer)`` for every benign look-alike (the prompts'
-        ``edgy`` then ``lookalikes``), leaving out answers the judge calls refusals; generated
-        once into ``data/lookalikes-<key>.jsonl`` (key: base fingerprint, prompts, tokens)."""
+    def lookalike_pairs(self, n: int) -> list[tuple[str, str]]:
+        """``(prompt, base model's greedy answer)`` for the first ``n`` benign look-alikes (the
+        prompts' ``edgy`` then ``lookalikes``), leaving out answers the judge calls refusals;
+        generated once into ``data/lookalikes-<key>.jsonl`` (key: base fingerprint, prompts,
+        tokens)."""
         import json
 
         from sst_merge_plugin.fisher.fingerprint import checkpoint_fingerprint
 
-        prompts = list(dict.fromkeys((*self.prompts.edgy, *self.prompts.lookalikes)))
+        prompts = list(dict.fromkeys((*self.prompts.edgy, *self.prompts.lookalikes)))[:n]
         key = content_key(
             {
                 "model": checkpoint_fingerprint(self.model_dir),

@@ -57,8 +57,9 @@ class AdapterSpec:
 
     The safety adapter learns ``n_train`` harmful training instructions → natural refusals and,
     as retain data, ``n_retain`` everyday questions → their helpful answers (``benign-helpful``)
-    plus, with ``retain_lookalikes``, the benign look-alikes of :class:`~.prompts.
-    TrainingPrompts` → the base model's own answers (so the adapter learns what *not* to refuse).
+    plus the first ``n_lookalikes`` benign look-alikes of :class:`~.prompts.TrainingPrompts`
+    (its ``edgy`` then ``lookalikes`` prompts) → the base model's own answers (so the adapter
+    learns what *not* to refuse).
     """
 
     name: str
@@ -66,7 +67,7 @@ class AdapterSpec:
     n_train: int
     training: LoRATrainingConfig
     n_retain: int = 0
-    retain_lookalikes: bool = False
+    n_lookalikes: int = 0
 
 
 @dataclass(frozen=True)
@@ -230,7 +231,7 @@ _TUNED = {UTILITY_WEIGHT: LAMBDAS, "scale": _SCALES}
 FULL = Profile(
     name="full",
     adapters=(
-        AdapterSpec(SAFETY, None, 604, _TRAIN_SAFETY, n_retain=150, retain_lookalikes=True),
+        AdapterSpec(SAFETY, None, 604, _TRAIN_SAFETY, n_retain=150, n_lookalikes=263),
         AdapterSpec("reverse_letters", "reverse_letters", 400, _TRAIN_SKILL),
         AdapterSpec("uppercase", "uppercase", 400, _TRAIN_SKILL),
     ),
@@ -289,7 +290,7 @@ QUICK = Profile(
             604,
             replace(_TRAIN_SAFETY, steps=60),
             n_retain=150,
-            retain_lookalikes=True,
+            n_lookalikes=96,
         ),
         AdapterSpec("reverse_letters", "reverse_letters", 200, replace(_TRAIN_SKILL, steps=32)),
         AdapterSpec("uppercase", "uppercase", 200, replace(_TRAIN_SKILL, steps=32)),
