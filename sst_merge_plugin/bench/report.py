@@ -120,7 +120,9 @@ def summarise(run: BenchmarkRun) -> dict[str, Any]:
     }
 
 
-def _rate(row: Mapping[str, Any], key: str, interval: str | None = None) -> str:
+def rate_cell(row: Mapping[str, Any], key: str, interval: str | None = None) -> str:
+    """``0.62 [0.54, 0.70]`` — a result row's ``key`` with its 95 % interval
+    (``row["intervals"][interval or key]``), the value alone without one, ``–`` for ``None``."""
     value = row.get(key)
     if value is None:
         return "–"
@@ -135,9 +137,9 @@ def _drift(row: Mapping[str, Any]) -> str:
 
 def _test_cells(row: Mapping[str, Any]) -> list[str]:
     return [
-        _rate(row, "harmful_refusal"),
-        _rate(row, "benign_over_refusal"),
-        _rate(row, "utility_mean", "utility"),
+        rate_cell(row, "harmful_refusal"),
+        rate_cell(row, "benign_over_refusal"),
+        rate_cell(row, "utility_mean", "utility"),
         _drift(row),
     ]
 
@@ -228,7 +230,9 @@ def markdown(summary: Mapping[str, Any], title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _error(row: Mapping[str, Any], key: str, interval: str | None = None) -> list[float]:
+def error_bar(row: Mapping[str, Any], key: str, interval: str | None = None) -> list[list[float]]:
+    """matplotlib's ``[[below], [above]]`` error of a result row's ``key`` from its 95 % interval
+    (``row["intervals"][interval or key]``); a series is ``numpy.hstack`` of its points'."""
     bounds = row["intervals"][interval or key]
     return [[row[key] - bounds["low"]], [bounds["high"] - row[key]]]
 
@@ -251,11 +255,11 @@ def plot_pareto(summary: Mapping[str, Any], path: str | Path, title: str) -> Non
                  "linestyle": "none", "color": f"C{index % 10}"}  # fmt: skip
         if label == summary.get("headline"):
             style.update(markersize=11, markeredgecolor="black")
-        y_error = _error(row, "harmful_refusal")
+        y_error = error_bar(row, "harmful_refusal")
         axes[0].errorbar(row["benign_over_refusal"], row["harmful_refusal"], y_error,
-                         _error(row, "benign_over_refusal"), **style)  # fmt: skip
+                         error_bar(row, "benign_over_refusal"), **style)  # fmt: skip
         axes[1].errorbar(row["utility_mean"], row["harmful_refusal"], y_error,
-                         _error(row, "utility_mean", "utility"), **style)  # fmt: skip
+                         error_bar(row, "utility_mean", "utility"), **style)  # fmt: skip
     axes[0].set_xlabel("over-refusal on benign look-alikes (test) ↓")
     axes[1].set_xlabel("utility: skill exact match (test) ↑")
     axes[0].set_ylabel("harmful refusal (test) ↑")
