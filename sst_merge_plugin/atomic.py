@@ -14,6 +14,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from sst_merge_plugin.core.errors import SSTError
+
 
 def _read_umask() -> int:
     umask = os.umask(0)
@@ -71,3 +73,40 @@ def write_text(path: str | os.PathLike[str], text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
     with atomic_path(path) as temporary:
         temporary.write_text(text, encoding="utf-8")
+
+
+def check_writable(path: str | os.PathLike[str], option: str) -> None:
+    """Raise :class:`SSTError` unless :func:`atomic_path` could write the file ``path``.
+
+    ``path`` must not be a directory; its folder must exist or be creatable (the nearest
+    existing ancestor is a folder); and a file (a folder, when folders are missing) can really
+    be created there — probed with a temporary that is removed at once, so read-only mounts,
+    permissions and immutable folders are all caught and nothing is left behind. ``option``
+    (e.g. ``"--out"``) starts the message.
+    """
+    final = Path(path)
+    if final.is_dir():
+        raise SSTError(f"{option} {str(final)!r} is a directory; give a file name")
+    folder = final.parent
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        where = (
+            f"{str(folder)!r} is not a folder"
+            if existing == folder
+            else f"cannot create the folder {str(folder)!r}: {str(existing)!r} is not a folder"
+        )
+        raise SSTError(f"{option} {str(final)!r}: {where}")
+    what = "write in" if existing == folder else "create folders in"
+    try:
+        if existing == folder:
+            handle, name = tempfile.mkstemp(prefix=".sst-write-check-", dir=existing)
+            os.close(handle)
+            os.unlink(name)
+        else:
+            os.rmdir(tempfile.mkdtemp(prefix=".sst-write-check-", dir=existing))
+    except OSError as error:
+        raise SSTError(
+            f"{option} {str(final)!r}: cannot {what} {str(existing)!r} ({error.strerror or error})"
+        ) from None

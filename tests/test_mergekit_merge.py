@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -157,6 +158,37 @@ def test_cli_sst_merge_lora_kind_ties_matches_scipy_and_builtin_ties(scenario, t
         )
     assert report["adapter"]["n_modules"] == len(names)
     assert set(report["adapter"]["ranks"].values()) == {4}
+
+
+def test_the_report_is_byte_reproducible(scenario, tmp_path):
+    """One merge run twice writes one ``sst_merge_report.json``, byte for byte: the Fisher
+    headers it lists (``safe_open`` returns them in a different order on every call) are
+    sorted."""
+    from safetensors import safe_open
+
+    names = linear_names()
+    for role, seed, objective in (("harm", 31, "refusal"), ("benign", 32, "kl")):
+        write_lora(tmp_path / f"{role}.safetensors", scenario, names, seed, objective=objective)
+    parameters = {
+        "harm_fisher": str(tmp_path / "harm.safetensors"),
+        "benign_fisher": str(tmp_path / "benign.safetensors"),
+        "select": "energy",
+        "write_adapter": "safety",
+    }
+    config = merge_config(scenario, "sst_merge", parameters, models(scenario))
+    out = tmp_path / "out"
+    reports = []
+    for _ in range(2):
+        shutil.rmtree(out, ignore_errors=True)
+        run_in_process(scenario, config, out)
+        reports.append((out / "sst_merge_report.json").read_bytes())
+    assert reports[0] == reports[1]
+    files = json.loads(reports[0])["fisher_files"]
+    for label, role in (("harm_fisher", "harm"), ("benign_fisher", "benign")):
+        with safe_open(str(tmp_path / f"{role}.safetensors"), framework="pt") as handle:
+            header = handle.metadata()
+        assert files[label]["metadata"] == header
+        assert list(files[label]["metadata"]) == sorted(header) and len(header) == 8
 
 
 def test_kfac_top_k_with_task_arithmetic(scenario, tmp_path):
