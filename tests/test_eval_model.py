@@ -405,6 +405,7 @@ BAD_CLI_INPUT = [  # "{tmp}": the test's folder, with a_file (a file) and bare/ 
     ({"--adapter": "MISSING"}, "is not a PEFT adapter folder"),
     ({"--model": "{tmp}/bare"}, "has no tokenizer"),
     ({"--json": "{tmp}/a_file/out.json"}, "'{tmp}/a_file' is not a folder"),
+    ({"--json": "{tmp}/bare"}, "--json '{tmp}/bare' is a directory; give a file name"),
     ({"--markdown": "{tmp}/a_file/sub/out.md"}, "cannot create the folder '{tmp}/a_file/sub'"),
 ]
 

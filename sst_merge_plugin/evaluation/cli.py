@@ -101,6 +101,7 @@ def _first_line(error: BaseException) -> str:
 
 
 def _load_tokenizer(model: str):
+    """The tokenizer of the folder ``model``; :class:`SSTError` (one line) when it does not load."""
     from transformers import AutoTokenizer
 
     try:

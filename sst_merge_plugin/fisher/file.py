@@ -16,10 +16,11 @@ Header metadata (``__metadata__``, all strings): ``format`` (``sst-fisher/1``), 
 
 :func:`write_fisher_file` validates every container and writes atomically, byte for byte
 reproducibly (:func:`write_safetensors`: the standard layout with a canonical header, so equal
-contents give equal sha256 digests). :class:`FisherFile` reads the header and the key layout eagerly (so a missing or misspelt entry
-is reported before any merge starts) and the factors lazily by weight name, memory-mapped,
-through a thread-safe cache of validated containers. Nothing here depends on a particular kind:
-entries, shapes and containers come from the kind registry (:mod:`sst_merge_plugin.core.kinds`).
+contents give equal sha256 digests). :class:`FisherFile` reads the header and the key layout
+eagerly (so a missing or misspelt entry is reported before any merge starts) and the factors
+lazily by weight name, memory-mapped, through a thread-safe cache of validated containers.
+Nothing here depends on a particular kind: entries, shapes and containers come from the kind
+registry (:mod:`sst_merge_plugin.core.kinds`).
 """
 
 from __future__ import annotations
