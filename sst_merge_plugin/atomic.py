@@ -3,7 +3,8 @@
 * :func:`atomic_path` / :func:`write_text` — write to a temporary sibling, then ``os.replace``
   it into place. A failure (an exception, Ctrl-C, a full disk) therefore never leaves a
   half-written file or directory under the final name; the temporary is removed. Used for
-  Fisher files, reports, results tables and plots.
+  Fisher files, reports, results tables and plots. :func:`check_writable` checks an output
+  path before the work that produces it starts.
 * :func:`entry_lock` / :func:`make_once` — an exclusive ``fcntl.flock`` on a lock file next to
   a cached entry (``.<name>.lock``), held while the entry is checked and, if missing, made. A
   second process (a concurrent benchmark run on the same workspace, a FusionBench run on the
@@ -22,6 +23,8 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+
+from sst_merge_plugin.core.errors import SSTError
 
 log = logging.getLogger(__name__)
 
@@ -145,3 +148,40 @@ def make_once(
             return False
         make(entry)
         return True
+
+
+def check_writable(path: str | os.PathLike[str], option: str) -> None:
+    """Raise :class:`SSTError` unless :func:`atomic_path` could write the file ``path``.
+
+    ``path`` must not be a directory; its folder must exist or be creatable (the nearest
+    existing ancestor is a folder); and a file (a folder, when folders are missing) can really
+    be created there — probed with a temporary that is removed at once, so read-only mounts,
+    permissions and immutable folders are all caught and nothing is left behind. ``option``
+    (e.g. ``"--out"``) starts the message.
+    """
+    final = Path(path)
+    if final.is_dir():
+        raise SSTError(f"{option} {str(final)!r} is a directory; give a file name")
+    folder = final.parent
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        where = (
+            f"{str(folder)!r} is not a folder"
+            if existing == folder
+            else f"cannot create the folder {str(folder)!r}: {str(existing)!r} is not a folder"
+        )
+        raise SSTError(f"{option} {str(final)!r}: {where}")
+    what = "write in" if existing == folder else "create folders in"
+    try:
+        if existing == folder:
+            handle, name = tempfile.mkstemp(prefix=".sst-write-check-", dir=existing)
+            os.close(handle)
+            os.unlink(name)
+        else:
+            os.rmdir(tempfile.mkdtemp(prefix=".sst-write-check-", dir=existing))
+    except OSError as error:
+        raise SSTError(
+            f"{option} {str(final)!r}: cannot {what} {str(existing)!r} ({error.strerror or error})"
+        ) from None

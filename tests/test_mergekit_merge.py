@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from support import python_output
 from test_mergekit_support import (
     DAMPING,
     UTILITY_TARGETS,
@@ -157,6 +159,49 @@ def test_cli_sst_merge_lora_kind_ties_matches_scipy_and_builtin_ties(scenario, t
         )
     assert report["adapter"]["n_modules"] == len(names)
     assert set(report["adapter"]["ranks"].values()) == {4}
+
+
+@pytest.mark.slow
+def test_the_report_is_byte_reproducible(scenario, tmp_path):
+    """One merge run twice, in fresh interpreters with different hash seeds, writes one
+    ``sst_merge_report.json``, byte for byte: the Fisher headers it lists (``safe_open`` returns
+    them in a different order on every call) are sorted."""
+    from safetensors import safe_open
+
+    names = linear_names()
+    for role, seed, objective in (("harm", 31, "refusal"), ("benign", 32, "kl")):
+        write_lora(tmp_path / f"{role}.safetensors", scenario, names, seed, objective=objective)
+    parameters = {
+        "harm_fisher": str(tmp_path / "harm.safetensors"),
+        "benign_fisher": str(tmp_path / "benign.safetensors"),
+        "select": "energy",
+        "write_adapter": "safety",
+    }
+    config = json.dumps(merge_config(scenario, "sst_merge", parameters, models(scenario)))
+    out = tmp_path / "out"
+    code = (  # what run_in_process does, in a fresh interpreter
+        "import json\n"
+        "from mergekit.config import MergeConfiguration\n"
+        "from mergekit.merge import run_merge\n"
+        "from mergekit.options import MergeOptions\n"
+        f"config = json.loads({config!r})\n"
+        f"options = MergeOptions(lora_merge_cache={str(scenario.lora_cache)!r}, "
+        "copy_tokenizer=False, quiet=True)\n"
+        f"run_merge(MergeConfiguration.model_validate(config), {str(out)!r}, options=options, "
+        f"config_source={config!r})\n"
+    )
+    reports = []
+    for hash_seed in (1, 2):
+        shutil.rmtree(out, ignore_errors=True)
+        python_output(code, hash_seed=hash_seed)
+        reports.append((out / "sst_merge_report.json").read_bytes())
+    assert reports[0] == reports[1]
+    files = json.loads(reports[0])["fisher_files"]
+    for label, role in (("harm_fisher", "harm"), ("benign_fisher", "benign")):
+        with safe_open(str(tmp_path / f"{role}.safetensors"), framework="pt") as handle:
+            header = handle.metadata()
+        assert files[label]["metadata"] == header
+        assert list(files[label]["metadata"]) == sorted(header) and len(header) == 8
 
 
 def test_kfac_top_k_with_task_arithmetic(scenario, tmp_path):

@@ -12,6 +12,10 @@ from thin SVDs of ``B`` and ``Aᵀ``, keeping singular directions with
 ``σ > RANK_RTOL · σ_max`` (so a rank-deficient factor gives ``r < rank``; a zero factor — an
 untrained adapter has ``B = 0`` — is an error). Each column's sign is fixed so that its
 largest-magnitude entry is positive, so the same adapter always yields the same bases.
+
+:func:`sort_adapter_config` makes the ``adapter_config.json`` that PEFT writes reproducible (PEFT
+stores ``target_modules`` as a set and writes it in ``hash()`` order, which changes with every
+interpreter); the plugin's adapter writers call it.
 """
 
 from __future__ import annotations
@@ -53,6 +57,19 @@ class LoRAAdapter:
             name: (int(lora_b.shape[0]), int(lora_a.shape[1]))
             for name, (lora_a, lora_b) in self.layers.items()
         }
+
+
+def sort_adapter_config(folder: str | os.PathLike[str], config: object) -> None:
+    """Rewrite ``folder/adapter_config.json``, as PEFT's ``save_pretrained`` of ``config`` (a
+    ``PeftConfig``) wrote it, with every set-valued field (``target_modules``, ...) as a sorted
+    list instead of PEFT's ``hash()``-ordered one; PEFT's own format otherwise (indented JSON,
+    sorted keys)."""
+    path = Path(folder) / CONFIG_FILE
+    written = json.loads(path.read_text(encoding="utf-8"))
+    for key, value in vars(config).items():
+        if isinstance(value, set | frozenset) and isinstance(written.get(key), list):
+            written[key] = sorted(written[key], key=str)
+    path.write_text(json.dumps(written, indent=2, sort_keys=True), encoding="utf-8")
 
 
 def _file_sha256(path: Path) -> str:

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from sst_merge_plugin.atomic import check_writable
 from sst_merge_plugin.core.errors import SSTError
 from sst_merge_plugin.core.fisher import Fisher
 from sst_merge_plugin.core.kinds import get_kind
@@ -370,7 +371,7 @@ def collect_fisher_file(
 ) -> Path:
     """Collect ``request`` and write the Fisher file ``out`` atomically; returns its path.
 
-    Order of work: the output path, the data, the adapters and ``targets`` are checked first
+    Order of work: the output path (writable, its folder creatable), the data, the adapters and ``targets`` are checked first
     (the targets and adapter shapes against a weightless meta-device copy of the model built
     from its ``config.json``), then the tokenizer encodes the data; only then is the model
     loaded, the ``kl`` responses sampled, the statistics collected and the file written. Any
@@ -382,8 +383,7 @@ def collect_fisher_file(
     from sst_merge_plugin.fisher.targets import meta_model
 
     out = Path(out)
-    if out.is_dir():
-        raise SSTError(f"--out {str(out)!r} is a directory; give a file name")
+    check_writable(out, "--out")
     if request.device == "cuda" and not torch.cuda.is_available():
         raise SSTError("--device cuda was requested but no CUDA device is available")
     model_dir = Path(request.model).expanduser()
