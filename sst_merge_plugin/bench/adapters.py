@@ -25,8 +25,10 @@ from sst_merge_plugin.bench.workspace import Workspace, content_key
 log = logging.getLogger(__name__)
 
 
-#: greedy tokens of the base model's answer to a look-alike (retain data)
+#: greedy tokens of the base model's answer to a look-alike (retain data), and the generation
+#: batch (decoding a 135M model on a CPU is memory-bound: wide batches amortise the weight reads)
 LOOKALIKE_TOKENS = 64
+LOOKALIKE_BATCH = 32
 
 
 def training_pairs(
@@ -107,7 +109,7 @@ class Adapters:
                 tokenizer,
                 prompts,
                 max_new_tokens=LOOKALIKE_TOKENS,
-                batch_size=8,
+                batch_size=LOOKALIKE_BATCH,
                 progress=self.progress,
                 desc="look-alike answers",
             )

@@ -26,12 +26,14 @@ import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sst_merge_plugin.atomic import atomic_path
-from sst_merge_plugin.bench.profile import SAFETY, Sweep
-from sst_merge_plugin.bench.tuning import SAFETY_WEIGHT, UTILITY_WEIGHT
+from sst_merge_plugin.bench.tuning import SAFETY, SAFETY_WEIGHT, UTILITY_WEIGHT
 from sst_merge_plugin.core.errors import SSTError
+
+if TYPE_CHECKING:
+    from sst_merge_plugin.bench.profile import Sweep
 
 #: the ``host`` value of a FusionBench job configuration
 HOST = "fusion_bench"

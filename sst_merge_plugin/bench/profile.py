@@ -27,8 +27,10 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
+from sst_merge_plugin.bench.fusion_merge import TSV
 from sst_merge_plugin.bench.training import LoRATrainingConfig
 from sst_merge_plugin.bench.tuning import (
+    SAFETY,
     SAFETY_WEIGHT,
     UTILITY_WEIGHT,
     SelectionRule,
@@ -38,8 +40,6 @@ from sst_merge_plugin.choice import Choice
 from sst_merge_plugin.core.errors import SSTError
 from sst_merge_plugin.core.selection import get_select_mode
 from sst_merge_plugin.evaluation.suite import EvalConfig
-
-SAFETY = "safety"
 
 
 class FisherPoint(Choice):
@@ -216,6 +216,7 @@ def _baselines(strengths: tuple[float, ...]) -> list[Sweep]:
         Sweep("ties", "ties", grid, sparse),
         Sweep("dare_ties", "dare_ties", grid, sparse),
         Sweep("resta", "dare_linear", grid, {"normalize": False}),
+        Sweep("tsv", TSV, grid),
     ]
 
 
@@ -250,6 +251,7 @@ FULL = Profile(
         n_benign=40,
         n_utility=32,
         max_new_tokens=32,
+        batch_size=32,
         skill_pool="validation",
     ),
     test=EvalConfig(
@@ -260,6 +262,7 @@ FULL = Profile(
         n_benign=100,
         n_utility=64,
         max_new_tokens=32,
+        batch_size=32,
         skill_pool="test",
         mmlu=500,
     ),

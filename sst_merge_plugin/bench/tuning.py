@@ -24,6 +24,8 @@ from typing import Any
 
 from sst_merge_plugin.core.errors import SSTError
 
+#: the name of the safety adapter among a benchmark's inputs
+SAFETY = "safety"
 #: knobs that set per-model weights instead of a shared parameter
 SAFETY_WEIGHT = "safety_weight"
 UTILITY_WEIGHT = "utility_weight"
