@@ -7,7 +7,7 @@ function ``sst-merge fisher`` calls — reused from a cache folder when the *con
 matches:
 
     sha256 of JSON { model_fingerprint of the model folder,
-                     sha256 of the adapter files (adapter, restrict_to),
+                     sha256 of the adapter files (adapter, every restrict_to adapter),
                      sha256 of the selected data items (after split / max_examples),
                      objective, kind, every option except device (and response_field at its
                      default) }
@@ -57,6 +57,13 @@ def _adapter_digest(folder: str | None) -> str | None:
     ).hexdigest()
 
 
+def _restriction_digest(folders: tuple[str, ...]) -> str | None:
+    """One adapter: its digest (as before joint spans existed); several: the digest of theirs."""
+    if len(folders) <= 1:
+        return _adapter_digest(folders[0] if folders else None)
+    return hashlib.sha256("".join(_adapter_digest(f) or "" for f in folders).encode()).hexdigest()
+
+
 def content_key(request: FisherRequest) -> str:
     """The hex content key of ``request`` (module doc); reads the data, not the model weights."""
     items, _ = request.select_data()
@@ -70,7 +77,7 @@ def content_key(request: FisherRequest) -> str:
     payload = {
         "model_fingerprint": checkpoint_fingerprint(request.model),
         "adapter": _adapter_digest(request.adapter),
-        "restrict_to": _adapter_digest(request.restrict_to),
+        "restrict_to": _restriction_digest(request.restrict_to),
         "data": hashlib.sha256(json.dumps(items, sort_keys=True).encode()).hexdigest(),
         "objective": request.objective,
         "kind": request.kind,

@@ -142,7 +142,7 @@ def plan_collection(
                     str(collection[data_key]),
                     objective,
                     kind,
-                    restrict_to=restrict,
+                    restrict_to=restrict or (),
                     options=options,
                 ),
             )
