@@ -167,20 +167,29 @@ def merge_tensor(
         return _fisher_merge(name, base, tensors, inputs, settings, fishers)
     safety = safety_input(inputs)
     utility_ids = [key for key in tensors if key != safety]
+    common = {"damping": settings.damping, "solver": settings.solver, "cache": cache, "name": name}
+    utility_records: dict[str, Any] = {}
+    if settings.project is not None and settings.project.utility and base.ndim == 2:
+        tensors, utility_records = _project_utilities(
+            name, base, tensors, utility_ids, settings, fishers, common
+        )
     merged = utility_merge(
         base,
         {key: tensors[key] for key in utility_ids},
         {key: inputs[key] for key in utility_ids},
         settings.utility_merge,
     )
+    extra = {"utility": utility_records} if utility_records else {}
     if torch.equal(tensors[safety], base):
-        return MergedTensor(merged, None)
+        return MergedTensor(merged, {"action": "utility_only", **extra} if extra else None)
     safety_delta = tensors[safety].double() - base.double()
     factor = settings.scale * inputs[safety].weight
     if settings.method == Method.SST_SAFE_LORA:
         return _safe_lora(base, merged, safety_delta, factor, settings)
     if base.ndim != 2:
         return _add(merged, factor * safety_delta, {"action": "raw_delta_not_2d"})
+    if not settings.project.safety:
+        return _add(merged, factor * safety_delta, {"action": "safety_unprojected", **extra})
     missing = [
         (label, opened)
         for label, opened in (("harm_fisher", fishers.harm), ("benign_fisher", fishers.benign))
@@ -189,7 +198,6 @@ def merge_tensor(
     if missing:
         return _missing_fisher(name, merged, factor * safety_delta, settings, missing)
     harm = fishers.harm.get(name, device=base.device)
-    common = {"damping": settings.damping, "solver": settings.solver, "cache": cache, "name": name}
     if settings.method == Method.SST_MERGE:
         benign = fishers.benign.get(name, device=base.device)
         result = project_patch(safety_delta, harm, benign, settings.selection, **common)
@@ -200,8 +208,49 @@ def merge_tensor(
     factors = None
     if result.factors is not None:
         factors = (factor * result.factors[0], result.factors[1])
-    record = {"action": "projected", **result.diagnostics.as_dict()}
+    record = {"action": "projected", **result.diagnostics.as_dict(), **extra}
     return _add(merged, factor * result.patch, record, factors)
+
+
+def _project_utilities(
+    name: str,
+    base: Tensor,
+    tensors: Mapping[Hashable, Tensor],
+    utility_ids: list[Hashable],
+    settings: SharedSettings,
+    fishers: FisherSources,
+    common: Mapping[str, Any],
+) -> tuple[dict[Hashable, Tensor], dict[str, Any]]:
+    """The dual projection (``docs/design.md`` §1.6): each utility input's delta
+    ``ΔW_i = W_i − W0`` replaced by ``P_i(ΔW_i)``, projected with its gain Fisher ``G_i`` (for
+    ``sst_single_fisher`` the identity: keep the directions ``C`` penalises least) and the cost
+    Fisher ``C``. Returns the inputs' new full weights and one record per projected input."""
+    projected = dict(tensors)
+    records: dict[str, Any] = {}
+    cost_file = fishers.cost
+    for key in utility_ids:
+        if torch.equal(tensors[key], base):
+            continue
+        delta = tensors[key].double() - base.double()
+        gain_file = fishers.gain.get(key)
+        lacking = [
+            (label, opened)
+            for label, opened in (("cost_fisher", cost_file), (f"{key}: gain_fisher", gain_file))
+            if opened is not None and name not in opened
+        ]
+        if lacking:
+            outcome = _missing_fisher(name, base, delta, settings, lacking, f"{key}'s delta")
+            projected[key] = outcome.tensor
+            records[str(key)] = outcome.diagnostics
+            continue
+        cost = cost_file.get(name, device=base.device)
+        gain = (
+            cost.identity_like() if gain_file is None else gain_file.get(name, device=base.device)
+        )
+        result = project_patch(delta, gain, cost, settings.selection, **common)
+        projected[key] = (base.double() + result.patch).to(base.dtype)
+        records[str(key)] = {"action": "projected", **result.diagnostics.as_dict()}
+    return projected, records
 
 
 def _add(
@@ -221,13 +270,16 @@ def _missing_fisher(
     correction: Tensor,
     settings: SharedSettings,
     missing: list[tuple[str, FisherFile]],
+    what: str = "the safety delta",
 ) -> MergedTensor:
+    """``missing_fisher`` for ``what`` (a non-zero delta whose ``missing`` files lack ``name``):
+    an error, ``merged + correction`` (``keep``) or ``merged`` (``drop``)."""
     files = ", ".join(f"{label} {str(opened.path)!r}" for label, opened in missing)
     if settings.missing_fisher == MissingFisher.ERROR:
         raise FisherFileError(
-            f"{name}: the safety delta is non-zero but {files} has no Fisher entries for this "
-            "tensor (missing_fisher: error; use 'keep' to add the unprojected safety delta or "
-            "'drop' to leave it out)"
+            f"{name}: {what} is non-zero but {files} has no Fisher entries for this tensor "
+            f"(missing_fisher: error; use 'keep' to add the unprojected delta or 'drop' to "
+            "leave it out)"
         )
     if settings.missing_fisher == MissingFisher.KEEP:
         return _add(merged, correction, {"action": "missing_fisher_keep"})
