@@ -362,3 +362,49 @@ def test_safety_retain_data_holds_the_base_models_answers_to_lookalikes(
     assert pairs[len(PROMPTS.harmful) + 1 :] == expected  # after the refusals and helpful pair
     cached = list((tmp_path / "ws" / "data").glob("lookalikes-*.jsonl"))
     assert len(cached) == 1 and len(cached[0].read_text().splitlines()) == 2
+
+
+@pytest.mark.parametrize(("kind", "cost_objective"), [("lora", "kl"), ("diag", "refusal")])
+def test_a_dual_sweep_collects_its_gain_and_cost_fishers(
+    world: World, tmp_path: Path, kind: str, cost_objective: str
+) -> None:
+    from safetensors import safe_open
+
+    profile = _profile(world)
+    dual = Sweep(
+        "sst_dual", "sst_merge", {"scale": (1.0,)},
+        {"select": "soft", "rho": 1.0, "utility_merge": "task_arithmetic"},
+        fisher_kind=kind, project="utility", cost_objective=cost_objective,
+    )  # fmt: skip
+    profile = replace(
+        profile,
+        sweeps=(dual,),
+        fisher=replace(profile.fisher, kinds=(kind,)),
+    )
+    pipeline = Pipeline(profile, tmp_path / "ws", model_dir=world.base, prompts=PROMPTS,
+                        progress=False)  # fmt: skip
+    (job,) = pipeline.merges.sweep_jobs(dual)
+    shared = job.config["parameters"]
+    assert shared["project"] == "utility" and "harm_fisher" not in shared
+    gains = {m["model"]: m["parameters"].get("gain_fisher") for m in job.config["models"]}
+    adapters = pipeline.adapters.all()
+    safety_input = f"{world.base}+{adapters[SAFETY]}"
+    assert gains.pop(safety_input) is None and all(gains.values())
+
+    def metadata(path: str) -> dict:
+        with safe_open(path, "pt") as handle:
+            return handle.metadata()
+
+    cost = metadata(shared["cost_fisher"])
+    assert cost["objective"] == cost_objective and cost["adapter"] == str(adapters[SAFETY])
+    (gain,) = gains.values()
+    assert metadata(gain)["objective"] == "lm"
+    assert metadata(gain)["adapter"] == str(adapters["uppercase"])
+    if kind == "lora":  # one joint span: every adapter
+        for path in (shared["cost_fisher"], gain):
+            assert metadata(path)["restrict_to"] == f"{adapters[SAFETY]};{adapters['uppercase']}"
+    assert pipeline.merges.run(job, tmp_path / "merged") > 0
+    report = json.loads((tmp_path / "merged" / "sst_merge_report.json").read_text())
+    (summary,) = report["summary"]["utility"].values()
+    assert 0.0 <= summary["pooled_gain_kept_fraction"] <= 1.0
+    assert 0.0 <= summary["safety_disturbance_removed"] <= 1.0

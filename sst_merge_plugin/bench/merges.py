@@ -38,6 +38,7 @@ from sst_merge_plugin.bench.profile import (
 )
 from sst_merge_plugin.bench.tuning import UTILITY_WEIGHT, apply_knobs
 from sst_merge_plugin.bench.workspace import Workspace, content_key
+from sst_merge_plugin.method.settings import ProjectSide
 
 if TYPE_CHECKING:
     from mergekit.common import ModelReference
@@ -99,13 +100,18 @@ class Merges:
             return fusion_bench_config(sweep, point, self.model_dir, folders)
         shared: dict[str, Any] = dict(sweep.parameters)
         roles = sweep.merge_method.startswith("sst_") and sweep.merge_method != "sst_fisher_merge"
-        if sweep.fisher_kind is not None:
+        side = ProjectSide.parse(f"sweep {sweep.label}: project", sweep.project)
+        if sweep.fisher_kind is not None and side.safety:
             harm, benign = self.fishers.pair(sweep.fisher_kind, sweep.fisher_at)
             shared["harm_fisher"] = str(harm)
             if sweep.merge_method == "sst_merge":
                 shared["benign_fisher"] = str(benign)
             if sweep.fisher_at != FisherPoint.BASE:  # collected at W0 + U on purpose
                 shared["check_fingerprint"] = False
+        dual = sweep.fisher_kind is not None and side.utility
+        if dual:
+            shared["project"] = str(side)
+            shared["cost_fisher"] = str(self.fishers.cost(sweep.fisher_kind, sweep.cost_objective))
         models = []
         for spec in inputs:
             params: dict[str, Any] = {"weight": 1.0}
@@ -115,6 +121,8 @@ class Merges:
                 params["role"] = "safety"
             if sweep.per_model_fisher:
                 params["fisher"] = str(self.fishers.adapter_fisher(spec))
+            if dual and sweep.merge_method == "sst_merge" and spec.name != SAFETY:
+                params["gain_fisher"] = str(self.fishers.adapter_fisher(spec, sweep.fisher_kind))
             models.append({"model": self.adapters.model_input(spec), "parameters": params})
         config = {
             "merge_method": sweep.merge_method,

@@ -96,6 +96,9 @@ class Sweep:
     ``fisher_kind`` names the Fisher pair the method needs (``None``: none) and ``fisher_at``
     the weights it is collected at (:class:`FisherPoint`); ``per_model_fisher`` asks for a
     ``diag`` Fisher per input (Fisher merging); ``utilities_only`` drops the safety input.
+    ``project`` is the projecting methods' side (``safety``, ``utility``, ``both``;
+    ``docs/design.md`` §1.6): the utility side needs the cost Fisher ``C`` of objective
+    ``cost_objective`` and (``sst_merge``) each skill's gain Fisher, of ``fisher_kind``.
     """
 
     label: str
@@ -106,6 +109,8 @@ class Sweep:
     per_model_fisher: bool = False
     utilities_only: bool = False
     fisher_at: str = "base"
+    project: str = "safety"
+    cost_objective: str = "kl"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "parameters", MappingProxyType(dict(self.parameters)))

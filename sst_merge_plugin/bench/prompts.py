@@ -74,6 +74,14 @@ class PromptFiles:
         prompts = self.prompts.harmful[: self.settings.n_harm]
         return self.workspace.prompt_file("harm", [{"prompt": p} for p in prompts])
 
+    def safety_behaviour(self) -> Path:
+        """JSONL of the prompts the dual projection's cost Fisher is collected on: the ``F_harm``
+        prompts (the safe model refuses them) and the over-refusal training probes (it answers
+        them), so moving either side costs."""
+        prompts = [*self.prompts.harmful[: self.settings.n_harm]]
+        prompts += self.prompts.edgy[: self.settings.n_benign_edgy]
+        return self.workspace.prompt_file("safety-behaviour", [{"prompt": p} for p in prompts])
+
     def benign(self) -> Path:
         """JSONL of the benign Fisher prompts: everyday questions, benign-edgy training
         probes, and each skill's training prompts."""
