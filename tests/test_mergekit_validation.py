@@ -315,3 +315,26 @@ def test_report_is_strict_json_when_nothing_is_kept(scenario, tmp_path, fishers)
     record = report["tensors"][linear_names()[0]]
     assert record["kept"] == 0 and record["lambda_min_kept"] is None
     assert record["gain_kept_fraction"] == 0.0
+
+
+def test_configuration_errors_are_reported_as_such(scenario, tmp_path, fishers):
+    """An error every tensor shares is a configuration error (not one of the first tensor);
+    one that only a tensor's filtered parameters cause names that tensor."""
+    models = sst_models(scenario, utility={"role": "safety"})
+    config = merge_config(scenario, "sst_merge", shared(*fishers), models)
+    result, out = run_cli(scenario, tmp_path, config)
+    message = str(result.exception)
+    assert message.startswith("sst_merge: invalid merge configuration: "), message
+    assert "tensor" not in message and "embed_tokens" not in message
+    assert not out.exists()
+
+    v_proj = linear_names()[1]
+    damping = [{"filter": v_proj.removesuffix(".weight"), "value": -1.0}, {"value": 0.01}]
+    config = merge_config(
+        scenario, "sst_merge", shared(*fishers, damping=damping), sst_models(scenario)
+    )
+    result, out = run_cli(scenario, tmp_path, config)
+    message = str(result.exception)
+    assert message.startswith(f"sst_merge: invalid parameters for tensor {v_proj} "), message
+    assert "damping must be >= 0.0, got -1.0" in message
+    assert not out.exists()

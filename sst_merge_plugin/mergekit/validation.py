@@ -111,15 +111,15 @@ def validate_planned_merge(method: str, planned: Sequence[tuple[Any, Any]]) -> M
     files: dict[tuple[str, str], list[Any]] = {}
     check_fingerprints = True  # the shared check_fingerprint (same for every tensor)
     for weight, task in planned:
+        models = [m for m in task.model_order if m != task.base_model]
         try:
             settings = parse_shared(method, dict(task.parameters.items()))
-            models = [m for m in task.model_order if m != task.base_model]
             inputs = parse_inputs(
                 method, {m: dict(task.input_parameters[m].items()) for m in models}
             )
             fishers = FisherSources.open(settings, inputs)
         except SSTError as error:
-            raise SSTError(f"{method}, tensor {weight.name}: {error}") from None
+            raise _configuration_error(method, weight.name, task, planned, error) from None
         if settings.as_dict() not in session.settings:
             session.settings.append(settings.as_dict())
         check_fingerprints = settings.check_fingerprint is not False
@@ -165,6 +165,27 @@ def validate_planned_merge(method: str, planned: Sequence[tuple[Any, Any]]) -> M
         checks["fisher_files"][key(label, path)] = describe_fisher(opened)
     session.checks = checks
     return session
+
+
+def _resolved(task: Any) -> tuple[Any, ...]:
+    """The parameters mergekit resolved for one planned tensor (shared, then per input)."""
+    per_input = tuple((str(m), dict(p.items())) for m, p in task.input_parameters.items())
+    return dict(task.parameters.items()), per_input, tuple(map(str, task.model_order))
+
+
+def _configuration_error(
+    method: str, name: str, task: Any, planned: Sequence[tuple[Any, Any]], error: SSTError
+) -> SSTError:
+    """``error`` (settings or Fisher files) as a configuration error when every planned tensor
+    resolves to the same parameters and inputs, else as one of tensor ``name`` (mergekit's
+    filters and gradients resolve parameters per tensor)."""
+    mine = _resolved(task)
+    if all(_resolved(other) == mine for _, other in planned):
+        return SSTError(f"{method}: invalid merge configuration: {error}")
+    return SSTError(
+        f"{method}: invalid parameters for tensor {name} (as mergekit resolved them for this "
+        f"tensor): {error}"
+    )
 
 
 def _check_tensor(
