@@ -338,3 +338,58 @@ def test_configuration_errors_are_reported_as_such(scenario, tmp_path, fishers):
     assert message.startswith(f"sst_merge: invalid parameters for tensor {v_proj} "), message
     assert "damping must be >= 0.0, got -1.0" in message
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("where", "key", "hint"),
+    [
+        ("top", "paramters", "parameters"),
+        ("top", "dtyp", "dtype"),
+        ("model", "paramters", "parameters"),
+        ("condition", "filtr", "filter"),
+    ],
+)
+def test_misspelled_section_keys_fail_through_the_cli(
+    scenario, tmp_path, fishers, where, key, hint
+):
+    """mergekit's pydantic models drop unknown keys; for an SST method the raw YAML is checked."""
+    config = merge_config(scenario, "sst_merge", shared(*fishers), sst_models(scenario))
+    if where == "top" and key == "paramters":
+        config[key] = config.pop("parameters")
+    elif where == "top":
+        config[key] = config.pop("dtype")
+    elif where == "model":
+        config["models"][1][key] = config["models"][1].pop("parameters")
+    else:
+        config["parameters"]["damping"] = [{"value": 0.5, key: "v_proj"}]
+    assert_fails(scenario, tmp_path, config, f"'{key}'", f"did you mean '{hint}'")
+
+
+def test_misspelled_section_key_fails_in_a_programmatic_run_merge(scenario, tmp_path, fishers):
+    """run_merge without config_source: the configuration object itself keeps the unknown keys."""
+    from mergekit.config import MergeConfiguration
+    from mergekit.merge import run_merge
+    from mergekit.options import MergeOptions
+
+    from sst_merge_plugin.core import SSTError
+
+    config = merge_config(scenario, "sst_merge", shared(*fishers), sst_models(scenario))
+    config["models"][0]["paramters"] = config["models"][0].pop("parameters")
+    options = MergeOptions(lora_merge_cache=str(scenario.lora_cache), copy_tokenizer=False)
+    with pytest.raises(
+        SSTError,
+        match=r"models\[0\] \(.*\): unknown key 'paramters' \(did you mean 'parameters'\?\)",
+    ):
+        run_merge(MergeConfiguration.model_validate(config), str(tmp_path / "out"), options=options)
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_keys_stay_ignored_for_other_methods(scenario, tmp_path):
+    """Only configurations naming an SST method are checked; mergekit's own methods behave as
+    before (unknown keys ignored)."""
+    models = [{"model": scenario.ref(scenario.utility[0]), "parameters": {"weight": 1.0}}]
+    config = merge_config(scenario, "task_arithmetic", {}, models)
+    config["dtyp"] = "float16"
+    result, out = run_cli(scenario, tmp_path, config)
+    assert result.exit_code == 0, result.output
+    assert (out / "model.safetensors").is_file()

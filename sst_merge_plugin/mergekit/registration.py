@@ -6,12 +6,14 @@ finished importing:
 
 * ``mergekit.merge_methods`` → :func:`register_methods`: the four methods are registered with
   ``mergekit.merge_methods.register``;
-* ``mergekit.plan`` → :func:`patch_planner`: ``MergePlanner._plan`` (used by
-  ``plan_to_disk`` and ``plan_in_memory``) is wrapped: for an SST method it first rejects
-  misspelled keys in the raw configuration, then plans, then validates every planned tensor
-  (:mod:`.validation`) and activates the run's :class:`~.session.MergeSession` — all before
-  the output directory exists;
-* ``mergekit.merge`` → :func:`patch_merge`: ``run_merge`` is wrapped to write the adapter and
+* ``mergekit.plan`` → :func:`patch_planner`: mergekit's configuration classes keep unknown
+  keys from now on (:func:`~.config_keys.retain_unknown_keys`), and ``MergePlanner._plan``
+  (used by ``plan_to_disk`` and ``plan_in_memory``) is wrapped: for an SST method it first
+  rejects unknown keys in the configuration (:mod:`.config_keys`), then plans, then validates
+  every planned tensor (:mod:`.validation`) and activates the run's
+  :class:`~.session.MergeSession` — all before the output directory exists;
+* ``mergekit.merge`` → :func:`patch_merge`: ``run_merge`` is wrapped to reject unknown keys in
+  the raw YAML (``config_source``) before anything else, to write the adapter and
   ``sst_merge_report.json`` after the weights, and to remove the output directory when an SST
   merge that created it fails; ``generate_card`` (as ``mergekit.merge`` calls it) gets the SST
   section appended.
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import inspect
 import os
 import shutil
 from types import ModuleType
@@ -66,10 +69,10 @@ def patch_planner(plan: ModuleType) -> None:
             method = self.config.merge_method
             if method not in Method.values():
                 return original(self)
-            from sst_merge_plugin.mergekit.specs import check_config_keys
+            from sst_merge_plugin.mergekit.config_keys import check_config_keys, raw_configuration
             from sst_merge_plugin.mergekit.validation import validate_planned_merge
 
-            check_config_keys(self.config, method)
+            check_config_keys(raw_configuration(self.config), method)
             result = original(self)
             sessions.activate(validate_planned_merge(method, self._tensors))
             return result
@@ -77,6 +80,9 @@ def patch_planner(plan: ModuleType) -> None:
         return _plan
 
     _wrap(plan.MergePlanner, "_plan", make)
+    from sst_merge_plugin.mergekit.config_keys import retain_unknown_keys
+
+    retain_unknown_keys()  # mergekit.plan has imported mergekit.config
 
 
 def patch_merge(merge: ModuleType) -> None:
@@ -86,9 +92,14 @@ def patch_merge(merge: ModuleType) -> None:
         def run_merge(merge_config: Any, out_path: str, *args: Any, **kwargs: Any) -> Any:
             if merge_config.merge_method not in Method.values():
                 return original(merge_config, out_path, *args, **kwargs)
+            from sst_merge_plugin.mergekit.config_keys import check_config_keys, raw_configuration
             from sst_merge_plugin.method.report import write_outputs
 
-            config_yaml = kwargs.get("config_source") or merge_config.to_yaml()
+            bound = inspect.signature(original).bind(merge_config, out_path, *args, **kwargs)
+            config_source = bound.arguments.get("config_source")
+            raw = raw_configuration(merge_config, config_source)
+            check_config_keys(raw, merge_config.merge_method)
+            config_yaml = config_source or merge_config.to_yaml()
             base = str(merge_config.base_model.model.path) if merge_config.base_model else ""
             existed = os.path.exists(out_path)
             sessions.release()

@@ -2,7 +2,7 @@
 
 mergekit creates the output directory when its ``TensorWriterTask`` first runs, i.e. after
 planning; the planner hook (:mod:`.registration`) calls :func:`check_config_keys
-<sst_merge_plugin.mergekit.specs.check_config_keys>` on the raw configuration and then
+<sst_merge_plugin.mergekit.config_keys.check_config_keys>` on the raw configuration and then
 :func:`validate_planned_merge` on the planned per-tensor tasks, so a bad configuration fails
 with a specific :class:`~sst_merge_plugin.core.SSTError` and no output directory.
 
