@@ -162,6 +162,23 @@ def test_kind_mismatch_between_fisher_files_is_refused(world: World, tmp_path: P
         )
 
 
+def test_nan_in_a_fisher_entry_is_refused_before_loading(world: World, tmp_path: Path) -> None:
+    """Every entry is checked up front, not when the merge reaches its tensor."""
+    from safetensors.torch import save_file
+
+    with safe_open(str(world.benign_fisher), "pt") as handle:
+        metadata = handle.metadata()
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+    name = sorted(tensors)[-1].split("::")[0]
+    tensors[f"{name}::G"][0, 0] = float("inf")
+    path = tmp_path / "benign_inf.safetensors"
+    save_file(tensors, str(path), metadata=metadata)
+    with pytest.raises(SSTError, match=rf"{name}: benign_fisher .*: entry G: contains 1 NaN/Inf"):
+        algorithm(**{**fisher_settings(world), "benign_fisher": str(path)}).run(
+            no_loading(make_pool(world))
+        )
+
+
 # ---- the other SST methods equal the mergekit path ----------------------------------------
 
 

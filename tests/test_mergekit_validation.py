@@ -393,3 +393,117 @@ def test_unknown_keys_stay_ignored_for_other_methods(scenario, tmp_path):
     result, out = run_cli(scenario, tmp_path, config)
     assert result.exit_code == 0, result.output
     assert (out / "model.safetensors").is_file()
+
+
+def folder_digest(folder):
+    """Every file under ``folder`` (relative path → bytes' sha256)."""
+    import hashlib
+
+    return {
+        str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
+def corrupted_copy(source, target, name, entry, change):
+    """``source`` (a Fisher file) saved as ``target`` with ``change(tensor)`` applied to the
+    entry ``name::entry`` — bypassing the writer's validation."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(source), "pt") as handle:
+        metadata = handle.metadata()
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+    key = f"{name}::{entry}"
+    tensors[key] = change(tensors[key].clone())
+    save_file(tensors, str(target), metadata=metadata)
+    return target
+
+
+def lora_pair(scenario, folder):
+    names = linear_names()
+    write_lora(folder / "h.safetensors", scenario, names, seed=1)
+    write_lora(folder / "b.safetensors", scenario, names, seed=2, objective="kl")
+    return folder / "h.safetensors", folder / "b.safetensors"
+
+
+def with_nan(tensor):
+    tensor.view(-1)[1] = float("nan")
+    return tensor
+
+
+@pytest.mark.parametrize(
+    ("entry", "change", "message"),
+    [
+        ("G_r", with_nan, "entry G_r: contains 1 NaN/Inf value(s)"),
+        ("U", lambda t: torch.cat([t, t[:, :1]], dim=1), "do not fit together: U (8, 5)"),
+        ("A_r", lambda t: torch.eye(5, dtype=t.dtype), "A_r (5, 5), G_r (4, 4)"),
+    ],
+)
+def test_bad_fisher_entries_fail_before_anything_is_written(
+    scenario, tmp_path, entry, change, message
+):
+    """Every entry of every tensor the merge uses is checked (finite, consistent shapes) up
+    front, not when the merge reaches it; the last tensor is the bad one."""
+    harm, benign = lora_pair(scenario, tmp_path)
+    name = linear_names()[-1]
+    corrupted_copy(benign, tmp_path / "bad.safetensors", name, entry, change)
+    config = merge_config(
+        scenario, "sst_merge", shared(harm, tmp_path / "bad.safetensors"), sst_models(scenario)
+    )
+    assert_fails(scenario, tmp_path, config, "the merge cannot run", name, message)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".out")) == []
+
+
+def test_failed_merge_leaves_an_existing_output_untouched(scenario, tmp_path, fishers):
+    """A failure found only while merging (a factor that is not PSD) into an existing output
+    folder: the folder keeps exactly its previous files, and no partial shards appear."""
+    result, out = run_cli(
+        scenario,
+        tmp_path,
+        merge_config(scenario, "sst_merge", shared(*fishers), sst_models(scenario)),
+    )
+    assert result.exit_code == 0, result.output
+    before = folder_digest(out)
+    name = linear_names()[-1]
+
+    def not_psd(tensor):
+        tensor[0, 1] = tensor[1, 0] = 10 * float(tensor.abs().max())
+        return tensor
+
+    corrupted_copy(fishers[1], tmp_path / "bad.safetensors", name, "A", not_psd)
+    config = merge_config(
+        scenario,
+        "sst_merge",
+        shared(fishers[0], tmp_path / "bad.safetensors"),
+        sst_models(scenario),
+    )
+    from mergekit.scripts.run_yaml import main
+
+    path = write_config(tmp_path / "config.yml", config)
+    args = [str(path), str(out), "--no-copy-tokenizer", "--lora-merge-cache",
+            str(scenario.lora_cache), "--out-shard-size", "100"]  # fmt: skip
+    failed = CliRunner().invoke(main, args)
+    assert failed.exit_code != 0 and "not positive semi-definite" in str(failed.exception)
+    assert folder_digest(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".out")) == []
+
+
+def test_rerun_replaces_the_whole_output_folder(scenario, tmp_path):
+    """A rerun without write_adapter does not leave the previous run's sst_adapter/ (or any
+    other stale file) next to the new model."""
+    harm, benign = lora_pair(scenario, tmp_path)
+    config = merge_config(
+        scenario, "sst_merge", shared(harm, benign, write_adapter="safety"), sst_models(scenario)
+    )
+    result, out = run_cli(scenario, tmp_path, config)
+    assert result.exit_code == 0, result.output
+    assert (out / "sst_adapter" / "adapter_model.safetensors").is_file()
+    (out / "notes.txt").write_text("stale")
+    config = merge_config(scenario, "sst_merge", shared(harm, benign), sst_models(scenario))
+    result, out = run_cli(scenario, tmp_path, config)
+    assert result.exit_code == 0, result.output
+    assert not (out / "sst_adapter").exists() and not (out / "notes.txt").exists()
+    assert "adapter" not in json.loads((out / "sst_merge_report.json").read_text())
+    assert (out / "model.safetensors").is_file()

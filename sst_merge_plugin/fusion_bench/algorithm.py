@@ -25,8 +25,9 @@ are mergekit's (``null`` = the default):
   (:mod:`.collection`), with ``sst-merge fisher`` semantics, cached by content.
 
 Before any model is loaded: every setting is validated, Fisher files are collected or opened
-and checked together (kind, fingerprints), and each file's ``model_fingerprint`` is compared
-with the ``_pretrained_`` folder's (unless ``check_fingerprint: false``). Errors are
+and checked together (kind, fingerprints), each file's ``model_fingerprint`` is compared
+with the ``_pretrained_`` folder's (unless ``check_fingerprint: false``), and every entry of
+every file is checked for shapes that fit together and finite values. Errors are
 :class:`~sst_merge_plugin.core.SSTError`\\ s and nothing is returned (so FusionBench saves
 nothing). After the merge the report (``sst_merge_report.json``: settings, Fisher files,
 per-tensor diagnostics, summary; :mod:`sst_merge_plugin.method.report`) is kept in
@@ -61,7 +62,7 @@ from sst_merge_plugin.fusion_bench.collection import (
     plain,
     plan_collection,
 )
-from sst_merge_plugin.method.checks import fingerprint_outcome
+from sst_merge_plugin.method.checks import cannot_run, fingerprint_outcome, fisher_entry_problems
 from sst_merge_plugin.method.fisher_sources import FisherSources, describe_fisher
 from sst_merge_plugin.method.report import REPORT_NAME, build_report
 from sst_merge_plugin.method.session import MergeSession
@@ -230,6 +231,13 @@ class SSTMergeAlgorithm(SimpleProfilerMixin, BaseAlgorithm):
             checks = dict.fromkeys(fishers.labelled(), FINGERPRINT_NOT_CHECKED)
         else:
             checks = self._check_fingerprints(modelpool, fishers)
+        problems = [
+            problem
+            for label, opened in fishers.labelled().items()
+            for problem in fisher_entry_problems(label, opened, opened.weight_names())
+        ]
+        if problems:
+            raise cannot_run(method, problems)
         return PreparedMerge(settings, parsed, fishers, checks)
 
     def _check_fingerprints(

@@ -25,10 +25,14 @@ Checked up front, for every planned tensor (parameters as mergekit resolved them
   ``sst_fisher_merge``: any input's delta) is non-zero — this reads those tensors (only
   those) from the base and the inputs.
 
-Checked only per tensor, during the merge: the factor *values* (finite, symmetric, PSD,
-orthonormal ``U``/``V``, identical lora subspaces of the two files), which would otherwise
-mean reading every factor twice. A failure there aborts the merge; the ``run_merge`` hook then
-removes the output directory if the merge created it.
+* every entry of every 2-D tensor the merge uses: shapes that fit together and finite values
+  (:func:`~sst_merge_plugin.method.checks.fisher_entry_problems`, one read through
+  ``safe_open``).
+
+Checked only per tensor, during the merge: the rest of the factor *values* (symmetric, PSD,
+orthonormal ``U``/``V``, identical lora subspaces of the two files). A failure there aborts
+the merge; the ``run_merge`` hook merges into a temporary sibling folder, so the output folder
+is then left as it was (absent, or the previous merge's).
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ from safetensors import safe_open
 
 from sst_merge_plugin.core.errors import SSTError
 from sst_merge_plugin.fisher.file import FisherFile
-from sst_merge_plugin.method.checks import fingerprint_outcome
+from sst_merge_plugin.method.checks import cannot_run, fingerprint_outcome, fisher_entry_problems
 from sst_merge_plugin.method.fisher_sources import FisherSources, describe_fisher
 from sst_merge_plugin.method.session import MergeSession
 from sst_merge_plugin.method.settings import (
@@ -57,9 +61,6 @@ from sst_merge_plugin.method.settings import (
     parse_shared,
     safety_input,
 )
-
-#: at most this many problems are listed in one error message
-MAX_PROBLEMS = 20
 
 
 @functools.lru_cache(maxsize=64)
@@ -103,7 +104,7 @@ def validate_planned_merge(method: str, planned: Sequence[tuple[Any, Any]]) -> M
 
     Returns the :class:`MergeSession` for the run, with ``settings`` and ``checks`` (Fisher
     file descriptions with sha256, fingerprint results) filled in. Raises :class:`SSTError`
-    listing up to :data:`MAX_PROBLEMS` problems.
+    listing the problems (:func:`~sst_merge_plugin.method.checks.cannot_run`).
     """
     session = MergeSession(method)
     problems: list[str] = []
@@ -133,9 +134,9 @@ def validate_planned_merge(method: str, planned: Sequence[tuple[Any, Any]]) -> M
             )
         for label, opened in fishers.labelled().items():
             own = [m for m in models if label == f"{m}: fisher"]
-            files.setdefault((label, str(opened.path)), [opened, [task.base_model, *own], 0])
+            files.setdefault((label, str(opened.path)), [opened, [task.base_model, *own], set()])
         for label, opened in _check_tensor(weight.name, task, settings, inputs, fishers, problems):
-            files[(label, str(opened.path))][2] += 1
+            files[(label, str(opened.path))][2].add(weight.name)
     labels = [label for label, _ in files]
 
     def key(label: str, path: str) -> str:
@@ -143,7 +144,7 @@ def validate_planned_merge(method: str, planned: Sequence[tuple[Any, Any]]) -> M
 
     checks: dict[str, Any] = {"fisher_files": {}, "fingerprints": {}}
     for (label, path), (opened, models, matched) in files.items():
-        if matched == 0 and planned:
+        if not matched and planned:
             problems.append(
                 f"{label} {path!r} has Fisher entries for none of the merged tensors (file: "
                 f"{opened.weight_names()[0]!r}, …; model: {planned[0][0].name!r}, …) — was it "
@@ -154,13 +155,9 @@ def validate_planned_merge(method: str, planned: Sequence[tuple[Any, Any]]) -> M
             if check_fingerprints
             else FINGERPRINT_NOT_CHECKED
         )
+        problems.extend(fisher_entry_problems(label, opened, matched))
     if problems:
-        more = len(problems) - MAX_PROBLEMS
-        raise SSTError(
-            f"{method}: the merge cannot run:\n  "
-            + "\n  ".join(problems[:MAX_PROBLEMS])
-            + (f"\n  … and {more} more" if more > 0 else "")
-        )
+        raise cannot_run(method, problems)
     for (label, path), (opened, _, _) in files.items():
         checks["fisher_files"][key(label, path)] = describe_fisher(opened)
     session.checks = checks

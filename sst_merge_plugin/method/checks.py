@@ -14,11 +14,17 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
-from sst_merge_plugin.fisher.file import FisherFile
+from safetensors import safe_open
+
+from sst_merge_plugin.core.errors import FisherValidationError, SSTError
+from sst_merge_plugin.core.fisher import check_finite
+from sst_merge_plugin.fisher.file import SEPARATOR, FisherFile
 from sst_merge_plugin.fisher.fingerprint import checkpoint_fingerprint
 
+#: at most this many problems are listed in one error message
+MAX_PROBLEMS = 20
 NOT_RECORDED = "not recorded in the Fisher file"
 NOT_LOCAL = "not checked (the model is not a local folder)"
 MISMATCH = "mismatch"
@@ -55,4 +61,46 @@ def fingerprint_outcome(
     return MISMATCH, (
         f"{label} {str(opened.path)!r} was collected on another model: its model_fingerprint "
         f"{recorded[:12]}… does not match {others}"
+    )
+
+
+def fisher_entry_problems(label: str, opened: FisherFile, names: Iterable[str]) -> list[str]:
+    """What is wrong with the entries of the weights ``names`` in ``opened`` (named ``label``):
+    shapes that do not fit together (from the header) and NaN/Inf values.
+
+    Every entry is read once through ``safe_open`` (one at a time); the containers' costlier
+    checks (symmetry, PSD, orthonormal bases) stay with the per-tensor merge. Names without
+    entries in the file are skipped.
+    """
+    container = opened.kind_spec.container
+    suffixes = container.required_entries + container.optional_entries
+    problems: list[str] = []
+    with safe_open(str(opened.path), framework="pt") as handle:
+        keys = set(handle.keys())
+        for name in sorted(set(names)):
+            present = {
+                s: f"{name}{SEPARATOR}{s}" for s in suffixes if f"{name}{SEPARATOR}{s}" in keys
+            }
+            if not present:
+                continue
+            where = f"{name}: {label} {str(opened.path)!r}"
+            shapes = {s: handle.get_slice(key).get_shape() for s, key in present.items()}
+            shape_problem = container.entry_shape_problem(shapes)
+            if shape_problem is not None:
+                problems.append(f"{where}: {shape_problem}")
+            for suffix, key in present.items():
+                try:
+                    check_finite(f"entry {suffix}", handle.get_tensor(key))
+                except FisherValidationError as error:
+                    problems.append(f"{where}: {error}")
+    return problems
+
+
+def cannot_run(method: str, problems: list[str]) -> SSTError:
+    """The error listing (up to :data:`MAX_PROBLEMS` of) the problems that stop a merge."""
+    more = len(problems) - MAX_PROBLEMS
+    return SSTError(
+        f"{method}: the merge cannot run:\n  "
+        + "\n  ".join(problems[:MAX_PROBLEMS])
+        + (f"\n  … and {more} more" if more > 0 else "")
     )
