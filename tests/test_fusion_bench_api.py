@@ -179,6 +179,60 @@ def test_nan_in_a_fisher_entry_is_refused_before_loading(world: World, tmp_path:
         )
 
 
+def _lora_fishers(world: World, folder: Path, adapter: str, record_digest: bool) -> dict:
+    """A harm/benign lora pair restricted to ``adapter``'s subspaces (SVD of its ``B·A``), with
+    its ``restrict_to_sha256`` when ``record_digest`` (as the collector writes it)."""
+    import hashlib
+
+    from sst_merge_plugin.core import LoRAFisher
+    from sst_merge_plugin.fisher.file import FisherMetadata, write_fisher_file
+    from sst_merge_plugin.fisher.fingerprint import checkpoint_fingerprint
+
+    weights = world.adapter(adapter) / "adapter_model.safetensors"
+    factors = load_file(weights)
+    extra = {"restrict_to": str(world.adapter(adapter))}
+    if record_digest:
+        extra["restrict_to_sha256"] = hashlib.sha256(weights.read_bytes()).hexdigest()
+    settings = {}
+    for label, objective, seed in (("harm", "refusal", 1), ("benign", "kl", 2)):
+        generator = torch.Generator().manual_seed(seed)
+        fishers = {}
+        for key in sorted(factors):
+            if ".lora_A." not in key:
+                continue
+            delta = factors[key.replace("lora_A", "lora_B")].double() @ factors[key].double()
+            u, _, vh = torch.linalg.svd(delta, full_matrices=False)
+            x = torch.randn(4, 8, generator=generator, dtype=torch.float64)
+            name = key.removeprefix("base_model.model.").replace(".lora_A", "")
+            fishers[name] = LoRAFisher(u[:, :4], vh[:4].T, x @ x.T, x @ x.T + torch.eye(4))
+        path = folder / f"{label}_{adapter}.safetensors"
+        fingerprint = checkpoint_fingerprint(world.base)
+        metadata = FisherMetadata("lora", objective, 10, 2, "0" * 64, fingerprint, extra=extra)
+        write_fisher_file(path, fishers, metadata)
+        settings[f"{label}_fisher"] = str(path)
+    return settings
+
+
+def test_lora_fishers_of_another_adapter_are_refused(world: World, tmp_path: Path) -> None:
+    """Restricted to another adapter than the safety model's adapter_path: with the recorded
+    digest the run stops before loading; without it, when the first projection would drop
+    nearly all of the patch. The right adapter's Fishers merge (residual ~1e-7)."""
+    settings = {**fisher_settings(world), "select": "soft"}
+    wrong = _lora_fishers(world, tmp_path, "uppercase", record_digest=True)
+    with pytest.raises(
+        SSTError, match=r"harm_fisher .* was collected with --restrict-to .*/uppercase"
+    ):
+        algorithm(**{**settings, **wrong}).run(no_loading(make_pool(world)))
+    unrecorded = _lora_fishers(world, tmp_path, "uppercase", record_digest=False)
+    with pytest.raises(SSTError, match=r"of the safety patch lies outside the subspace .* stale"):
+        algorithm(**{**settings, **unrecorded}).run(make_pool(world))
+    right = algorithm(**{**settings, **_lora_fishers(world, tmp_path, "safety", True)})
+    right.run(make_pool(world))
+    records = right.merge_report["tensors"].values()
+    residuals = [r["subspace_residual"] for r in records if r["action"] == "projected"]
+    assert len(residuals) == 14 and max(residuals) < 1e-5
+
+
 # ---- the other SST methods equal the mergekit path ----------------------------------------
 
 

@@ -507,3 +507,45 @@ def test_rerun_replaces_the_whole_output_folder(scenario, tmp_path):
     assert not (out / "sst_adapter").exists() and not (out / "notes.txt").exists()
     assert "adapter" not in json.loads((out / "sst_merge_report.json").read_text())
     assert (out / "model.safetensors").is_file()
+
+
+def test_fisher_restricted_to_another_adapter_fails(scenario, tmp_path):
+    """lora Fishers collected with the wrong --restrict-to: the recorded adapter digest differs
+    and the safety adapter's update lies outside their subspace."""
+    names = linear_names()
+    other = scenario.utility[0]
+    write_lora(tmp_path / "h.safetensors", scenario, names, seed=1, adapter=other)
+    write_lora(tmp_path / "b.safetensors", scenario, names, seed=2, objective="kl", adapter=other)
+    pair = shared(tmp_path / "h.safetensors", tmp_path / "b.safetensors")
+    config = merge_config(scenario, "sst_merge", pair, sst_models(scenario))
+    assert_fails(
+        scenario,
+        tmp_path,
+        config,
+        f"harm_fisher '{tmp_path / 'h.safetensors'}' was collected with --restrict-to '{other}'",
+        f"benign_fisher '{tmp_path / 'b.safetensors'}' was collected with --restrict-to",
+        f"recollect it with --restrict-to {scenario.safety}",
+    )
+
+
+def test_resaved_adapter_with_the_same_subspaces_is_accepted(scenario, tmp_path):
+    """Another adapter file (digest) with the same factors is not an error: the check compares
+    the adapter's update with the Fisher's subspace when the digests differ."""
+    from safetensors.torch import load_file, save_file
+
+    copy = tmp_path / "safety_copy"
+    shutil.copytree(scenario.safety, copy)
+    weights = copy / "adapter_model.safetensors"
+    save_file(load_file(str(weights)), str(weights), metadata={"format": "pt", "resaved": "1"})
+    lora_pair(scenario, tmp_path)  # restricted to (and with the digest of) the original file
+    models = sst_models(scenario)
+    models[0]["model"] = scenario.ref(copy)
+    config = merge_config(
+        scenario,
+        "sst_merge",
+        shared(tmp_path / "h.safetensors", tmp_path / "b.safetensors"),
+        models,
+    )
+    result, out = run_cli(scenario, tmp_path, config)
+    assert result.exit_code == 0, result.output
+    assert (out / "model.safetensors").is_file()

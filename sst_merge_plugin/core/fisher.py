@@ -215,6 +215,11 @@ class FisherBase(ABC):
     def weight_shape_of(cls, shapes: Mapping[str, Sequence[int]]) -> tuple[int, int]:
         """``(d_out, d_in)`` from the shapes of this kind's entries (no data read)."""
 
+    def subspace_residual(self, patch: Tensor) -> float:
+        """``‖ΔW − Π(ΔW)‖_F / ‖ΔW‖_F``: the part of ``patch`` outside the subspace this Fisher
+        acts on, which a projection drops (0 for kinds defined on the whole weight space)."""
+        return 0.0
+
     @classmethod
     def entry_shape_problem(cls, shapes: Mapping[str, Sequence[int]]) -> str | None:
         """``None`` when the shapes of one weight's entries (from a file header, no data read)

@@ -26,8 +26,12 @@ are mergekit's (``null`` = the default):
 
 Before any model is loaded: every setting is validated, Fisher files are collected or opened
 and checked together (kind, fingerprints), each file's ``model_fingerprint`` is compared
-with the ``_pretrained_`` folder's (unless ``check_fingerprint: false``), and every entry of
-every file is checked for shapes that fit together and finite values. Errors are
+with the ``_pretrained_`` folder's (unless ``check_fingerprint: false``), every entry of
+every file is checked for shapes that fit together and finite values, and a restricted
+(lora-kind) file's recorded adapter digest is compared with the ``safety_model`` entry's
+``adapter_path`` (:func:`~sst_merge_plugin.method.checks.adapter_problem`). While merging, a
+restricted projection that would drop more of the safety patch than rounding explains is an
+error (:func:`~sst_merge_plugin.method.tensor_merge.merge_tensor`). Errors are
 :class:`~sst_merge_plugin.core.SSTError`\\ s and nothing is returned (so FusionBench saves
 nothing). After the merge the report (``sst_merge_report.json``: settings, Fisher files,
 per-tensor diagnostics, summary; :mod:`sst_merge_plugin.method.report`) is kept in
@@ -62,13 +66,19 @@ from sst_merge_plugin.fusion_bench.collection import (
     plain,
     plan_collection,
 )
-from sst_merge_plugin.method.checks import cannot_run, fingerprint_outcome, fisher_entry_problems
+from sst_merge_plugin.method.checks import (
+    adapter_problem,
+    cannot_run,
+    fingerprint_outcome,
+    fisher_entry_problems,
+)
 from sst_merge_plugin.method.fisher_sources import FisherSources, describe_fisher
 from sst_merge_plugin.method.report import REPORT_NAME, build_report
 from sst_merge_plugin.method.session import MergeSession
 from sst_merge_plugin.method.settings import (
     FINGERPRINT_NOT_CHECKED,
     PARAMETERS,
+    PROJECTING,
     WITH_ROLES,
     InputSettings,
     Method,
@@ -236,9 +246,22 @@ class SSTMergeAlgorithm(SimpleProfilerMixin, BaseAlgorithm):
             for label, opened in fishers.labelled().items()
             for problem in fisher_entry_problems(label, opened, opened.weight_names())
         ]
+        adapter = self._safety_adapter(modelpool) if method in PROJECTING else None
+        if adapter is not None and not problems:
+            for label, opened in fishers.labelled().items():
+                if (problem := adapter_problem(label, opened, adapter)) is not None:
+                    problems.append(problem)
         if problems:
             raise cannot_run(method, problems)
         return PreparedMerge(settings, parsed, fishers, checks)
+
+    def _safety_adapter(self, modelpool: BaseModelPool) -> str | None:
+        """The local adapter folder of the ``safety_model`` pool entry, if it has one."""
+        try:
+            _, adapter = model_source(modelpool, self.safety_model)
+        except SSTError:
+            return None
+        return adapter if adapter is not None and Path(adapter).is_dir() else None
 
     def _check_fingerprints(
         self, modelpool: BaseModelPool, fishers: FisherSources

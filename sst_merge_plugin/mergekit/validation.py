@@ -42,11 +42,19 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+import torch
 from safetensors import safe_open
 
 from sst_merge_plugin.core.errors import SSTError
 from sst_merge_plugin.fisher.file import FisherFile
-from sst_merge_plugin.method.checks import cannot_run, fingerprint_outcome, fisher_entry_problems
+from sst_merge_plugin.method.checks import (
+    SUBSPACE_HINT,
+    adapter_problem,
+    cannot_run,
+    fingerprint_outcome,
+    fisher_entry_problems,
+    subspace_problem,
+)
 from sst_merge_plugin.method.fisher_sources import FisherSources, describe_fisher
 from sst_merge_plugin.method.session import MergeSession
 from sst_merge_plugin.method.settings import (
@@ -111,6 +119,7 @@ def validate_planned_merge(method: str, planned: Sequence[tuple[Any, Any]]) -> M
     # (label, path) -> [file, models whose folders may match its fingerprint, tensors matched]
     files: dict[tuple[str, str], list[Any]] = {}
     check_fingerprints = True  # the shared check_fingerprint (same for every tensor)
+    restricted: list[tuple[str, Any, dict[Any, InputSettings], FisherSources]] = []
     for weight, task in planned:
         models = [m for m in task.model_order if m != task.base_model]
         try:
@@ -137,6 +146,8 @@ def validate_planned_merge(method: str, planned: Sequence[tuple[Any, Any]]) -> M
             files.setdefault((label, str(opened.path)), [opened, [task.base_model, *own], set()])
         for label, opened in _check_tensor(weight.name, task, settings, inputs, fishers, problems):
             files[(label, str(opened.path))][2].add(weight.name)
+        if settings.method in PROJECTING and fishers.harm.kind_spec.restricted:
+            restricted.append((weight.name, task, inputs, fishers))
     labels = [label for label, _ in files]
 
     def key(label: str, path: str) -> str:
@@ -156,6 +167,8 @@ def validate_planned_merge(method: str, planned: Sequence[tuple[Any, Any]]) -> M
             else FINGERPRINT_NOT_CHECKED
         )
         problems.extend(fisher_entry_problems(label, opened, matched))
+    if not problems:
+        problems.extend(_safety_patch_problems(restricted))
     if problems:
         raise cannot_run(method, problems)
     for (label, path), (opened, _, _) in files.items():
@@ -225,6 +238,53 @@ def _check_tensor(
             "leaves it out)"
         )
     return present
+
+
+def _safety_patch_problems(
+    restricted: Sequence[tuple[str, Any, dict[Any, InputSettings], FisherSources]],
+) -> list[str]:
+    """The safety patch against restricted (lora-kind) Fishers: first each file's recorded
+    adapter digest against the safety input's ``base+lora`` adapter
+    (:func:`~sst_merge_plugin.method.checks.adapter_problem`); when those pass, the part of
+    every planned tensor's safety patch — as mergekit will read it, e.g. from its LoRA merge
+    cache — outside the Fisher's subspace
+    (:func:`~sst_merge_plugin.method.checks.subspace_problem`)."""
+    problems: list[str] = []
+    seen: set[tuple[str, str]] = set()
+    for _, _, inputs, fishers in restricted:
+        lora = getattr(safety_input(inputs), "lora", None)
+        if lora is None or not os.path.isdir(lora.path):
+            continue
+        for label, opened in fishers.labelled().items():
+            if (str(opened.path), lora.path) not in seen:
+                seen.add((str(opened.path), lora.path))
+                problem = adapter_problem(label, opened, lora.path)
+                if problem is not None:
+                    problems.append(problem)
+    if problems:
+        return problems
+    outside: list[str] = []
+    for name, task, inputs, fishers in restricted:
+        if name not in fishers.harm:
+            continue
+        loads = _load_tasks(task)
+        base, safety = loads[task.base_model].execute(), loads[safety_input(inputs)].execute()
+        if (
+            base is None
+            or safety is None
+            or safety.shape != base.shape
+            or torch.equal(base, safety)
+        ):
+            continue
+        try:
+            residual = fishers.harm.get(name).subspace_residual(safety.double() - base.double())
+        except SSTError as error:
+            problems.append(f"{name}: {error}")
+            continue
+        problem = subspace_problem(name, residual, base, safety, "harm_fisher", fishers.harm)
+        if problem is not None:
+            outside.append(problem)
+    return problems + outside + ([SUBSPACE_HINT] if outside else [])
 
 
 def _check_fingerprint(

@@ -13,13 +13,17 @@ comparison for files collected on purpose at another checkpoint of the same arch
 from __future__ import annotations
 
 import functools
+import math
 import os
 from collections.abc import Iterable, Mapping
 
+import torch
 from safetensors import safe_open
+from torch import Tensor
 
 from sst_merge_plugin.core.errors import FisherValidationError, SSTError
 from sst_merge_plugin.core.fisher import check_finite
+from sst_merge_plugin.fisher.adapter import read_lora_adapter
 from sst_merge_plugin.fisher.file import SEPARATOR, FisherFile
 from sst_merge_plugin.fisher.fingerprint import checkpoint_fingerprint
 
@@ -103,4 +107,106 @@ def cannot_run(method: str, problems: list[str]) -> SSTError:
         f"{method}: the merge cannot run:\n  "
         + "\n  ".join(problems[:MAX_PROBLEMS])
         + (f"\n  … and {more} more" if more > 0 else "")
+    )
+
+
+# ---- the safety patch against a restricted (lora-kind) Fisher's subspace -------------------
+#: a safety patch may lie at most this fraction (in Frobenius norm) outside a restricted
+#: Fisher's subspace, beyond what the weights' rounding explains (``docs/design.md`` §4.6)
+MAX_SUBSPACE_RESIDUAL = 0.05
+#: the rounding allowance: this many times the expected rounding energy of the two tensors
+ROUNDING_SLACK = 2.0
+#: floating-point formats a tensor's values may have been rounded to, coarsest first
+_FORMATS = (torch.bfloat16, torch.float16, torch.float32, torch.float64)
+
+
+def _rounding_energy(tensor: Tensor) -> float:
+    """``Σ ulp(x)²/12`` — the expected squared error of rounding ``tensor``'s values to
+    nearest, in the coarsest format (bfloat16, float16, its own) that holds them exactly."""
+    eps = torch.finfo(tensor.dtype).eps
+    for candidate in _FORMATS:
+        if torch.finfo(candidate).eps < eps:
+            break
+        if candidate == tensor.dtype or torch.equal(tensor.to(candidate).to(tensor.dtype), tensor):
+            eps = torch.finfo(candidate).eps
+            break
+    _, exponent = torch.frexp(tensor.double())
+    ulp = torch.ldexp(torch.full_like(tensor, eps, dtype=torch.float64), exponent - 1)
+    return float(ulp.where(tensor != 0, 0.0).square().sum()) / 12.0
+
+
+def outside_subspace(residual: float, base: Tensor, safety: Tensor) -> float:
+    """The part of a residual ``‖ΔW − Π(ΔW)‖/‖ΔW‖`` (``ΔW = safety − base``) that rounding of
+    the two tensors' values does not explain: ``sqrt(max(0, residual² − slack·noise²))`` with
+    ``noise² = (E_base + E_safety)/‖ΔW‖²`` (:data:`ROUNDING_SLACK`; rounding noise is almost
+    entirely outside a low-rank subspace)."""
+    if residual <= MAX_SUBSPACE_RESIDUAL:
+        return residual
+    norm = float(torch.linalg.vector_norm(safety.double() - base.double())) ** 2
+    noise = (_rounding_energy(base) + _rounding_energy(safety)) / max(norm, 1e-300)
+    return math.sqrt(max(0.0, residual**2 - ROUNDING_SLACK * noise))
+
+
+#: what a patch outside a restricted Fisher's subspace means, said once after the tensors
+SUBSPACE_HINT = (
+    f"more than {MAX_SUBSPACE_RESIDUAL:.0%} of the safety patch (beyond rounding) lies outside "
+    "the Fisher's subspace, and the projection would drop it: the safety input's weights are "
+    "not those of the adapter the Fisher was restricted to — a stale --lora-merge-cache entry "
+    "(mergekit keys it by the adapter's path; use a fresh cache folder after changing an "
+    "adapter) or Fishers collected with another --restrict-to"
+)
+
+
+def subspace_problem(
+    name: str, residual: float, base: Tensor, safety: Tensor, label: str, opened: FisherFile
+) -> str | None:
+    """``None`` unless more of tensor ``name``'s safety patch (``safety − base``; ``residual``
+    of it outside the subspace of the restricted Fisher file ``opened``) lies outside than
+    :data:`MAX_SUBSPACE_RESIDUAL` after the rounding allowance of :func:`outside_subspace`;
+    then a one-line problem text (:data:`SUBSPACE_HINT` explains them)."""
+    if outside_subspace(residual, base, safety) <= MAX_SUBSPACE_RESIDUAL:
+        return None
+    return (
+        f"{name}: {residual:.1%} of the safety patch lies outside the subspace of {label} "
+        f"{str(opened.path)!r}"
+    )
+
+
+def adapter_problem(label: str, opened: FisherFile, adapter_dir: str) -> str | None:
+    """Does the restricted Fisher file ``opened`` belong to the safety adapter ``adapter_dir``?
+
+    ``None`` when the file records no ``restrict_to_sha256``, when it equals the digest of the
+    adapter's weights (:attr:`LoRAAdapter.sha256 <sst_merge_plugin.fisher.adapter.LoRAAdapter>`),
+    or when the digests differ but the adapter's own update ``B·A`` of every weight the file has
+    entries for lies within the file's subspace (e.g. a re-saved adapter); a problem text
+    otherwise.
+    """
+    recorded = opened.metadata.get("restrict_to_sha256")
+    if not recorded or not opened.kind_spec.restricted:
+        return None
+    try:
+        adapter = read_lora_adapter(adapter_dir)
+    except SSTError as error:
+        return f"{label}: the safety input's adapter cannot be read: {error}"
+    if adapter.sha256 == recorded:
+        return None
+    outside: dict[str, float] = {}
+    for name in opened.weight_names():
+        if name not in adapter.layers:
+            outside[name] = 1.0
+            continue
+        lora_a, lora_b = adapter.layers[name]
+        residual = opened.get(name).subspace_residual(lora_b.double() @ lora_a.double())
+        if residual > MAX_SUBSPACE_RESIDUAL:
+            outside[name] = residual
+    if not outside:
+        return None
+    worst = max(outside, key=outside.__getitem__)
+    where = opened.metadata.get("restrict_to", "?")
+    return (
+        f"{label} {str(opened.path)!r} was collected with --restrict-to {where!r} (adapter "
+        f"sha256 {recorded[:12]}…), but the safety input's adapter {adapter_dir!r} (sha256 "
+        f"{adapter.sha256[:12]}…) is another adapter: its update of {worst} lies "
+        f"{outside[worst]:.1%} outside the Fisher's subspace ({len(outside)} weight(s) above "
+        f"{MAX_SUBSPACE_RESIDUAL:.0%}); recollect it with --restrict-to {adapter_dir}"
     )

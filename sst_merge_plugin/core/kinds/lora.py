@@ -165,6 +165,14 @@ class LoRAFisher(FisherBase):
     def weight_shape_of(cls, shapes: Mapping[str, Sequence[int]]) -> tuple[int, int]:
         return int(shapes["U"][0]), int(shapes["V"][0])
 
+    def subspace_residual(self, patch: Tensor) -> float:
+        """``‖ΔW − U UᵀΔW V Vᵀ‖_F / ‖ΔW‖_F`` (:func:`subspace_coordinates`)."""
+        check_patch(patch, self.weight_shape)
+        device = patch.device
+        return subspace_coordinates(patch, self.U.double().to(device), self.V.double().to(device))[
+            1
+        ]
+
     @classmethod
     def entry_shape_problem(cls, shapes: Mapping[str, Sequence[int]]) -> str | None:
         u, v, a_r, g_r = (tuple(shapes[entry]) for entry in cls.required_entries)

@@ -1,0 +1,44 @@
+"""Host-neutral checks (``sst_merge_plugin.method.checks``) on their own: the rounding
+allowance of the subspace-residual bound, against numpy references."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sst_merge_plugin.method.checks import MAX_SUBSPACE_RESIDUAL, outside_subspace
+
+
+def residual_outside(delta: np.ndarray, u: np.ndarray, v: np.ndarray) -> float:
+    """``‖Δ − U UᵀΔ V Vᵀ‖/‖Δ‖`` in float64 (numpy)."""
+    inside = u @ (u.T @ delta @ v) @ v.T
+    return float(np.linalg.norm(delta - inside) / np.linalg.norm(delta))
+
+
+def lora_weights(rng: np.random.Generator, rank: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """A 256×128 base weight (std 0.02) and a rank-``rank`` update about 1/200 of its norm —
+    the ratio of a trained SmolLM2-135M safety LoRA (``‖W_s‖/‖ΔW‖`` up to 195)."""
+    base = 0.02 * rng.standard_normal((256, 128))
+    update = rng.standard_normal((256, rank)) @ rng.standard_normal((rank, 128))
+    return base, update * (np.linalg.norm(base) / np.linalg.norm(update) / 200)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_rounding_is_allowed_and_another_subspace_is_not(dtype: torch.dtype) -> None:
+    """The merged weights in ``dtype``: with the update's own subspace the residual is rounding
+    noise (in bfloat16 far above the 5 % bound) and passes; another adapter's subspace fails."""
+    rng = np.random.default_rng(0)
+    base, update = lora_weights(rng)
+    w0 = torch.from_numpy(base).to(dtype)
+    ws = torch.from_numpy(base + update).to(dtype)
+    delta = ws.double().numpy() - w0.double().numpy()
+    u, _, vh = np.linalg.svd(update)
+    own = residual_outside(delta, u[:, :8], vh[:8].T)
+    _, other = lora_weights(rng)
+    u2, _, vh2 = np.linalg.svd(other)
+    foreign = residual_outside(delta, u2[:, :8], vh2[:8].T)
+    if dtype == torch.bfloat16:
+        assert own > 5 * MAX_SUBSPACE_RESIDUAL  # a fixed bound alone would reject it
+    assert outside_subspace(own, w0, ws) <= MAX_SUBSPACE_RESIDUAL
+    assert foreign > 0.9 and outside_subspace(foreign, w0, ws) > MAX_SUBSPACE_RESIDUAL
