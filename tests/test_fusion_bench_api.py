@@ -130,11 +130,14 @@ def test_bad_settings_fail_before_loading_models(
 def test_fisher_of_another_model_is_refused_before_loading(world: World, tmp_path: Path) -> None:
     from sst_merge_plugin.fisher.file import FisherFile, FisherMetadata, write_fisher_file
 
-    source = FisherFile(world.harm_fisher)
-    fishers = {name: source.get(name) for name in source.weight_names()}
-    other = tmp_path / "other.safetensors"
-    write_fisher_file(other, fishers, FisherMetadata("kfac", "refusal", 1, 1, "0" * 64, "f" * 64))
-    settings = {**fisher_settings(world), "harm_fisher": str(other), "benign_fisher": str(other)}
+    settings = fisher_settings(world)
+    for label, objective in (("harm", "refusal"), ("benign", "kl")):
+        source = FisherFile(settings[f"{label}_fisher"])
+        fishers = {name: source.get(name) for name in source.weight_names()}
+        other = tmp_path / f"other_{label}.safetensors"
+        metadata = FisherMetadata("kfac", objective, 1, 1, "0" * 64, "f" * 64)
+        write_fisher_file(other, fishers, metadata)
+        settings[f"{label}_fisher"] = str(other)
     with pytest.raises(FisherFileError, match=r"harm_fisher .* was collected on another model"):
         algorithm(**settings).run(no_loading(make_pool(world)))
     with pytest.raises(SSTError, match=r"check_fingerprint: invalid value 'maybe'"):
@@ -231,6 +234,22 @@ def test_lora_fishers_of_another_adapter_are_refused(world: World, tmp_path: Pat
     records = right.merge_report["tensors"].values()
     residuals = [r["subspace_residual"] for r in records if r["action"] == "projected"]
     assert len(residuals) == 14 and max(residuals) < 1e-5
+
+
+def test_swapped_fishers_fail_and_a_zero_scale_warns(world: World) -> None:
+    from sst_merge_plugin.method.checks import SSTCheckWarning
+
+    swapped = {
+        **fisher_settings(world),
+        "harm_fisher": str(world.benign_fisher),
+        "benign_fisher": str(world.harm_fisher),
+    }
+    with pytest.raises(SSTError, match="are swapped: harm_fisher"):
+        algorithm(**swapped).run(no_loading(make_pool(world)))
+    with pytest.raises(SSTError, match=r"scale is -2\.0"):
+        algorithm(**fisher_settings(world), scale=-2.0).run(no_loading(make_pool(world)))
+    with pytest.warns(SSTCheckWarning, match=r"^\[zero_safety_patch\]"):
+        algorithm(**fisher_settings(world), weight={"safety": 0.0}).prepare(make_pool(world))
 
 
 # ---- the other SST methods equal the mergekit path ----------------------------------------

@@ -549,3 +549,45 @@ def test_resaved_adapter_with_the_same_subspaces_is_accepted(scenario, tmp_path)
     result, out = run_cli(scenario, tmp_path, config)
     assert result.exit_code == 0, result.output
     assert (out / "model.safetensors").is_file()
+
+
+def test_certainly_wrong_fisher_pairs_and_safety_factors_fail(scenario, tmp_path, fishers):
+    """One file (or one content) as both Fishers, harm/benign swapped (objectives kl/refusal),
+    a negative scale or safety weight: errors before anything is written."""
+    harm, benign = fishers
+    copy = tmp_path / "copy.safetensors"
+    shutil.copyfile(harm, copy)
+    cases = [
+        (shared(harm, harm), {}, "harm_fisher and benign_fisher are the same file"),
+        (shared(harm, copy), {}, "have the same content (sha256"),
+        (shared(benign, harm), {}, "are swapped: harm_fisher"),
+        (shared(harm, benign, scale=-1.0), {}, "scale is -1.0"),
+        (shared(harm, benign), {"role": "safety", "weight": -0.5}, "safety input's weight is -0.5"),
+    ]
+    for parameters, safety, message in cases:
+        config = merge_config(scenario, "sst_merge", parameters, sst_models(scenario, safety))
+        assert_fails(scenario, tmp_path, config, message)
+
+
+def test_suspicious_settings_merge_with_a_named_warning(scenario, tmp_path, fishers):
+    """A zero safety factor and unexpected Fisher objectives merge (exit 0), each with a
+    warning that names its check."""
+    from sst_merge_plugin.method.checks import SSTCheckWarning
+
+    harm, benign = fishers
+    config = merge_config(
+        scenario, "sst_merge", shared(harm, benign, scale=0.0), sst_models(scenario)
+    )
+    with pytest.warns(SSTCheckWarning, match=r"^\[zero_safety_patch\] scale · weight"):
+        result, out = run_cli(scenario, tmp_path, config)
+    assert result.exit_code == 0, result.output
+    names = linear_names()
+    shapes = {n: tuple(scenario.base_weights[n].shape) for n in names}
+    write_kfac(tmp_path / "lm.safetensors", names, shapes, seed=9, objective="lm")
+    shutil.rmtree(out)
+    config = merge_config(
+        scenario, "sst_merge", shared(tmp_path / "lm.safetensors", benign), sst_models(scenario)
+    )
+    with pytest.warns(SSTCheckWarning, match=r"^\[fisher_objectives\] harm_fisher .* 'lm'"):
+        result, out = run_cli(scenario, tmp_path, config)
+    assert result.exit_code == 0, result.output

@@ -29,7 +29,9 @@ and checked together (kind, fingerprints), each file's ``model_fingerprint`` is 
 with the ``_pretrained_`` folder's (unless ``check_fingerprint: false``), every entry of
 every file is checked for shapes that fit together and finite values, and a restricted
 (lora-kind) file's recorded adapter digest is compared with the ``safety_model`` entry's
-``adapter_path`` (:func:`~sst_merge_plugin.method.checks.adapter_problem`). While merging, a
+``adapter_path`` (:func:`~sst_merge_plugin.method.checks.adapter_problem`), and the settings
+and Fisher pair are sanity-checked (:func:`~sst_merge_plugin.method.checks.sanity_findings`:
+errors, or :class:`~sst_merge_plugin.method.checks.SSTCheckWarning` s). While merging, a
 restricted projection that would drop more of the safety patch than rounding explains is an
 error (:func:`~sst_merge_plugin.method.tensor_merge.merge_tensor`). Errors are
 :class:`~sst_merge_plugin.core.SSTError`\\ s and nothing is returned (so FusionBench saves
@@ -71,6 +73,8 @@ from sst_merge_plugin.method.checks import (
     cannot_run,
     fingerprint_outcome,
     fisher_entry_problems,
+    sanity_findings,
+    warn_findings,
 )
 from sst_merge_plugin.method.fisher_sources import FisherSources, describe_fisher
 from sst_merge_plugin.method.report import REPORT_NAME, build_report
@@ -246,6 +250,8 @@ class SSTMergeAlgorithm(SimpleProfilerMixin, BaseAlgorithm):
             for label, opened in fishers.labelled().items()
             for problem in fisher_entry_problems(label, opened, opened.weight_names())
         ]
+        findings = sanity_findings(settings, parsed, fishers)
+        problems.extend(f.message for f in findings if f.fatal)
         adapter = self._safety_adapter(modelpool) if method in PROJECTING else None
         if adapter is not None and not problems:
             for label, opened in fishers.labelled().items():
@@ -253,6 +259,7 @@ class SSTMergeAlgorithm(SimpleProfilerMixin, BaseAlgorithm):
                     problems.append(problem)
         if problems:
             raise cannot_run(method, problems)
+        warn_findings(findings)
         return PreparedMerge(settings, parsed, fishers, checks)
 
     def _safety_adapter(self, modelpool: BaseModelPool) -> str | None:

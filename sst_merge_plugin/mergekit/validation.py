@@ -21,13 +21,21 @@ Checked up front, for every planned tensor (parameters as mergekit resolved them
 * the Fisher weight shape of every 2-D tensor with entries against the tensor's shape (read
   from the base checkpoint's safetensors header; skipped for ``.bin`` checkpoints);
 * a file that has entries for none of the merge's tensors (a naming mismatch);
+* the sanity of the settings and the Fisher pair
+  (:func:`~sst_merge_plugin.method.checks.sanity_findings`: one file as both Fishers, the pair
+  swapped, a negative safety factor are errors; a zero safety factor and unexpected objectives
+  are :class:`~sst_merge_plugin.method.checks.SSTCheckWarning` s);
 * ``missing_fisher: error``: 2-D tensors without entries whose safety delta (for
   ``sst_fisher_merge``: any input's delta) is non-zero — this reads those tensors (only
   those) from the base and the inputs.
 
 * every entry of every 2-D tensor the merge uses: shapes that fit together and finite values
   (:func:`~sst_merge_plugin.method.checks.fisher_entry_problems`, one read through
-  ``safe_open``).
+  ``safe_open``);
+* restricted (lora-kind) Fishers: the recorded adapter digest against the safety input's
+  ``base+lora`` adapter, then the part of each planned tensor's safety patch outside the
+  Fisher's subspace (:func:`_safety_patch_problems`) — this reads the safety input's and the
+  base's 2-D tensors that have entries.
 
 Checked only per tensor, during the merge: the rest of the factor *values* (symmetric, PSD,
 orthonormal ``U``/``V``, identical lora subspaces of the two files). A failure there aborts
@@ -49,11 +57,14 @@ from sst_merge_plugin.core.errors import SSTError
 from sst_merge_plugin.fisher.file import FisherFile
 from sst_merge_plugin.method.checks import (
     SUBSPACE_HINT,
+    Finding,
     adapter_problem,
     cannot_run,
     fingerprint_outcome,
     fisher_entry_problems,
+    sanity_findings,
     subspace_problem,
+    warn_findings,
 )
 from sst_merge_plugin.method.fisher_sources import FisherSources, describe_fisher
 from sst_merge_plugin.method.session import MergeSession
@@ -120,6 +131,7 @@ def validate_planned_merge(method: str, planned: Sequence[tuple[Any, Any]]) -> M
     files: dict[tuple[str, str], list[Any]] = {}
     check_fingerprints = True  # the shared check_fingerprint (same for every tensor)
     restricted: list[tuple[str, Any, dict[Any, InputSettings], FisherSources]] = []
+    findings: dict[str, Finding] = {}
     for weight, task in planned:
         models = [m for m in task.model_order if m != task.base_model]
         try:
@@ -132,6 +144,8 @@ def validate_planned_merge(method: str, planned: Sequence[tuple[Any, Any]]) -> M
             raise _configuration_error(method, weight.name, task, planned, error) from None
         if settings.as_dict() not in session.settings:
             session.settings.append(settings.as_dict())
+        for finding in sanity_findings(settings, inputs, fishers):
+            findings.setdefault(finding.message, finding)
         check_fingerprints = settings.check_fingerprint is not False
         if (
             settings.write_adapter not in (None, AdapterMode.NONE)
@@ -167,10 +181,12 @@ def validate_planned_merge(method: str, planned: Sequence[tuple[Any, Any]]) -> M
             else FINGERPRINT_NOT_CHECKED
         )
         problems.extend(fisher_entry_problems(label, opened, matched))
+    problems.extend(f.message for f in findings.values() if f.fatal)
     if not problems:
         problems.extend(_safety_patch_problems(restricted))
     if problems:
         raise cannot_run(method, problems)
+    warn_findings(findings.values())
     for (label, path), (opened, _, _) in files.items():
         checks["fisher_files"][key(label, path)] = describe_fisher(opened)
     session.checks = checks

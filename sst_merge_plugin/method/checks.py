@@ -15,7 +15,9 @@ from __future__ import annotations
 import functools
 import math
 import os
-from collections.abc import Iterable, Mapping
+import warnings
+from collections.abc import Hashable, Iterable, Mapping
+from typing import NamedTuple
 
 import torch
 from safetensors import safe_open
@@ -23,9 +25,17 @@ from torch import Tensor
 
 from sst_merge_plugin.core.errors import FisherValidationError, SSTError
 from sst_merge_plugin.core.fisher import check_finite
+from sst_merge_plugin.fisher import Objective
 from sst_merge_plugin.fisher.adapter import read_lora_adapter
 from sst_merge_plugin.fisher.file import SEPARATOR, FisherFile
 from sst_merge_plugin.fisher.fingerprint import checkpoint_fingerprint
+from sst_merge_plugin.method.fisher_sources import FisherSources, file_sha256
+from sst_merge_plugin.method.settings import (
+    WITH_ROLES,
+    InputSettings,
+    SharedSettings,
+    safety_input,
+)
 
 #: at most this many problems are listed in one error message
 MAX_PROBLEMS = 20
@@ -210,3 +220,124 @@ def adapter_problem(label: str, opened: FisherFile, adapter_dir: str) -> str | N
         f"{outside[worst]:.1%} outside the Fisher's subspace ({len(outside)} weight(s) above "
         f"{MAX_SUBSPACE_RESIDUAL:.0%}); recollect it with --restrict-to {adapter_dir}"
     )
+
+
+# ---- sanity of the settings and the Fisher pair --------------------------------------------
+class SSTCheckWarning(UserWarning):
+    """Something suspicious but possibly intended; the message starts with ``[<check>]``."""
+
+
+class Finding(NamedTuple):
+    """One sanity finding: the check's name, what it found, and whether it stops the merge."""
+
+    check: str
+    message: str
+    fatal: bool
+
+
+def sanity_findings(
+    settings: SharedSettings, inputs: Mapping[Hashable, InputSettings], fishers: FisherSources
+) -> list[Finding]:
+    """What is certainly wrong (``fatal``) or suspicious about a merge's settings and Fishers.
+
+    Errors: one file (path or content) as both ``harm_fisher`` and ``benign_fisher``; the pair
+    swapped (harm objective ``kl``, benign ``refusal``); a negative ``scale`` or safety-input
+    ``weight``. Warnings: a zero safety factor ``scale · weight`` (``zero_safety_patch``);
+    other unexpected objectives (``fisher_objectives``: harm not ``refusal``, benign not
+    ``kl``).
+    """
+    findings: list[Finding] = []
+    if settings.method in WITH_ROLES:
+        weight = inputs[safety_input(inputs)].weight
+        if settings.scale < 0:
+            findings.append(
+                Finding(
+                    "safety_factor",
+                    f"scale is {settings.scale}: a negative "
+                    "scale subtracts the safety patch (use a value > 0)",
+                    True,
+                )
+            )
+        if weight < 0:
+            findings.append(
+                Finding(
+                    "safety_factor",
+                    f"the safety input's weight is {weight}: a "
+                    "negative weight subtracts the safety patch",
+                    True,
+                )
+            )
+        if settings.scale * weight == 0:
+            findings.append(
+                Finding(
+                    "zero_safety_patch",
+                    f"scale · weight of the safety input is "
+                    f"{settings.scale} · {weight} = 0: the safety patch is not "
+                    "added, the merge is the utility merge alone",
+                    False,
+                )
+            )
+    harm, benign = fishers.harm, fishers.benign
+    if harm is not None and benign is not None:
+        findings.extend(_pair_findings(harm, benign))
+    elif harm is not None and harm.objective != Objective.REFUSAL:
+        findings.append(_objective_warning([("harm_fisher", harm, Objective.REFUSAL)]))
+    return findings
+
+
+def _pair_findings(harm: FisherFile, benign: FisherFile) -> list[Finding]:
+    both = f"harm_fisher {str(harm.path)!r} and benign_fisher {str(benign.path)!r}"
+    why = (
+        "every generalized eigenvalue is 1, so the projection selects nothing meaningful; "
+        "harm_fisher is the refusal Fisher of harmful prompts, benign_fisher the kl Fisher of "
+        "benign prompts"
+    )
+    if harm.path.resolve() == benign.path.resolve():
+        return [
+            Finding(
+                "fisher_pair",
+                f"harm_fisher and benign_fisher are the same file {str(harm.path)!r}: {why}",
+                True,
+            )
+        ]
+    sizes = {os.path.getsize(harm.path), os.path.getsize(benign.path)}
+    if len(sizes) == 1 and file_sha256(str(harm.path)) == file_sha256(str(benign.path)):
+        digest = file_sha256(str(harm.path))
+        return [
+            Finding(
+                "fisher_pair", f"{both} have the same content (sha256 {digest[:12]}…): {why}", True
+            )
+        ]
+    if (harm.objective, benign.objective) == (Objective.KL, Objective.REFUSAL):
+        return [
+            Finding(
+                "fisher_pair",
+                f"{both} are swapped: harm_fisher has objective 'kl' and "
+                "benign_fisher 'refusal' (harm_fisher is the refusal Fisher of harmful "
+                "prompts, benign_fisher the kl Fisher of benign prompts)",
+                True,
+            )
+        ]
+    unexpected = [
+        (label, opened, expected)
+        for label, opened, expected in (
+            ("harm_fisher", harm, Objective.REFUSAL),
+            ("benign_fisher", benign, Objective.KL),
+        )
+        if opened.objective != expected
+    ]
+    return [_objective_warning(unexpected)] if unexpected else []
+
+
+def _objective_warning(unexpected: list[tuple[str, FisherFile, str]]) -> Finding:
+    found = "; ".join(
+        f"{label} {str(opened.path)!r} has objective {opened.objective!r} (expected '{expected}')"
+        for label, opened, expected in unexpected
+    )
+    return Finding("fisher_objectives", f"{found} — is this the Fisher you meant?", False)
+
+
+def warn_findings(findings: Iterable[Finding]) -> None:
+    """Issue each non-fatal finding once as an :class:`SSTCheckWarning` ``[<check>] …``."""
+    for message in dict.fromkeys(f"[{f.check}] {f.message}" for f in findings if not f.fatal):
+        warnings.warn(SSTCheckWarning(message), stacklevel=3)
