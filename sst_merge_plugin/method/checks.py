@@ -1,13 +1,24 @@
-"""Checks both hosts run before a merge writes anything: does each Fisher file belong to the
-model being merged?
+"""Checks both hosts run before a merge writes anything (``docs/design.md`` §4.6).
 
-A Fisher file records the ``model_fingerprint`` of the checkpoint it was collected on
-(:mod:`sst_merge_plugin.fisher.fingerprint`). :func:`fingerprint_outcome` compares it with the
-folders the file may belong to (the base model's; for ``sst_fisher_merge`` also that input's)
-and returns the outcome the merge report records, plus a problem text on a mismatch; the hosts
-collect (mergekit) or raise (FusionBench) the problems. ``check_fingerprint: false`` skips the
-comparison for files collected on purpose at another checkpoint of the same architecture
-(:data:`~sst_merge_plugin.method.settings.FINGERPRINT_NOT_CHECKED`).
+The hosts call these and collect (mergekit: :mod:`sst_merge_plugin.mergekit.validation`) or
+raise (FusionBench: ``SSTMergeAlgorithm.prepare``) what they find; :func:`cannot_run` makes the
+error, :func:`warn_findings` the warnings.
+
+* :func:`fingerprint_outcome` — does a Fisher file's ``model_fingerprint``
+  (:mod:`sst_merge_plugin.fisher.fingerprint`) match the folders it may belong to (the base
+  model's; for ``sst_fisher_merge`` also that input's)? Returns the outcome the merge report
+  records, plus a problem text on a mismatch. ``check_fingerprint: false`` skips it
+  (:data:`~sst_merge_plugin.method.settings.FINGERPRINT_NOT_CHECKED`).
+* :func:`fisher_entry_problems` — every entry of the weights a merge uses: shapes that fit
+  together (the kind's :meth:`~sst_merge_plugin.core.fisher.FisherBase.entry_shape_problem`)
+  and finite values, read once through ``safe_open``.
+* :func:`adapter_problem` — does a restricted (lora-kind) file belong to the safety input's
+  adapter (recorded ``restrict_to_sha256``; on a different digest, the adapter's own update)?
+* :func:`subspace_problem` — does a tensor's safety patch lie in the restricted Fisher's
+  subspace, up to :data:`MAX_SUBSPACE_RESIDUAL` beyond rounding (:func:`outside_subspace`)?
+  Catches merged weights of another adapter, e.g. from a stale ``--lora-merge-cache``.
+* :func:`sanity_findings` — settings and Fisher pair that are certainly wrong (errors) or
+  suspicious (:class:`SSTCheckWarning` s naming their check).
 """
 
 from __future__ import annotations
@@ -42,6 +53,16 @@ MAX_PROBLEMS = 20
 NOT_RECORDED = "not recorded in the Fisher file"
 NOT_LOCAL = "not checked (the model is not a local folder)"
 MISMATCH = "mismatch"
+
+
+def cannot_run(method: str, problems: list[str]) -> SSTError:
+    """The error listing (up to :data:`MAX_PROBLEMS` of) the problems that stop a merge."""
+    more = len(problems) - MAX_PROBLEMS
+    return SSTError(
+        f"{method}: the merge cannot run:\n  "
+        + "\n  ".join(problems[:MAX_PROBLEMS])
+        + (f"\n  … and {more} more" if more > 0 else "")
+    )
 
 
 @functools.lru_cache(maxsize=16)
@@ -108,16 +129,6 @@ def fisher_entry_problems(label: str, opened: FisherFile, names: Iterable[str]) 
                 except FisherValidationError as error:
                     problems.append(f"{where}: {error}")
     return problems
-
-
-def cannot_run(method: str, problems: list[str]) -> SSTError:
-    """The error listing (up to :data:`MAX_PROBLEMS` of) the problems that stop a merge."""
-    more = len(problems) - MAX_PROBLEMS
-    return SSTError(
-        f"{method}: the merge cannot run:\n  "
-        + "\n  ".join(problems[:MAX_PROBLEMS])
-        + (f"\n  … and {more} more" if more > 0 else "")
-    )
 
 
 # ---- the safety patch against a restricted (lora-kind) Fisher's subspace -------------------
@@ -240,43 +251,27 @@ def sanity_findings(
 ) -> list[Finding]:
     """What is certainly wrong (``fatal``) or suspicious about a merge's settings and Fishers.
 
-    Errors: one file (path or content) as both ``harm_fisher`` and ``benign_fisher``; the pair
-    swapped (harm objective ``kl``, benign ``refusal``); a negative ``scale`` or safety-input
-    ``weight``. Warnings: a zero safety factor ``scale · weight`` (``zero_safety_patch``);
-    other unexpected objectives (``fisher_objectives``: harm not ``refusal``, benign not
-    ``kl``).
+    Errors: a negative ``scale`` or safety-input ``weight`` (``safety_factor``); one file (path
+    or content) as both ``harm_fisher`` and ``benign_fisher``, or the two swapped — harm
+    objective ``kl``, benign ``refusal`` (``fisher_pair``). Warnings: a zero safety factor
+    ``scale · weight`` (``zero_safety_patch``); any other unexpected objective — harm not
+    ``refusal``, benign not ``kl`` (``fisher_objectives``).
     """
     findings: list[Finding] = []
     if settings.method in WITH_ROLES:
-        weight = inputs[safety_input(inputs)].weight
-        if settings.scale < 0:
-            findings.append(
-                Finding(
-                    "safety_factor",
-                    f"scale is {settings.scale}: a negative "
-                    "scale subtracts the safety patch (use a value > 0)",
-                    True,
-                )
-            )
+        scale, weight = settings.scale, inputs[safety_input(inputs)].weight
+        subtracts = "subtracts the safety patch (use a value > 0)"
+        if scale < 0:
+            findings.append(Finding("safety_factor", f"scale is {scale}: it {subtracts}", True))
         if weight < 0:
-            findings.append(
-                Finding(
-                    "safety_factor",
-                    f"the safety input's weight is {weight}: a "
-                    "negative weight subtracts the safety patch",
-                    True,
-                )
+            text = f"the safety input's weight is {weight}: it {subtracts}"
+            findings.append(Finding("safety_factor", text, True))
+        if scale * weight == 0:
+            text = (
+                f"scale · weight of the safety input is {scale} · {weight} = 0: the safety "
+                "patch is not added, the merge is the utility merge alone"
             )
-        if settings.scale * weight == 0:
-            findings.append(
-                Finding(
-                    "zero_safety_patch",
-                    f"scale · weight of the safety input is "
-                    f"{settings.scale} · {weight} = 0: the safety patch is not "
-                    "added, the merge is the utility merge alone",
-                    False,
-                )
-            )
+            findings.append(Finding("zero_safety_patch", text, False))
     harm, benign = fishers.harm, fishers.benign
     if harm is not None and benign is not None:
         findings.extend(_pair_findings(harm, benign))
@@ -285,39 +280,30 @@ def sanity_findings(
     return findings
 
 
+#: what the two Fishers of ``sst_merge`` are
+_ROLES = (
+    "harm_fisher is the refusal Fisher of harmful prompts, benign_fisher the kl Fisher of "
+    "benign prompts"
+)
+
+
 def _pair_findings(harm: FisherFile, benign: FisherFile) -> list[Finding]:
     both = f"harm_fisher {str(harm.path)!r} and benign_fisher {str(benign.path)!r}"
-    why = (
-        "every generalized eigenvalue is 1, so the projection selects nothing meaningful; "
-        "harm_fisher is the refusal Fisher of harmful prompts, benign_fisher the kl Fisher of "
-        "benign prompts"
-    )
+    same = f"every generalized eigenvalue is 1, so the projection selects nothing; {_ROLES}"
     if harm.path.resolve() == benign.path.resolve():
-        return [
-            Finding(
-                "fisher_pair",
-                f"harm_fisher and benign_fisher are the same file {str(harm.path)!r}: {why}",
-                True,
-            )
-        ]
-    sizes = {os.path.getsize(harm.path), os.path.getsize(benign.path)}
-    if len(sizes) == 1 and file_sha256(str(harm.path)) == file_sha256(str(benign.path)):
+        text = f"harm_fisher and benign_fisher are the same file {str(harm.path)!r}: {same}"
+        return [Finding("fisher_pair", text, True)]
+    if os.path.getsize(harm.path) == os.path.getsize(benign.path):
         digest = file_sha256(str(harm.path))
-        return [
-            Finding(
-                "fisher_pair", f"{both} have the same content (sha256 {digest[:12]}…): {why}", True
-            )
-        ]
+        if digest == file_sha256(str(benign.path)):
+            text = f"{both} have the same content (sha256 {digest[:12]}…): {same}"
+            return [Finding("fisher_pair", text, True)]
     if (harm.objective, benign.objective) == (Objective.KL, Objective.REFUSAL):
-        return [
-            Finding(
-                "fisher_pair",
-                f"{both} are swapped: harm_fisher has objective 'kl' and "
-                "benign_fisher 'refusal' (harm_fisher is the refusal Fisher of harmful "
-                "prompts, benign_fisher the kl Fisher of benign prompts)",
-                True,
-            )
-        ]
+        text = (
+            f"{both} are swapped: harm_fisher has objective 'kl' and benign_fisher 'refusal' "
+            f"({_ROLES})"
+        )
+        return [Finding("fisher_pair", text, True)]
     unexpected = [
         (label, opened, expected)
         for label, opened, expected in (
