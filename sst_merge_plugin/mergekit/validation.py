@@ -33,9 +33,8 @@ Checked up front, for every planned tensor (parameters as mergekit resolved them
   (:func:`~sst_merge_plugin.method.checks.fisher_entry_problems`, one read through
   ``safe_open``);
 * restricted (lora-kind) Fishers: the recorded adapter digest against the safety input's
-  ``base+lora`` adapter, then the part of each planned tensor's safety patch outside the
-  Fisher's subspace (:func:`_safety_patch_problems`) — this reads the safety input's and the
-  base's 2-D tensors that have entries.
+  ``base+lora`` adapter, then the part of the safety patch outside the Fisher's subspace for a
+  sample of tensors (:func:`_safety_patch_problems`).
 
 Checked only per tensor, during the merge: the rest of the factor *values* (symmetric, PSD,
 orthonormal ``U``/``V``, identical lora subspaces of the two files). A failure there aborts
@@ -256,15 +255,22 @@ def _check_tensor(
     return present
 
 
+#: tensors whose safety patch is checked against a restricted Fisher's subspace up front
+#: (spread evenly over the planned ones; ``merge_tensor`` checks every projection again)
+RESIDUAL_SAMPLE = 8
+
+
 def _safety_patch_problems(
     restricted: Sequence[tuple[str, Any, dict[Any, InputSettings], FisherSources]],
 ) -> list[str]:
     """The safety patch against restricted (lora-kind) Fishers: first each file's recorded
     adapter digest against the safety input's ``base+lora`` adapter
     (:func:`~sst_merge_plugin.method.checks.adapter_problem`); when those pass, the part of
-    every planned tensor's safety patch — as mergekit will read it, e.g. from its LoRA merge
-    cache — outside the Fisher's subspace
-    (:func:`~sst_merge_plugin.method.checks.subspace_problem`)."""
+    the safety patch — as mergekit will read it, e.g. from its LoRA merge cache — outside the
+    Fisher's subspace (:func:`~sst_merge_plugin.method.checks.subspace_problem`) for
+    :data:`RESIDUAL_SAMPLE` tensors spread over the merge. A stale cache or another adapter's
+    Fishers affect every tensor alike; each projection is checked again while merging (at no
+    extra cost), and a failure there leaves no output (the ``run_merge`` hook)."""
     problems: list[str] = []
     seen: set[tuple[str, str]] = set()
     for _, _, inputs, fishers in restricted:
@@ -280,9 +286,10 @@ def _safety_patch_problems(
     if problems:
         return problems
     outside: list[str] = []
-    for name, task, inputs, fishers in restricted:
-        if name not in fishers.harm:
-            continue
+    planned = [entry for entry in restricted if entry[0] in entry[3].harm]
+    count = min(len(planned), RESIDUAL_SAMPLE)
+    picked = sorted({round(i * (len(planned) - 1) / max(count - 1, 1)) for i in range(count)})
+    for name, task, inputs, fishers in (planned[i] for i in picked):
         loads = _load_tasks(task)
         base, safety = loads[task.base_model].execute(), loads[safety_input(inputs)].execute()
         if (
