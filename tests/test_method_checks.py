@@ -42,3 +42,33 @@ def test_rounding_is_allowed_and_another_subspace_is_not(dtype: torch.dtype) -> 
         assert own > 5 * MAX_SUBSPACE_RESIDUAL  # a fixed bound alone would reject it
     assert outside_subspace(own, w0, ws) <= MAX_SUBSPACE_RESIDUAL
     assert foreign > 0.9 and outside_subspace(foreign, w0, ws) > MAX_SUBSPACE_RESIDUAL
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_rounding_allowance_matches_the_ulp_formula(dtype: torch.dtype) -> None:
+    """``outside_subspace`` = ``sqrt(r² − 2·(E₀ + E_s)/‖ΔW‖²)``, ``E = Σ ulp²/12`` with ulp from
+    numpy's ``spacing`` (bfloat16: float32 spacing × 2¹⁶); values held in float32 that are
+    bfloat16 numbers count as bfloat16."""
+    rng = np.random.default_rng(1)
+    base, update = lora_weights(rng)
+    base[0, :5] = 0.0  # exact zeros carry no rounding
+    w0 = torch.from_numpy(base).to(dtype)
+    ws = torch.from_numpy(base + update).to(dtype)
+
+    def energy(tensor: torch.Tensor) -> float:
+        values = tensor.float().numpy()
+        spacing = np.spacing(np.abs(values)).astype(np.float64)
+        if dtype == torch.float16:
+            spacing = np.spacing(np.abs(tensor.numpy())).astype(np.float64)
+        elif dtype == torch.bfloat16:
+            spacing *= 2.0**16
+        return float((np.where(values != 0, spacing, 0.0) ** 2).sum()) / 12
+
+    delta = ws.double().numpy() - w0.double().numpy()
+    noise = (energy(w0) + energy(ws)) / float((delta**2).sum())
+    for residual in (0.3, 0.6, 0.9):
+        expected = np.sqrt(max(0.0, residual**2 - 2 * noise))
+        assert outside_subspace(residual, w0, ws) == pytest.approx(expected, rel=1e-9, abs=1e-12)
+    if dtype == torch.bfloat16:  # the same values in float32 tensors are still bfloat16 numbers
+        as_float = outside_subspace(0.6, w0.float(), ws.float())
+        assert as_float == pytest.approx(outside_subspace(0.6, w0, ws), rel=1e-12)

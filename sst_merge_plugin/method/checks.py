@@ -143,17 +143,29 @@ _FORMATS = (torch.bfloat16, torch.float16, torch.float32, torch.float64)
 
 def _rounding_energy(tensor: Tensor) -> float:
     """``Σ ulp(x)²/12`` — the expected squared error of rounding ``tensor``'s values to
-    nearest, in the coarsest format (bfloat16, float16, its own) that holds them exactly."""
-    eps = torch.finfo(tensor.dtype).eps
+    nearest, in the coarsest format (bfloat16, float16, its own) that holds them exactly.
+
+    ``ulp(x) = eps·2^(e−1)`` for ``x = m·2^e`` (``frexp``; ``e`` at least the smallest normal
+    number's, for subnormals); the sum is taken per exponent (``bincount``), zeros left out.
+    """
+    own = torch.finfo(tensor.dtype)
+    chosen = own
     for candidate in _FORMATS:
-        if torch.finfo(candidate).eps < eps:
+        if torch.finfo(candidate).eps < own.eps:
             break
         if candidate == tensor.dtype or torch.equal(tensor.to(candidate).to(tensor.dtype), tensor):
-            eps = torch.finfo(candidate).eps
+            chosen = torch.finfo(candidate)
             break
-    _, exponent = torch.frexp(tensor.double())
-    ulp = torch.ldexp(torch.full_like(tensor, eps, dtype=torch.float64), exponent - 1)
-    return float(ulp.where(tensor != 0, 0.0).square().sum()) / 12.0
+    values = tensor if tensor.dtype in (torch.float32, torch.float64) else tensor.float()
+    exponent = torch.frexp(values).exponent.flatten()
+    exponent.clamp_(min=math.frexp(chosen.tiny)[1])
+    low = int(exponent.min())
+    counts = torch.bincount(exponent - low).double()
+    zeros = int((values == 0).sum())
+    if zeros:
+        counts[-low] -= zeros  # frexp(0) has exponent 0
+    powers = torch.arange(low - 1, low - 1 + len(counts), dtype=torch.float64, device=counts.device)
+    return float((counts * torch.exp2(2 * powers)).sum()) * chosen.eps**2 / 12.0
 
 
 def outside_subspace(residual: float, base: Tensor, safety: Tensor) -> float:
