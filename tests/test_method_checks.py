@@ -72,3 +72,20 @@ def test_rounding_allowance_matches_the_ulp_formula(dtype: torch.dtype) -> None:
     if dtype == torch.bfloat16:  # the same values in float32 tensors are still bfloat16 numbers
         as_float = outside_subspace(0.6, w0.float(), ws.float())
         assert as_float == pytest.approx(outside_subspace(0.6, w0, ws), rel=1e-12)
+
+
+def test_rounding_energy_of_a_large_tensor_is_a_close_seeded_estimate() -> None:
+    """Above ROUNDING_SAMPLE values the allowance comes from a seeded sample: within 2 % of the
+    full sum (numpy's spacing), and the same on every call."""
+    rng = np.random.default_rng(2)
+    base = 0.02 * rng.standard_normal((1536, 576))
+    w0 = torch.from_numpy(base).to(torch.bfloat16)
+    ws = torch.from_numpy(base * 1.01).to(torch.bfloat16)
+    spacing = lambda t: np.spacing(np.abs(t.float().numpy())).astype(np.float64) * 2.0**16  # noqa: E731
+    full = sum(float((spacing(t) ** 2).sum()) / 12 for t in (w0, ws))
+    norm = float(((ws.double() - w0.double()) ** 2).sum())
+    residual = 0.9
+    exact = np.sqrt(residual**2 - 2 * full / norm)
+    estimate = outside_subspace(residual, w0, ws)
+    assert estimate == outside_subspace(residual, w0, ws)
+    assert estimate == pytest.approx(exact, rel=0.02)
