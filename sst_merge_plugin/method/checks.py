@@ -214,8 +214,9 @@ def subspace_problem(
 def adapter_problem(label: str, opened: FisherFile, adapter_dir: str) -> str | None:
     """Does the restricted Fisher file ``opened`` belong to the safety adapter ``adapter_dir``?
 
-    ``None`` when the file records no ``restrict_to_sha256``, when it equals the digest of the
-    adapter's weights (:attr:`LoRAAdapter.sha256 <sst_merge_plugin.fisher.adapter.LoRAAdapter>`),
+    ``None`` when the file records no ``restrict_to_sha256``, when it is (or, for the joint span
+    of several adapters, ``;``-separated, includes) the digest of the adapter's weights
+    (:attr:`LoRAAdapter.sha256 <sst_merge_plugin.fisher.adapter.LoRAAdapter>`),
     or when the digests differ but the adapter's own update ``B·A`` of every weight the file has
     entries for lies within the file's subspace (e.g. a re-saved adapter); a problem text
     otherwise.
@@ -227,7 +228,7 @@ def adapter_problem(label: str, opened: FisherFile, adapter_dir: str) -> str | N
         adapter = read_lora_adapter(adapter_dir)
     except SSTError as error:
         return f"{label}: the safety input's adapter cannot be read: {error}"
-    if adapter.sha256 == recorded:
+    if adapter.sha256 in recorded.split(";"):  # one of the adapters of a joint span
         return None
     outside: dict[str, float] = {}
     for name in opened.weight_names():
