@@ -201,7 +201,7 @@ def test_the_report_is_byte_reproducible(scenario, tmp_path):
         with safe_open(str(tmp_path / f"{role}.safetensors"), framework="pt") as handle:
             header = handle.metadata()
         assert files[label]["metadata"] == header
-        assert list(files[label]["metadata"]) == sorted(header) and len(header) == 8
+        assert list(files[label]["metadata"]) == sorted(header) and len(header) == 10
 
 
 def test_kfac_top_k_with_task_arithmetic(scenario, tmp_path):
@@ -447,3 +447,50 @@ def test_shipped_configs_run_on_a_tiny_model(scenario, tmp_path, monkeypatch):
     for name in ("task_arithmetic", "ties", "dare_ties"):
         assert (outputs[name] / "model.safetensors").is_file()
         assert not (outputs[name] / "sst_merge_report.json").exists()
+
+
+def test_stale_lora_merge_cache_fails_through_mergekit_yaml(scenario, tmp_path):
+    """The safety adapter is retrained in place after mergekit's --lora-merge-cache (keyed by
+    path) merged it: the Fishers match the new adapter file, the cached weights are the old
+    adapter's, and nearly all of the patch lies outside the Fishers' subspace. The real
+    mergekit-yaml refuses before writing; a fresh cache folder merges."""
+    import shutil
+
+    from mergekit.common import ModelPath, ModelReference
+    from test_mergekit_support import SAFETY_TARGETS, save_adapter, tiny_llama
+
+    adapter = tmp_path / "safety"
+    shutil.copytree(scenario.safety, adapter)
+    cache = tmp_path / "lora_cache"
+    reference = ModelReference(
+        model=ModelPath(path=str(scenario.base)), lora=ModelPath(path=str(adapter))
+    )
+    reference.merged(cache_dir=str(cache))  # an earlier merge cached the old adapter
+    save_adapter(tiny_llama(), adapter, SAFETY_TARGETS, seed=7)  # retrained in place
+    names = linear_names()
+    write_lora(tmp_path / "h.safetensors", scenario, names, seed=1, adapter=adapter)
+    write_lora(tmp_path / "b.safetensors", scenario, names, seed=2, objective="kl", adapter=adapter)
+    parameters = {
+        "harm_fisher": str(tmp_path / "h.safetensors"),
+        "benign_fisher": str(tmp_path / "b.safetensors"),
+        "select": "soft",
+    }
+    safety = {"model": f"{scenario.base}+{adapter}", "parameters": {"role": "safety"}}
+    config = merge_config(
+        scenario, "sst_merge", parameters, [safety, *models(scenario, with_safety=False)]
+    )
+    path = write_config(tmp_path / "config.yml", config)
+    out = tmp_path / "out"
+    result = mergekit_yaml(path, out, "--lora-merge-cache", str(cache))
+    assert result.returncode != 0
+    assert "of the safety patch lies outside the subspace" in result.stderr, result.stderr[-3000:]
+    assert "stale --lora-merge-cache" in result.stderr
+    assert not out.exists()
+    fresh = mergekit_yaml(path, out, "--lora-merge-cache", str(tmp_path / "fresh_cache"))
+    assert fresh.returncode == 0, fresh.stderr[-3000:]
+    residuals = [
+        record["subspace_residual"]
+        for record in json.loads((out / "sst_merge_report.json").read_text())["tensors"].values()
+        if record["action"] == "projected"
+    ]
+    assert len(residuals) == len(names) and max(residuals) < 1e-5

@@ -25,8 +25,15 @@ are mergekit's (``null`` = the default):
   (:mod:`.collection`), with ``sst-merge fisher`` semantics, cached by content.
 
 Before any model is loaded: every setting is validated, Fisher files are collected or opened
-and checked together (kind, fingerprints), and each file's ``model_fingerprint`` is compared
-with the ``_pretrained_`` folder's (unless ``check_fingerprint: false``). Errors are
+and checked together (kind, fingerprints), each file's ``model_fingerprint`` is compared
+with the ``_pretrained_`` folder's (unless ``check_fingerprint: false``), every entry of
+every file is checked for shapes that fit together and finite values, and a restricted
+(lora-kind) file's recorded adapter digest is compared with the ``safety_model`` entry's
+``adapter_path`` (:func:`~sst_merge_plugin.method.checks.adapter_problem`), and the settings
+and Fisher pair are sanity-checked (:func:`~sst_merge_plugin.method.checks.sanity_findings`:
+errors, or :class:`~sst_merge_plugin.method.checks.SSTCheckWarning` s). While merging, a
+restricted projection that would drop more of the safety patch than rounding explains is an
+error (:func:`~sst_merge_plugin.method.tensor_merge.merge_tensor`). Errors are
 :class:`~sst_merge_plugin.core.SSTError`\\ s and nothing is returned (so FusionBench saves
 nothing). After the merge the report (``sst_merge_report.json``: settings, Fisher files,
 per-tensor diagnostics, summary; :mod:`sst_merge_plugin.method.report`) is kept in
@@ -61,13 +68,21 @@ from sst_merge_plugin.fusion_bench.collection import (
     plain,
     plan_collection,
 )
-from sst_merge_plugin.method.checks import fingerprint_outcome
+from sst_merge_plugin.method.checks import (
+    adapter_problem,
+    cannot_run,
+    fingerprint_outcome,
+    fisher_entry_problems,
+    sanity_findings,
+    warn_findings,
+)
 from sst_merge_plugin.method.fisher_sources import FisherSources, describe_fisher
 from sst_merge_plugin.method.report import REPORT_NAME, build_report
 from sst_merge_plugin.method.session import MergeSession
 from sst_merge_plugin.method.settings import (
     FINGERPRINT_NOT_CHECKED,
     PARAMETERS,
+    PROJECTING,
     WITH_ROLES,
     InputSettings,
     Method,
@@ -230,7 +245,30 @@ class SSTMergeAlgorithm(SimpleProfilerMixin, BaseAlgorithm):
             checks = dict.fromkeys(fishers.labelled(), FINGERPRINT_NOT_CHECKED)
         else:
             checks = self._check_fingerprints(modelpool, fishers)
+        problems = [
+            problem
+            for label, opened in fishers.labelled().items()
+            for problem in fisher_entry_problems(label, opened, opened.weight_names())
+        ]
+        findings = sanity_findings(settings, parsed, fishers)
+        problems.extend(f.message for f in findings if f.fatal)
+        adapter = self._safety_adapter(modelpool) if method in PROJECTING else None
+        if adapter is not None and not problems:
+            for label, opened in fishers.labelled().items():
+                if (problem := adapter_problem(label, opened, adapter)) is not None:
+                    problems.append(problem)
+        if problems:
+            raise cannot_run(method, problems)
+        warn_findings(findings)
         return PreparedMerge(settings, parsed, fishers, checks)
+
+    def _safety_adapter(self, modelpool: BaseModelPool) -> str | None:
+        """The local adapter folder of the ``safety_model`` pool entry, if it has one."""
+        try:
+            _, adapter = model_source(modelpool, self.safety_model)
+        except SSTError:
+            return None
+        return adapter if adapter is not None and Path(adapter).is_dir() else None
 
     def _check_fingerprints(
         self, modelpool: BaseModelPool, fishers: FisherSources

@@ -38,7 +38,10 @@ Special cases (the methods with a safety input):
 * non-2-D tensors (norms, biases): ``W_U + s·w_s·ΔW_s`` (the raw safety delta; these have no
   Linear-layer Fisher);
 * a 2-D tensor without Fisher entries: ``missing_fisher: error`` raises (naming the tensor and
-  the file), ``keep`` adds the unprojected ``s·w_s·ΔW_s``, ``drop`` adds nothing.
+  the file), ``keep`` adds the unprojected ``s·w_s·ΔW_s``, ``drop`` adds nothing;
+* a restricted (lora-kind) projection that would drop more of ``ΔW_s`` than rounding explains
+  (:func:`~sst_merge_plugin.method.checks.subspace_problem`) raises: the Fishers belong to
+  another adapter than the safety input's weights.
 
 The correction is computed in float64 and added to ``W_U`` in float64; the result has the dtype
 of ``base``.
@@ -64,6 +67,7 @@ from sst_merge_plugin.core import (
 )
 from sst_merge_plugin.core.errors import SSTError
 from sst_merge_plugin.fisher.file import FisherFile, FisherFileError
+from sst_merge_plugin.method.checks import SUBSPACE_HINT, subspace_problem
 from sst_merge_plugin.method.fisher_sources import FisherSources
 from sst_merge_plugin.method.settings import (
     Gate,
@@ -205,6 +209,16 @@ def merge_tensor(
         result = project_single_fisher(safety_delta, harm, settings.selection, **common)
     else:  # pragma: no cover - parse_shared admits no other method
         raise SSTError(f"unknown SST method {settings.method!r}")
+    problem = subspace_problem(
+        name,
+        result.diagnostics.subspace_residual,
+        base,
+        tensors[safety],
+        "harm_fisher",
+        fishers.harm,
+    )
+    if problem is not None:
+        raise SSTError(f"{problem}: {SUBSPACE_HINT}")
     factors = None
     if result.factors is not None:
         factors = (factor * result.factors[0], result.factors[1])
