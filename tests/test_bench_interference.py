@@ -282,7 +282,7 @@ def _world_pipeline(
 def test_pipeline_dispatches_fusion_bench_sweeps(
     world: World, tsv_merged: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    utilities = Sweep("tsv_utilities", TSV, utilities_only=True)
+    utilities = Sweep("tsv_utilities", TSV, inputs="utilities")
     pipeline = _world_pipeline(world, tmp_path / "workspace", monkeypatch, (TSV_SWEEP, utilities))
     jobs = [job for sweep in (TSV_SWEEP, utilities) for job in pipeline.merges.sweep_jobs(sweep)]
     assert [job.config["host"] for job in jobs] == ["fusion_bench", "fusion_bench"]

@@ -104,7 +104,7 @@ def _profile(world: World) -> Profile:
         test=replace(validation, max_new_tokens=4),
         sweeps=(
             Sweep(
-                "utility_only", "task_arithmetic", {"utility_weight": (1.0,)}, utilities_only=True
+                "utility_only", "task_arithmetic", {"utility_weight": (1.0,)}, inputs="utilities"
             ),
             Sweep(
                 "task_arithmetic",
@@ -236,7 +236,7 @@ def test_profile_checks_its_sweeps(world: World) -> None:
     with pytest.raises(SSTError, match="has no values"):
         Sweep("x", "ties", {"safety_weight": ()})
     with pytest.raises(SSTError, match="no safety weight"):
-        Sweep("x", "ties", {"safety_weight": (1.0,)}, utilities_only=True)
+        Sweep("x", "ties", {"safety_weight": (1.0,)}, inputs="utilities")
 
 
 def test_fisher_at_the_utility_merge(world: World, tmp_path: Path) -> None:

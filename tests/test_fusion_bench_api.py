@@ -4,6 +4,7 @@ SST methods against mergekit, the Fisher cache, the task pool against evaluate_m
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -344,6 +345,35 @@ def test_baseline_methods_equal_the_mergekit_path(
         assert actions["gated"] > 0 and actions["not_gated"] > 0
     else:
         assert actions == {"fisher_weighted": 14, "utility_only": 7}
+
+
+@pytest.mark.parametrize("project", ["utility", "both"])
+def test_dual_projection_equals_the_mergekit_path(world: World, tmp_path: Path, project) -> None:
+    """``project: utility | both`` (each utility delta projected with its ``gain_fisher`` and
+    the ``cost_fisher``): the FusionBench run and mergekit's ``run_merge`` give the same bits,
+    and both report what the projection kept of each utility delta."""
+    cost = tmp_path / "cost.safetensors"
+    shutil.copyfile(world.harm_fisher, cost)  # the refusal Fisher as the safety-behaviour cost
+    shared = {"project": project, "cost_fisher": str(cost), "select": "soft", "rho": 0.5}
+    if project == "both":
+        shared.update(harm_fisher=str(world.harm_fisher), benign_fisher=str(world.benign_fisher))
+    gains = dict.fromkeys(("reverse_letters", "uppercase"), str(world.benign_fisher))
+    per_model = {"safety": {"role": "safety"}, **{m: {"gain_fisher": g} for m, g in gains.items()}}
+    sst = algorithm(merge_method="sst_merge", safety_model="safety", gain_fisher=gains, **shared)
+    merged = sst.run(make_pool(world))
+    expected = _mergekit(world, "sst_merge", shared, per_model, tmp_path / "mergekit")
+    state = merged.state_dict()
+    for name, tensor in expected.items():
+        assert torch.equal(state[name], tensor), name
+    summary = sst.merge_report["summary"]
+    assert sorted(summary["utility"]) == sorted(gains)
+    for record in summary["utility"].values():
+        assert 0 < record["safety_disturbance_removed"] < 1
+    safety_action = "projected" if project == "both" else "safety_unprojected"
+    assert summary["actions"] == {safety_action: 14, "utility_only": 7}
+    report = json.loads((tmp_path / "mergekit" / "sst_merge_report.json").read_text())
+    assert report["summary"]["utility"].keys() == {f"{world.base}+{world.adapter(m)}"
+                                                   for m in gains}  # fmt: skip
 
 
 # ---- Fisher cache -------------------------------------------------------------------------

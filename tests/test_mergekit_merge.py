@@ -237,6 +237,67 @@ def test_kfac_top_k_with_task_arithmetic(scenario, tmp_path):
     assert_sst_equals(read_weights(out), builtin(scenario, tmp_path, "task_arithmetic"), patches)
 
 
+def test_dual_on_both_sides_matches_the_kron_reference(scenario, tmp_path):
+    """``project: both``: each utility delta projected with its ``gain_fisher`` ``G_i`` and the
+    ``cost_fisher`` ``C`` (soft, ``ρ·c`` with ``c = tr G_i / tr C``), task arithmetic of the
+    projected deltas, plus the safety patch projected with ``(F_harm, F_benign)`` — against
+    dense scipy references; the report's utility summary matches them too."""
+    safety_names, utility_names = linear_names(), linear_names(UTILITY_TARGETS)
+    shapes = shapes_of(scenario, utility_names)
+    harm = write_kfac(tmp_path / "h.safetensors", safety_names, shapes, seed=31)
+    benign = write_kfac(tmp_path / "b.safetensors", safety_names, shapes, seed=32, objective="kl")
+    cost = write_kfac(tmp_path / "c.safetensors", utility_names, shapes, seed=33)
+    gains = [
+        write_kfac(
+            tmp_path / f"g{i}.safetensors", utility_names, shapes, seed=34 + i, objective="lm"
+        )
+        for i in range(2)
+    ]
+    rho = 0.5
+    parameters = {
+        "project": "both",
+        "harm_fisher": str(tmp_path / "h.safetensors"),
+        "benign_fisher": str(tmp_path / "b.safetensors"),
+        "cost_fisher": str(tmp_path / "c.safetensors"),
+        "select": "soft",
+        "rho": rho,
+    }
+    inputs = models(scenario)
+    for i, entry in enumerate(inputs[1:]):
+        entry["parameters"]["gain_fisher"] = str(tmp_path / f"g{i}.safetensors")
+    out = tmp_path / "out"
+    run_in_process(scenario, merge_config(scenario, "sst_merge", parameters, inputs), out)
+
+    def soft(x, gain, cost_factors):
+        (a_g, g_g), (a_c, g_c) = gain, cost_factors
+        ratio = np.trace(a_g) * np.trace(g_g) / (np.trace(a_c) * np.trace(g_c))
+        return kron_projection(x, damp(a_g), damp(g_g), damp(a_c), damp(g_c),
+                               soft_weights(rho, ratio))  # fmt: skip
+
+    merged = read_weights(out)
+    for name, tensor in merged.items():
+        base = scenario.base_weights[name]
+        if name not in utility_names:
+            assert torch.equal(tensor, base), name
+            continue
+        expected = base.double().numpy().copy()
+        for adapter, params, gain in zip(scenario.utility, UTILITY_MODELS, gains, strict=True):
+            delta = scenario.merged_weight(adapter, name) - base.double().numpy()
+            expected += params["weight"] * soft(delta, gain[name], cost[name])
+        if name in safety_names:
+            expected += soft(scenario.safety_delta(name), harm[name], benign[name])
+        np.testing.assert_allclose(tensor.double().numpy(), expected, rtol=0, atol=2e-6,
+                                   err_msg=name)  # fmt: skip
+    report = json.loads((out / "sst_merge_report.json").read_text())
+    assert report["summary"]["actions"] == {
+        "projected": len(safety_names),
+        "utility_only": len(merged) - len(safety_names),
+    }
+    utility = report["summary"]["utility"]
+    assert sorted(utility) == sorted(scenario.ref(a) for a in scenario.utility)
+    assert all(0 < u["safety_disturbance_removed"] < 1 for u in utility.values())
+
+
 def test_diag_ratio_with_dare_ties_equals_builtin_dare_under_one_seed(scenario, tmp_path):
     names = linear_names()
     harm = write_diag(tmp_path / "h.safetensors", names, shapes_of(scenario, names), seed=31)

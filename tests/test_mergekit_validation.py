@@ -15,6 +15,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from test_mergekit_support import (
+    UTILITY_TARGETS,
     linear_names,
     merge_config,
     shared_scenario,
@@ -591,3 +592,56 @@ def test_suspicious_settings_merge_with_a_named_warning(scenario, tmp_path, fish
     with pytest.warns(SSTCheckWarning, match=r"^\[fisher_objectives\] harm_fisher .* 'lm'"):
         result, out = run_cli(scenario, tmp_path, config)
     assert result.exit_code == 0, result.output
+
+
+def dual(scenario, tmp_path, cost, gain, **extra):
+    """``project: utility`` on the safety input and utility adapter 0."""
+    parameters = {"project": "utility", "cost_fisher": str(cost), "select": "soft", **extra}
+    models = sst_models(scenario, utility={"gain_fisher": str(gain)})
+    return merge_config(scenario, "sst_merge", parameters, models)
+
+
+def test_dual_files_are_checked_up_front(scenario, tmp_path):
+    """``project: utility``: a cost Fisher without entries for tensors the utility adapter
+    changes, one file as gain and cost, and lora-kind files restricted to the safety adapter
+    (the utility delta lies outside them) fail before anything is written; files restricted to
+    the utility adapter merge."""
+    safety_names, utility_names = linear_names(), linear_names(UTILITY_TARGETS)
+    shapes = {n: tuple(scenario.base_weights[n].shape) for n in utility_names}
+    write_kfac(tmp_path / "c.safetensors", utility_names, shapes, seed=3)
+    write_kfac(tmp_path / "g.safetensors", utility_names, shapes, seed=4, objective="lm")
+    write_kfac(tmp_path / "c_qv.safetensors", safety_names, shapes, seed=3)
+    up = "model.layers.0.mlp.up_proj.weight"
+    assert_fails(
+        scenario,
+        tmp_path,
+        dual(scenario, tmp_path, tmp_path / "c_qv.safetensors", tmp_path / "g.safetensors"),
+        f"{up}: cost_fisher '{tmp_path / 'c_qv.safetensors'}' has no Fisher entries for this "
+        "tensor, but its delta is non-zero",
+    )
+    assert_fails(
+        scenario,
+        tmp_path,
+        dual(scenario, tmp_path, tmp_path / "c.safetensors", tmp_path / "c.safetensors"),
+        "gain_fisher and cost_fisher are the same file",
+    )
+    utility = scenario.utility[0]
+    for role, seed in (("c", 5), ("g", 6)):  # restricted to each adapter's own modules
+        write_lora(tmp_path / f"{role}_safety.safetensors", scenario, safety_names, seed)
+        write_lora(tmp_path / f"{role}_utility.safetensors", scenario, utility_names, seed,
+                   adapter=utility)  # fmt: skip
+    keep = {"missing_fisher": "keep"}  # up/down have no entries in the safety-restricted files
+    files = (tmp_path / "c_safety.safetensors", tmp_path / "g_safety.safetensors")
+    assert_fails(
+        scenario,
+        tmp_path,
+        dual(scenario, tmp_path, *files, **keep),
+        f"cost_fisher '{files[0]}' was collected with --restrict-to '{scenario.safety}'",
+        f"but the utility input {scenario.ref(utility)}'s adapter",
+    )
+    config = dual(scenario, tmp_path, tmp_path / "c_utility.safetensors",
+                  tmp_path / "g_utility.safetensors")  # fmt: skip
+    result, out = run_cli(scenario, tmp_path, config)
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "sst_merge_report.json").read_text())
+    assert list(report["summary"]["utility"]) == [scenario.ref(utility)]

@@ -35,6 +35,7 @@ from sst_merge_plugin.bench.profile import (
     FisherPoint,
     Profile,
     Sweep,
+    SweepInputs,
 )
 from sst_merge_plugin.bench.tuning import UTILITY_WEIGHT, apply_knobs
 from sst_merge_plugin.bench.workspace import Workspace, content_key
@@ -93,7 +94,8 @@ class Merges:
         inputs = [
             spec
             for spec in self.profile.adapters
-            if not (spec.name == SAFETY and sweep.utilities_only)
+            if sweep.inputs == SweepInputs.ALL
+            or (spec.name == SAFETY) == (sweep.inputs == SweepInputs.SAFETY)
         ]
         if is_fusion_bench_method(sweep.merge_method):
             folders = {spec.name: self.adapters.folder(spec) for spec in inputs}
@@ -131,9 +133,7 @@ class Merges:
             "parameters": shared,
             "models": models,
         }
-        safety = (
-            self.adapters.model_input(self.adapters.safety) if not sweep.utilities_only else None
-        )
+        safety = self.adapters.model_input(self.adapters.safety)
         return apply_knobs(config, point, lambda entry: entry["model"] == safety)
 
     def job(self, sweep: Sweep, point: Mapping[str, Any]) -> MergeJob:

@@ -42,6 +42,17 @@ from sst_merge_plugin.core.selection import get_select_mode
 from sst_merge_plugin.evaluation.suite import EvalConfig
 
 
+class SweepInputs(Choice):
+    """Which adapters a sweep merges (:attr:`Sweep.inputs`)."""
+
+    #: the safety adapter and every skill adapter
+    ALL = "all"
+    #: the skill adapters only (the utility-only merge ``W0 + U``)
+    UTILITIES = "utilities"
+    #: the safety adapter only (what a method does to the patch itself, without interference)
+    SAFETY = "safety"
+
+
 class FisherPoint(Choice):
     """Where a sweep's Fisher pair is collected (:attr:`Sweep.fisher_at`)."""
 
@@ -95,7 +106,8 @@ class Sweep:
     mergekit parameter (``scale``, ``rho``, …). ``parameters`` are fixed shared parameters.
     ``fisher_kind`` names the Fisher pair the method needs (``None``: none) and ``fisher_at``
     the weights it is collected at (:class:`FisherPoint`); ``per_model_fisher`` asks for a
-    ``diag`` Fisher per input (Fisher merging); ``utilities_only`` drops the safety input.
+    ``diag`` Fisher per input (Fisher merging); ``inputs`` (:class:`SweepInputs`) drops the
+    safety input or the skill inputs.
     ``project`` is the projecting methods' side (``safety``, ``utility``, ``both``;
     ``docs/design.md`` §1.6): the utility side needs the cost Fisher ``C`` of objective
     ``cost_objective`` and (``sst_merge``) each skill's gain Fisher, of ``fisher_kind``.
@@ -107,7 +119,7 @@ class Sweep:
     parameters: Mapping[str, Any] = field(default_factory=dict)
     fisher_kind: str | None = None
     per_model_fisher: bool = False
-    utilities_only: bool = False
+    inputs: str = SweepInputs.ALL
     fisher_at: str = "base"
     project: str = "safety"
     cost_objective: str = "kl"
@@ -120,6 +132,9 @@ class Sweep:
         object.__setattr__(
             self, "fisher_at", FisherPoint.parse(f"sweep {self.label}: fisher_at", self.fisher_at)
         )
+        object.__setattr__(
+            self, "inputs", SweepInputs.parse(f"sweep {self.label}: inputs", self.inputs)
+        )
         grid_points(self.grid)  # every knob has values
         if self.fisher_at == FisherPoint.UTILITY_MERGE and set(
             self.grid.get(UTILITY_WEIGHT, (1.0,))
@@ -128,8 +143,10 @@ class Sweep:
                 f"sweep {self.label}: fisher_at 'utility_merge' is the merge at utility weight "
                 f"1; it cannot be combined with other utility weights"
             )
-        if self.utilities_only and SAFETY_WEIGHT in self.grid:
+        if self.inputs == SweepInputs.UTILITIES and SAFETY_WEIGHT in self.grid:
             raise SSTError(f"sweep {self.label}: a utilities-only sweep has no safety weight")
+        if self.inputs == SweepInputs.SAFETY and UTILITY_WEIGHT in self.grid:
+            raise SSTError(f"sweep {self.label}: a safety-only sweep has no utility weight")
 
     def points(self) -> list[dict[str, Any]]:
         """The grid's points, in grid order (:func:`~.tuning.grid_points`)."""
@@ -203,10 +220,31 @@ def _sst(
     )
 
 
+def _dual(
+    label: str,
+    kind: str,
+    project: str,
+    cost_objective: str = "kl",
+    method: str = "sst_merge",
+) -> Sweep:
+    """The dual projection (``docs/design.md`` §1.6) on side ``project``, soft ρ = 1, task
+    arithmetic of the (projected) skill deltas; ``sst_single_fisher`` is the single-Fisher
+    utility-side baseline (``G_i = I``). Tuned over λ × ``scale`` like the other SST sweeps."""
+    return Sweep(
+        label,
+        method,
+        _TUNED,
+        {"select": "soft", "rho": 1.0, "utility_merge": "task_arithmetic"},
+        fisher_kind=kind,
+        project=project,
+        cost_objective=cost_objective,
+    )
+
+
 #: the skills' λ every method is tuned over (λ = 0.5 was the best baseline of the old protocol)
 LAMBDAS = (0.5, 1.0)
 #: the utility-only merge: task arithmetic of the utility adapters (``W0 + U``) at λ = 1
-UTILITY_ONLY = Sweep("utility_only", "task_arithmetic", utilities_only=True)
+UTILITY_ONLY = Sweep("utility_only", "task_arithmetic", inputs=SweepInputs.UTILITIES)
 
 
 def _baselines(strengths: tuple[float, ...]) -> list[Sweep]:
@@ -216,7 +254,12 @@ def _baselines(strengths: tuple[float, ...]) -> list[Sweep]:
     grid = {UTILITY_WEIGHT: LAMBDAS, SAFETY_WEIGHT: strengths}
     sparse = {"normalize": False, "density": 0.5}
     return [
-        Sweep("utility_only", "task_arithmetic", {UTILITY_WEIGHT: LAMBDAS}, utilities_only=True),
+        Sweep(
+            "utility_only",
+            "task_arithmetic",
+            {UTILITY_WEIGHT: LAMBDAS},
+            inputs=SweepInputs.UTILITIES,
+        ),
         Sweep("task_arithmetic", "task_arithmetic", grid),
         Sweep("ties", "ties", grid, sparse),
         Sweep("dare_ties", "dare_ties", grid, sparse),
@@ -285,6 +328,27 @@ FULL = Profile(
         _sst("sst_lora_soft", "lora", "soft", 1.0, _TUNED),
         _sst("sst_lora_hard", "lora", "ratio", 1.0, _TUNED),
         _sst("sst_kfac_soft", "kfac", "soft", 1.0, _TUNED),
+        # the dual (§1.6) and its ablations: side, cost objective, kind, single-Fisher baseline
+        _dual("sst_dual_lora", "lora", "utility"),
+        _dual("sst_both_lora", "lora", "both"),
+        _dual("sst_dual_lora_refusal", "lora", "utility", cost_objective="refusal"),
+        _dual("sst_dual_kfac", "kfac", "utility"),
+        _dual("dual_single_fisher", "lora", "utility", method="sst_single_fisher"),
+        # the safety adapter alone, raw vs projected: what projection does to the patch itself
+        Sweep(
+            "safety_alone_raw",
+            "task_arithmetic",
+            {SAFETY_WEIGHT: _STRENGTHS},
+            inputs=SweepInputs.SAFETY,
+        ),
+        Sweep(
+            "safety_alone_sst",
+            "sst_merge",
+            {"scale": _SCALES},
+            {"select": "soft", "rho": 1.0},
+            fisher_kind="lora",
+            inputs=SweepInputs.SAFETY,
+        ),
     ),
     reference_lambdas=LAMBDAS,
 )

@@ -20,7 +20,9 @@ are mergekit's (``null`` = the default):
 * per-model parameters (:data:`PER_MODEL`): ``weight`` and ``density`` — one number for every
   input or a mapping ``{model name: value}`` (models left out take 1.0); the ``role: safety``
   input is the pool model named by ``safety_model``, every other model is a utility input;
-  ``fisher`` — ``sst_fisher_merge``: mapping ``{model name: diagonal Fisher file}``.
+  ``fisher`` — ``sst_fisher_merge``: mapping ``{model name: diagonal Fisher file}``;
+  ``gain_fisher`` — ``sst_merge`` with ``project: utility | both``: mapping ``{utility model
+  name: its task Fisher file}`` (every utility model needs one; with ``cost_fisher``, §1.6).
 * ``fisher_collection`` — collect the Fisher files a method needs and that are not given
   (:mod:`.collection`), with ``sst-merge fisher`` semantics, cached by content.
 
@@ -28,11 +30,13 @@ Before any model is loaded: every setting is validated, Fisher files are collect
 and checked together (kind, fingerprints), each file's ``model_fingerprint`` is compared
 with the ``_pretrained_`` folder's (unless ``check_fingerprint: false``), every entry of
 every file is checked for shapes that fit together and finite values, and a restricted
-(lora-kind) file's recorded adapter digest is compared with the ``safety_model`` entry's
-``adapter_path`` (:func:`~sst_merge_plugin.method.checks.adapter_problem`), and the settings
+(lora-kind) file's recorded adapter digest is compared with the ``adapter_path`` of each pool
+entry whose delta it projects (``harm_fisher``/``benign_fisher``: the ``safety_model``;
+``cost_fisher``: every utility model; a ``gain_fisher``: its model;
+:func:`~sst_merge_plugin.method.checks.adapter_problem`), and the settings
 and Fisher pair are sanity-checked (:func:`~sst_merge_plugin.method.checks.sanity_findings`:
 errors, or :class:`~sst_merge_plugin.method.checks.SSTCheckWarning` s). While merging, a
-restricted projection that would drop more of the safety patch than rounding explains is an
+restricted projection that would drop more of a projected delta than rounding explains is an
 error (:func:`~sst_merge_plugin.method.tensor_merge.merge_tensor`). Errors are
 :class:`~sst_merge_plugin.core.SSTError`\\ s and nothing is returned (so FusionBench saves
 nothing). After the merge the report (``sst_merge_report.json``: settings, Fisher files,
@@ -86,6 +90,8 @@ from sst_merge_plugin.method.settings import (
     WITH_ROLES,
     InputSettings,
     Method,
+    ProjectSide,
+    Role,
     SharedSettings,
     check_type,
     method_parameters,
@@ -229,7 +235,9 @@ class SSTMergeAlgorithm(SimpleProfilerMixin, BaseAlgorithm):
         inputs = self._input_values(names)
         # validate everything but the Fisher paths before collecting any Fisher file
         pending = "(to be collected)"
-        parse_shared(method, {"harm_fisher": pending, "benign_fisher": pending, **shared})
+        side = ProjectSide.parse("project", shared.get("project", ProjectSide.SAFETY))
+        collected = ("harm_fisher", "benign_fisher") if side.safety else ()
+        parse_shared(method, {**dict.fromkeys(collected, pending), **shared})
         parse_inputs(method, {n: {"fisher": pending, **v} for n, v in inputs.items()})
         collection = collection_settings(self.fisher_collection)
         planned = plan_collection(method, modelpool, collection, self.safety_model, shared, inputs)
@@ -252,23 +260,34 @@ class SSTMergeAlgorithm(SimpleProfilerMixin, BaseAlgorithm):
         ]
         findings = sanity_findings(settings, parsed, fishers)
         problems.extend(f.message for f in findings if f.fatal)
-        adapter = self._safety_adapter(modelpool) if method in PROJECTING else None
-        if adapter is not None and not problems:
-            for label, opened in fishers.labelled().items():
-                if (problem := adapter_problem(label, opened, adapter)) is not None:
-                    problems.append(problem)
+        if method in PROJECTING and not problems:
+            problems.extend(self._adapter_problems(modelpool, parsed, fishers))
         if problems:
             raise cannot_run(method, problems)
         warn_findings(findings)
         return PreparedMerge(settings, parsed, fishers, checks)
 
-    def _safety_adapter(self, modelpool: BaseModelPool) -> str | None:
-        """The local adapter folder of the ``safety_model`` pool entry, if it has one."""
-        try:
-            _, adapter = model_source(modelpool, self.safety_model)
-        except SSTError:
-            return None
-        return adapter if adapter is not None and Path(adapter).is_dir() else None
+    @staticmethod
+    def _adapter_problems(
+        modelpool: BaseModelPool, inputs: Mapping[str, InputSettings], fishers: FisherSources
+    ) -> list[str]:
+        """Each restricted file against the local adapter folder of every pool model whose
+        delta it projects (:meth:`FisherSources.inputs_of`), where that model has one."""
+        problems = []
+        labelled = fishers.labelled()
+        for label, models in fishers.inputs_of(inputs).items():
+            for model in models:
+                try:
+                    _, adapter = model_source(modelpool, str(model))
+                except SSTError:
+                    continue
+                if adapter is None or not Path(adapter).is_dir():
+                    continue
+                role = "safety" if inputs[model].role == Role.SAFETY else "utility"
+                whose = f"the {role} input {model}"
+                if (problem := adapter_problem(label, labelled[label], adapter, whose)) is not None:
+                    problems.append(problem)
+        return problems
 
     def _check_fingerprints(
         self, modelpool: BaseModelPool, fishers: FisherSources

@@ -25,16 +25,18 @@ Checked up front, for every planned tensor (parameters as mergekit resolved them
   (:func:`~sst_merge_plugin.method.checks.sanity_findings`: one file as both Fishers, the pair
   swapped, a negative safety factor are errors; a zero safety factor and unexpected objectives
   are :class:`~sst_merge_plugin.method.checks.SSTCheckWarning` s);
-* ``missing_fisher: error``: 2-D tensors without entries whose safety delta (for
-  ``sst_fisher_merge``: any input's delta) is non-zero — this reads those tensors (only
-  those) from the base and the inputs.
+* ``missing_fisher: error``: 2-D tensors without entries in a file whose projected delta
+  (the safety delta for ``harm_fisher``/``benign_fisher``, any utility delta for
+  ``cost_fisher``, that input's for a ``gain_fisher``; for ``sst_fisher_merge`` any input's
+  delta) is non-zero — this reads those tensors (only those) from the base and the inputs.
 
 * every entry of every 2-D tensor the merge uses: shapes that fit together and finite values
   (:func:`~sst_merge_plugin.method.checks.fisher_entry_problems`, one read through
   ``safe_open``);
-* restricted (lora-kind) Fishers: the recorded adapter digest against the safety input's
-  ``base+lora`` adapter, then the part of the safety patch outside the Fisher's subspace for a
-  sample of tensors (:func:`_safety_patch_problems`).
+* restricted (lora-kind) Fishers: the recorded adapter digest against the ``base+lora``
+  adapter of each input whose delta the file projects, then the part of each projected delta
+  (the safety patch; with ``project: utility | both`` each utility delta) outside the Fisher's
+  subspace for a sample of tensors (:func:`_patch_problems`).
 
 Checked only per tensor, during the merge: the rest of the factor *values* (symmetric, PSD,
 orthonormal ``U``/``V``, identical lora subspaces of the two files). A failure there aborts
@@ -146,20 +148,20 @@ def validate_planned_merge(method: str, planned: Sequence[tuple[Any, Any]]) -> M
         for finding in sanity_findings(settings, inputs, fishers):
             findings.setdefault(finding.message, finding)
         check_fingerprints = settings.check_fingerprint is not False
-        if (
-            settings.write_adapter not in (None, AdapterMode.NONE)
-            and not fishers.harm.kind_spec.restricted
+        reference = fishers.reference
+        if settings.write_adapter not in (None, AdapterMode.NONE) and (
+            not reference.kind_spec.restricted
         ):
             raise SSTError(
                 f"write_adapter: {settings.write_adapter} needs lora-kind Fisher files; "
-                f"harm_fisher is {fishers.harm.kind!r}"
+                f"{reference.path.name} is {reference.kind!r}"
             )
         for label, opened in fishers.labelled().items():
             own = [m for m in models if label == f"{m}: fisher"]
             files.setdefault((label, str(opened.path)), [opened, [task.base_model, *own], set()])
         for label, opened in _check_tensor(weight.name, task, settings, inputs, fishers, problems):
             files[(label, str(opened.path))][2].add(weight.name)
-        if settings.method in PROJECTING and fishers.harm.kind_spec.restricted:
+        if settings.method in PROJECTING and reference.kind_spec.restricted:
             restricted.append((weight.name, task, inputs, fishers))
     labels = [label for label, _ in files]
 
@@ -182,7 +184,7 @@ def validate_planned_merge(method: str, planned: Sequence[tuple[Any, Any]]) -> M
         problems.extend(fisher_entry_problems(label, opened, matched))
     problems.extend(f.message for f in findings.values() if f.fatal)
     if not problems:
-        problems.extend(_safety_patch_problems(restricted))
+        problems.extend(_patch_problems(restricted))
     if problems:
         raise cannot_run(method, problems)
     warn_findings(findings.values())
@@ -241,11 +243,12 @@ def _check_tensor(
     lacking = [label for label in labelled if label not in dict(present)]
     if not lacking or settings.missing_fisher != MissingFisher.ERROR:
         return present
-    if settings.method == Method.SST_FISHER_MERGE:
-        changed = any(_differs(loads[m], base) for m in inputs)
-    else:
-        changed = settings.method in PROJECTING and _differs(loads[safety_input(inputs)], base)
-    if changed:
+    if settings.method == Method.SST_FISHER_MERGE:  # a missing file fails the whole tensor
+        deltas = list(inputs)
+    else:  # the inputs whose deltas the lacking files project
+        whose = fishers.inputs_of(inputs)
+        deltas = list(dict.fromkeys(m for label in lacking for m in whose[label]))
+    if any(_differs(loads[m], base) for m in deltas):
         where = ", ".join(f"{label} {str(labelled[label].path)!r}" for label in lacking)
         problems.append(
             f"{name}: {where} has no Fisher entries for this tensor, but its delta is "
@@ -260,54 +263,66 @@ def _check_tensor(
 RESIDUAL_SAMPLE = 8
 
 
-def _safety_patch_problems(
+def _patch_problems(
     restricted: Sequence[tuple[str, Any, dict[Any, InputSettings], FisherSources]],
 ) -> list[str]:
-    """The safety patch against restricted (lora-kind) Fishers: first each file's recorded
-    adapter digest against the safety input's ``base+lora`` adapter
-    (:func:`~sst_merge_plugin.method.checks.adapter_problem`); when those pass, the part of
-    the safety patch — as mergekit will read it, e.g. from its LoRA merge cache — outside the
-    Fisher's subspace (:func:`~sst_merge_plugin.method.checks.subspace_problem`) for
-    :data:`RESIDUAL_SAMPLE` tensors spread over the merge. A stale cache or another adapter's
-    Fishers affect every tensor alike; each projection is checked again while merging (at no
-    extra cost), and a failure there leaves no output (the ``run_merge`` hook)."""
+    """The projected deltas against restricted (lora-kind) Fishers: first each file's recorded
+    adapter digest against the ``base+lora`` adapter of every input whose delta it projects
+    (:meth:`FisherSources.inputs_of`, :func:`~sst_merge_plugin.method.checks.adapter_problem`);
+    when those pass, the part of each projected delta — as mergekit will read it, e.g. from its
+    LoRA merge cache — outside the subspace of the file that projects it (``harm_fisher`` for
+    the safety patch, ``cost_fisher`` for a utility delta;
+    :func:`~sst_merge_plugin.method.checks.subspace_problem`) for :data:`RESIDUAL_SAMPLE`
+    tensors spread over the merge. A stale cache or another adapter's Fishers affect every
+    tensor alike; each projection is checked again while merging (at no extra cost), and a
+    failure there leaves no output (the ``run_merge`` hook)."""
     problems: list[str] = []
     seen: set[tuple[str, str]] = set()
     for _, _, inputs, fishers in restricted:
-        lora = getattr(safety_input(inputs), "lora", None)
-        if lora is None or not os.path.isdir(lora.path):
-            continue
-        for label, opened in fishers.labelled().items():
-            if (str(opened.path), lora.path) not in seen:
-                seen.add((str(opened.path), lora.path))
-                problem = adapter_problem(label, opened, lora.path)
+        labelled = fishers.labelled()
+        for label, models in fishers.inputs_of(inputs).items():
+            for model in models:
+                lora = getattr(model, "lora", None)
+                key = (str(labelled[label].path), getattr(lora, "path", ""))
+                if lora is None or not os.path.isdir(lora.path) or key in seen:
+                    continue
+                seen.add(key)
+                problem = adapter_problem(label, labelled[label], lora.path, _whose(model, inputs))
                 if problem is not None:
                     problems.append(problem)
     if problems:
         return problems
     outside: list[str] = []
-    planned = [entry for entry in restricted if entry[0] in entry[3].harm]
+    planned = [entry for entry in restricted if entry[0] in entry[3].reference]
     count = min(len(planned), RESIDUAL_SAMPLE)
     picked = sorted({round(i * (len(planned) - 1) / max(count - 1, 1)) for i in range(count)})
     for name, task, inputs, fishers in (planned[i] for i in picked):
         loads = _load_tasks(task)
-        base, safety = loads[task.base_model].execute(), loads[safety_input(inputs)].execute()
-        if (
-            base is None
-            or safety is None
-            or safety.shape != base.shape
-            or torch.equal(base, safety)
-        ):
-            continue
-        try:
-            residual = fishers.harm.get(name).subspace_residual(safety.double() - base.double())
-        except SSTError as error:
-            problems.append(f"{name}: {error}")
-            continue
-        problem = subspace_problem(name, residual, base, safety, "harm_fisher", fishers.harm)
-        if problem is not None:
-            outside.append(problem)
+        base = loads[task.base_model].execute()
+        whose = fishers.inputs_of(inputs)
+        for label in ("harm_fisher", "cost_fisher"):
+            opened = fishers.labelled().get(label)
+            for model in whose.get(label, ()) if opened is not None and name in opened else ():
+                tensor = loads[model].execute()
+                if base is None or tensor is None or tensor.shape != base.shape:
+                    continue
+                if torch.equal(base, tensor):
+                    continue
+                try:
+                    residual = opened.get(name).subspace_residual(tensor.double() - base.double())
+                except SSTError as error:
+                    problems.append(f"{name}: {error}")
+                    continue
+                what = "the safety patch" if label == "harm_fisher" else f"{model}'s delta"
+                problem = subspace_problem(name, residual, base, tensor, label, opened, what)
+                if problem is not None:
+                    outside.append(problem)
     return problems + outside + ([SUBSPACE_HINT] if outside else [])
+
+
+def _whose(model: Any, inputs: dict[Any, InputSettings]) -> str:
+    """``the safety input`` or ``the utility input <model>``, for messages."""
+    return "the safety input" if model == safety_input(inputs) else f"the utility input {model}"
 
 
 def _check_fingerprint(

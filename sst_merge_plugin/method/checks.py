@@ -12,9 +12,10 @@ error, :func:`warn_findings` the warnings.
 * :func:`fisher_entry_problems` — every entry of the weights a merge uses: shapes that fit
   together (the kind's :meth:`~sst_merge_plugin.core.fisher.FisherBase.entry_shape_problem`)
   and finite values, read once through ``safe_open``.
-* :func:`adapter_problem` — does a restricted (lora-kind) file belong to the safety input's
-  adapter (recorded ``restrict_to_sha256``; on a different digest, the adapter's own update)?
-* :func:`subspace_problem` — does a tensor's safety patch lie in the restricted Fisher's
+* :func:`adapter_problem` — does a restricted (lora-kind) file belong to the adapter of each
+  input whose delta it projects (recorded ``restrict_to_sha256``, or one of them for a joint
+  span; on a different digest, the adapter's own update)?
+* :func:`subspace_problem` — does a tensor's projected delta lie in the restricted Fisher's
   subspace, up to :data:`MAX_SUBSPACE_RESIDUAL` beyond rounding (:func:`outside_subspace`)?
   Catches merged weights of another adapter, e.g. from a stale ``--lora-merge-cache``.
 * :func:`sanity_findings` — settings and Fisher pair that are certainly wrong (errors) or
@@ -188,31 +189,41 @@ def outside_subspace(residual: float, base: Tensor, safety: Tensor) -> float:
 
 #: what a patch outside a restricted Fisher's subspace means, said once after the tensors
 SUBSPACE_HINT = (
-    f"more than {MAX_SUBSPACE_RESIDUAL:.0%} of the safety patch (beyond rounding) lies outside "
-    "the Fisher's subspace, and the projection would drop it: the safety input's weights are "
-    "not those of the adapter the Fisher was restricted to — a stale --lora-merge-cache entry "
+    f"more than {MAX_SUBSPACE_RESIDUAL:.0%} of a projected delta (beyond rounding) lies outside "
+    "the Fisher's subspace, and the projection would drop it: that input's weights are not "
+    "those of the adapter(s) the Fisher was restricted to — a stale --lora-merge-cache entry "
     "(mergekit keys it by the adapter's path; use a fresh cache folder after changing an "
     "adapter) or Fishers collected with another --restrict-to"
 )
 
 
 def subspace_problem(
-    name: str, residual: float, base: Tensor, safety: Tensor, label: str, opened: FisherFile
+    name: str,
+    residual: float,
+    base: Tensor,
+    tensor: Tensor,
+    label: str,
+    opened: FisherFile,
+    what: str = "the safety patch",
 ) -> str | None:
-    """``None`` unless more of tensor ``name``'s safety patch (``safety − base``; ``residual``
-    of it outside the subspace of the restricted Fisher file ``opened``) lies outside than
-    :data:`MAX_SUBSPACE_RESIDUAL` after the rounding allowance of :func:`outside_subspace`;
-    then a one-line problem text (:data:`SUBSPACE_HINT` explains them)."""
-    if outside_subspace(residual, base, safety) <= MAX_SUBSPACE_RESIDUAL:
+    """``None`` unless more of tensor ``name``'s delta ``what`` (``tensor − base``;
+    ``residual`` of it outside the subspace of the restricted Fisher file ``opened``) lies
+    outside than :data:`MAX_SUBSPACE_RESIDUAL` after the rounding allowance of
+    :func:`outside_subspace`; then a one-line problem text (:data:`SUBSPACE_HINT` explains
+    them)."""
+    if outside_subspace(residual, base, tensor) <= MAX_SUBSPACE_RESIDUAL:
         return None
     return (
-        f"{name}: {residual:.1%} of the safety patch lies outside the subspace of {label} "
+        f"{name}: {residual:.1%} of {what} lies outside the subspace of {label} "
         f"{str(opened.path)!r}"
     )
 
 
-def adapter_problem(label: str, opened: FisherFile, adapter_dir: str) -> str | None:
-    """Does the restricted Fisher file ``opened`` belong to the safety adapter ``adapter_dir``?
+def adapter_problem(
+    label: str, opened: FisherFile, adapter_dir: str, whose: str = "the safety input"
+) -> str | None:
+    """Does the restricted Fisher file ``opened`` belong to the adapter ``adapter_dir`` of the
+    input whose delta it projects (``whose``, for the messages)?
 
     ``None`` when the file records no ``restrict_to_sha256``, when it is (or, for the joint span
     of several adapters, ``;``-separated, includes) the digest of the adapter's weights
@@ -227,7 +238,7 @@ def adapter_problem(label: str, opened: FisherFile, adapter_dir: str) -> str | N
     try:
         adapter = read_lora_adapter(adapter_dir)
     except SSTError as error:
-        return f"{label}: the safety input's adapter cannot be read: {error}"
+        return f"{label}: {whose}'s adapter cannot be read: {error}"
     if adapter.sha256 in recorded.split(";"):  # one of the adapters of a joint span
         return None
     outside: dict[str, float] = {}
@@ -245,7 +256,7 @@ def adapter_problem(label: str, opened: FisherFile, adapter_dir: str) -> str | N
     where = opened.metadata.get("restrict_to", "?")
     return (
         f"{label} {str(opened.path)!r} was collected with --restrict-to {where!r} (adapter "
-        f"sha256 {recorded[:12]}…), but the safety input's adapter {adapter_dir!r} (sha256 "
+        f"sha256 {recorded[:12]}…), but {whose}'s adapter {adapter_dir!r} (sha256 "
         f"{adapter.sha256[:12]}…) is another adapter: its update of {worst} lies "
         f"{outside[worst]:.1%} outside the Fisher's subspace ({len(outside)} weight(s) above "
         f"{MAX_SUBSPACE_RESIDUAL:.0%}); recollect it with --restrict-to {adapter_dir}"
@@ -272,7 +283,8 @@ def sanity_findings(
 
     Errors: a negative ``scale`` or safety-input ``weight`` (``safety_factor``); one file (path
     or content) as both ``harm_fisher`` and ``benign_fisher``, or the two swapped — harm
-    objective ``kl``, benign ``refusal`` (``fisher_pair``). Warnings: a zero safety factor
+    objective ``kl``, benign ``refusal`` (``fisher_pair``); one file as a utility input's
+    ``gain_fisher`` and the ``cost_fisher`` (``fisher_pair``). Warnings: a zero safety factor
     ``scale · weight`` (``zero_safety_patch``); any other unexpected objective — harm not
     ``refusal``, benign not ``kl`` (``fisher_objectives``).
     """
@@ -296,6 +308,14 @@ def sanity_findings(
         findings.extend(_pair_findings(harm, benign))
     elif harm is not None and harm.objective != Objective.REFUSAL:
         findings.append(_objective_warning([("harm_fisher", harm, Objective.REFUSAL)]))
+    for model, gain in fishers.gain.items():
+        same = _same_file(f"{model}: gain_fisher", gain, "cost_fisher", fishers.cost)
+        if same is not None:
+            text = (
+                f"{same}: every generalized eigenvalue is 1, so the projection cannot tell the "
+                "utility's own directions from those that disturb the safety behaviour"
+            )
+            findings.append(Finding("fisher_pair", text, True))
     return findings
 
 
@@ -306,17 +326,26 @@ _ROLES = (
 )
 
 
+def _same_file(label: str, opened: FisherFile, other_label: str, other: FisherFile) -> str | None:
+    """``"<label> and <other_label> are the same file …"`` (by path or content), else ``None``."""
+    if opened.path.resolve() == other.path.resolve():
+        return f"{label} and {other_label} are the same file {str(opened.path)!r}"
+    if os.path.getsize(opened.path) == os.path.getsize(other.path):
+        digest = file_sha256(str(opened.path))
+        if digest == file_sha256(str(other.path)):
+            return (
+                f"{label} {str(opened.path)!r} and {other_label} {str(other.path)!r} have the "
+                f"same content (sha256 {digest[:12]}…)"
+            )
+    return None
+
+
 def _pair_findings(harm: FisherFile, benign: FisherFile) -> list[Finding]:
     both = f"harm_fisher {str(harm.path)!r} and benign_fisher {str(benign.path)!r}"
-    same = f"every generalized eigenvalue is 1, so the projection selects nothing; {_ROLES}"
-    if harm.path.resolve() == benign.path.resolve():
-        text = f"harm_fisher and benign_fisher are the same file {str(harm.path)!r}: {same}"
-        return [Finding("fisher_pair", text, True)]
-    if os.path.getsize(harm.path) == os.path.getsize(benign.path):
-        digest = file_sha256(str(harm.path))
-        if digest == file_sha256(str(benign.path)):
-            text = f"{both} have the same content (sha256 {digest[:12]}…): {same}"
-            return [Finding("fisher_pair", text, True)]
+    same = _same_file("harm_fisher", harm, "benign_fisher", benign)
+    if same is not None:
+        text = f"{same}: every generalized eigenvalue is 1, so the projection selects nothing"
+        return [Finding("fisher_pair", f"{text}; {_ROLES}", True)]
     if (harm.objective, benign.objective) == (Objective.KL, Objective.REFUSAL):
         text = (
             f"{both} are swapped: harm_fisher has objective 'kl' and benign_fisher 'refusal' "

@@ -151,18 +151,41 @@ class FisherSources:
                 ) from None
         return cls(harm, benign, per_input, cost, gain)
 
+    def _files(self) -> list[tuple[str, FisherFile, Role | None, Hashable]]:
+        """``(label, file, role, model)``: a shared file projects the deltas of the inputs with
+        ``role``; a per-input file (``role`` ``None``) those of ``model``."""
+        files: list[tuple[str, FisherFile, Role | None, Hashable]] = []
+        if self.harm is not None:
+            files.append(("harm_fisher", self.harm, Role.SAFETY, None))
+        if self.benign is not None:
+            files.append(("benign_fisher", self.benign, Role.SAFETY, None))
+        files.extend((f"{m}: fisher", opened, None, m) for m, opened in self.per_input.items())
+        if self.cost is not None:
+            files.append(("cost_fisher", self.cost, Role.UTILITY, None))
+        files.extend((f"{m}: gain_fisher", opened, None, m) for m, opened in self.gain.items())
+        return files
+
     def labelled(self) -> dict[str, FisherFile]:
         """Every file under the name of the parameter that set it (for reports and checks)."""
-        out: dict[str, FisherFile] = {}
-        if self.harm is not None:
-            out["harm_fisher"] = self.harm
-        if self.benign is not None:
-            out["benign_fisher"] = self.benign
-        out.update({f"{model}: fisher": opened for model, opened in self.per_input.items()})
-        if self.cost is not None:
-            out["cost_fisher"] = self.cost
-        out.update({f"{model}: gain_fisher": opened for model, opened in self.gain.items()})
-        return out
+        return {label: opened for label, opened, _, _ in self._files()}
+
+    def inputs_of(
+        self, inputs: Mapping[Hashable, InputSettings]
+    ) -> dict[str, tuple[Hashable, ...]]:
+        """For each file of :meth:`labelled`, the inputs whose deltas it projects or weights:
+        ``harm_fisher``/``benign_fisher`` — the safety input; ``cost_fisher`` — every utility
+        input; ``<model>: gain_fisher`` and ``<model>: fisher`` — that input."""
+        return {
+            label: (model,)
+            if role is None
+            else tuple(m for m, s in inputs.items() if s.role == role)
+            for label, _, role, model in self._files()
+        }
+
+    @property
+    def reference(self) -> FisherFile | None:
+        """The file whose kind the projection uses: ``harm_fisher``, else ``cost_fisher``."""
+        return self.harm if self.harm is not None else self.cost
 
 
 def describe_fisher(opened: FisherFile) -> dict[str, object]:

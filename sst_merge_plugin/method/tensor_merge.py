@@ -39,9 +39,10 @@ Special cases (the methods with a safety input):
   Linear-layer Fisher);
 * a 2-D tensor without Fisher entries: ``missing_fisher: error`` raises (naming the tensor and
   the file), ``keep`` adds the unprojected ``s·w_s·ΔW_s``, ``drop`` adds nothing;
-* a restricted (lora-kind) projection that would drop more of ``ΔW_s`` than rounding explains
+* a restricted (lora-kind) projection that would drop more of ``ΔW_s`` (or, projecting the
+  utility side, of a ``ΔW_i``) than rounding explains
   (:func:`~sst_merge_plugin.method.checks.subspace_problem`) raises: the Fishers belong to
-  another adapter than the safety input's weights.
+  another adapter than that input's weights.
 
 The correction is computed in float64 and added to ``W_U`` in float64; the result has the dtype
 of ``base``.
@@ -262,6 +263,12 @@ def _project_utilities(
             cost.identity_like() if gain_file is None else gain_file.get(name, device=base.device)
         )
         result = project_patch(delta, gain, cost, settings.selection, **common)
+        residual = result.diagnostics.subspace_residual
+        problem = subspace_problem(
+            name, residual, base, tensors[key], "cost_fisher", cost_file, f"{key}'s delta"
+        )
+        if problem is not None:
+            raise SSTError(f"{problem}: {SUBSPACE_HINT}")
         projected[key] = (base.double() + result.patch).to(base.dtype)
         records[str(key)] = {"action": "projected", **result.diagnostics.as_dict()}
     return projected, records
