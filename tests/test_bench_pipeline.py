@@ -408,3 +408,13 @@ def test_a_dual_sweep_collects_its_gain_and_cost_fishers(
     (summary,) = report["summary"]["utility"].values()
     assert 0.0 <= summary["pooled_gain_kept_fraction"] <= 1.0
     assert 0.0 <= summary["safety_disturbance_removed"] <= 1.0
+    # exported under the names a dual mergekit config uses, with the collected bytes
+    exported = pipeline.export_inputs(tmp_path / "out") / "fishers" / kind
+    assert sorted(p.name for p in exported.iterdir()) == [
+        f"cost-{cost_objective}.safetensors",
+        "gain-uppercase.safetensors",
+    ]
+    assert (exported / f"cost-{cost_objective}.safetensors").read_bytes() == Path(
+        shared["cost_fisher"]
+    ).read_bytes()
+    assert (exported / "gain-uppercase.safetensors").read_bytes() == Path(gain).read_bytes()

@@ -57,8 +57,10 @@ class Fishers:
         self.device = device
         #: (kind, collection point) → (harm, benign) files collected by this run
         self.pairs: dict[tuple[str, str], tuple[Path, Path]] = {}
-        self._adapter_fishers: dict[tuple[str, str], Path] = {}
-        self._costs: dict[tuple[str, str], Path] = {}
+        #: (adapter name, kind) → that adapter's own ``lm`` Fisher collected by this run
+        self.adapter_fishers: dict[tuple[str, str], Path] = {}
+        #: (kind, objective) → the dual's cost Fisher collected by this run
+        self.costs: dict[tuple[str, str], Path] = {}
 
     def _restriction(self, kind: str, joint: bool) -> dict[str, Any]:
         """``restrict_to`` for a restricted kind: the safety adapter, or (``joint``) every
@@ -114,21 +116,21 @@ class Fishers:
 
     def adapter_fisher(self, spec: AdapterSpec, kind: str = "diag") -> Path:
         """A ``kind`` Fisher of base + adapter on the adapter's own training data (``lm``)."""
-        if (spec.name, kind) not in self._adapter_fishers:
+        if (spec.name, kind) not in self.adapter_fishers:
             pairs = self.adapters.pairs(spec)[: self.settings.n_benign_per_skill * 2]
             records = [{"prompt": p, "response": r} for p, r in pairs]
             data = self.workspace.prompt_file(spec.name, records)
-            self._adapter_fishers[(spec.name, kind)] = self._file(
+            self.adapter_fishers[(spec.name, kind)] = self._file(
                 spec.name, data, Objective.LM, kind, self.model_at("base"), {"split": "all"},
                 adapter=str(self.adapters.folder(spec)), **self._restriction(kind, joint=True),
             )  # fmt: skip
-        return self._adapter_fishers[(spec.name, kind)]
+        return self.adapter_fishers[(spec.name, kind)]
 
     def cost(self, kind: str, objective: str) -> Path:
         """The dual projection's cost Fisher ``C`` of ``kind`` (module doc), objective ``kl``
         or ``refusal``."""
         objective = Objective.parse("cost objective", objective)
-        if (kind, objective) not in self._costs:
+        if (kind, objective) not in self.costs:
             data = (
                 self.prompt_files.safety_behaviour()
                 if objective == Objective.KL
@@ -137,9 +139,9 @@ class Fishers:
             options = {"split": "all", "field": "prompt"}
             if objective == Objective.KL:
                 options["response_tokens"] = self.settings.response_tokens
-            self._costs[(kind, objective)] = self._file(
+            self.costs[(kind, objective)] = self._file(
                 "cost", data, objective, kind, self.model_at("base"), options,
                 adapter=str(self.adapters.folder(self.adapters.safety)),
                 **self._restriction(kind, joint=True),
             )  # fmt: skip
-        return self._costs[(kind, objective)]
+        return self.costs[(kind, objective)]

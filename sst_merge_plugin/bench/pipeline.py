@@ -166,21 +166,29 @@ class Pipeline:
 
     def export_inputs(self, out_dir: str | Path) -> Path:
         """The merge inputs under ``out_dir/inputs``, named for ``configs/mergekit/*.yml``:
-        ``adapters/<adapter name>/`` and ``fishers/<kind>/{harm,benign}.safetensors`` for the
-        Fisher pairs this run collected at the base model (hard links where possible, else
-        copies; the folder is replaced atomically). Returns the ``inputs`` folder."""
+        ``adapters/<adapter name>/``, ``fishers/<kind>/{harm,benign}.safetensors`` for the
+        Fisher pairs this run collected at the base model, and the dual's files it collected:
+        ``fishers/<kind>/cost-<objective>.safetensors`` and ``gain-<adapter name>.safetensors``
+        (hard links where possible, else copies; the folder is replaced atomically). Returns
+        the ``inputs`` folder."""
         from sst_merge_plugin.atomic import atomic_path
 
         target = Path(out_dir) / "inputs"
         with atomic_path(target, directory=True) as temporary:
             for name, folder in self.adapters.all().items():
                 shutil.copytree(folder, temporary / "adapters" / name, copy_function=_link_or_copy)
-            for (kind, at), files in self.fishers.pairs.items():
-                if at != "base":
-                    continue
-                (temporary / "fishers" / kind).mkdir(parents=True)
-                for role, path in zip(("harm", "benign"), files, strict=True):
-                    _link_or_copy(path, temporary / "fishers" / kind / f"{role}.safetensors")
+            files: dict[Path, Path] = {}
+            for (kind, at), pair in self.fishers.pairs.items():
+                if at == "base":
+                    files.update(zip((Path(kind, "harm"), Path(kind, "benign")), pair, strict=True))
+            for (kind, objective), path in self.fishers.costs.items():
+                files[Path(kind, f"cost-{objective}")] = path
+            for (name, kind), path in self.fishers.adapter_fishers.items():
+                files[Path(kind, f"gain-{name}")] = path
+            for name, path in files.items():
+                destination = temporary / "fishers" / name.with_suffix(".safetensors")
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                _link_or_copy(path, destination)
         return target
 
 
