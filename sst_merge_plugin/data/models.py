@@ -91,6 +91,10 @@ MODELS: dict[str, ModelSpec] = {
 }
 
 
+#: the model of the built-in SmolLM2 benchmark profiles (``sst-merge demo`` without ``--model``)
+DEFAULT_MODEL = "smollm2"
+
+
 def get_model(name: str) -> ModelSpec:
     """The registered model ``name``; an :class:`AssetError` lists the known names otherwise."""
     try:
