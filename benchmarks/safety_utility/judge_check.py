@@ -95,7 +95,7 @@ def sample(args: argparse.Namespace) -> int:
             model, tokenizer = load_model(model_dir, "cpu")
             for name, texts in prompts.items():
                 responses = generate_responses(
-                    model, tokenizer, list(texts), max_new_tokens=args.tokens, batch_size=8,
+                    model, tokenizer, list(texts), max_new_tokens=args.tokens, batch_size=32,
                     progress=not args.no_progress, desc=f"{label} {name}",
                 )  # fmt: skip
                 for prompt, response in zip(texts, responses, strict=True):
