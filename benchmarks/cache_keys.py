@@ -6,8 +6,8 @@ invalidates a workspace that took hours to fill. This script prints (as JSON) ev
 profile's run computes before anything expensive happens, so two versions of the code can be
 compared:
 
-* the adapters: each training call's inputs (model folder, sha256 of the pairs, the training
-  configuration) and the folder name (``adapters/<name>-<key>``);
+* the adapters: each training call's inputs (model fingerprint, sha256 of the pairs, the
+  training configuration) and the folder name (``adapters/<name>-<key>``);
 * the prompt files (``data/<label>-<key>.jsonl``) and the look-alike answers file;
 * every Fisher request the sweeps make (its file name with the content-key prefix, the full
   content key and the request's options);
@@ -19,7 +19,9 @@ whose two files hold the training call's inputs (so an adapter's digest, and eve
 that includes it, changes exactly when those inputs do); Fisher collection writes the request;
 merges are never run; the base model's answers to the look-alikes are stand-ins (a look-alikes
 file already in the workspace under the right key is reused as the pipeline would). Paths
-under the workspace are printed relative to it, so two runs in one workspace folder compare.
+under the workspace are printed as ``<ws>/…`` and the model folder as ``<model>``, so two
+runs in one workspace folder compare (``tests/test_bench_models.py`` runs it on a tiny model
+against keys recorded with the code before the model-agnostic change).
 
     PYTHONPATH=<checkout> python benchmarks/cache_keys.py --workspace /tmp/keys/ws \\
         --profiles quick full --out keys.json
@@ -42,12 +44,14 @@ from typing import Any
 
 
 def _stand_in_adapter(model_dir: Any, examples: Any, out_dir: Any, config: Any, **_: Any) -> None:
-    """Write an adapter folder whose files hold the training call's inputs."""
+    """Write an adapter folder whose files hold the training call's inputs (the model by its
+    fingerprint, so the keys do not depend on where the model folder is)."""
     from sst_merge_plugin.atomic import atomic_path
     from sst_merge_plugin.bench.training import examples_sha256
+    from sst_merge_plugin.fisher.fingerprint import checkpoint_fingerprint
 
     inputs = {
-        "model_dir": str(model_dir),
+        "model": checkpoint_fingerprint(model_dir),
         "examples_sha256": examples_sha256(list(examples)),
         "n_examples": len(examples),
         "config": asdict(config),
@@ -78,44 +82,60 @@ def _stand_in_answers(model: Any, tokenizer: Any, prompts: Any, **_: Any) -> lis
     return [f"stand-in answer {hashlib.sha256(p.encode()).hexdigest()[:8]}" for p in prompts]
 
 
-def _patch() -> None:
-    """Replace every expensive step by its stand-in (module doc)."""
+def _stand_in_turns(model: Any, tokenizer: Any, prompts: Any, **_: Any) -> list[Any]:
+    from sst_merge_plugin.evaluation.generate import Turn
+
+    return [Turn(f"I can't help with that ({text[-8:]}).", True) for text in _stand_in_answers(
+        model, tokenizer, prompts
+    )]  # fmt: skip
+
+
+def _patch(set_attribute: Any = setattr) -> None:
+    """Replace every expensive step by its stand-in (module doc); tests pass
+    ``monkeypatch.setattr``."""
     import sst_merge_plugin.bench.merges as merges
     import sst_merge_plugin.bench.scoring as scoring
     import sst_merge_plugin.bench.training as training
     import sst_merge_plugin.evaluation.generate as generate
     import sst_merge_plugin.fisher.collect as collect
 
-    training.train_lora_adapter = _stand_in_adapter
-    collect.collect_fisher_file = _stand_in_fisher
-    generate.generate_responses = _stand_in_answers
-    scoring.load_model = lambda model_dir, device: (None, None)
+    set_attribute(training, "train_lora_adapter", _stand_in_adapter)
+    set_attribute(collect, "collect_fisher_file", _stand_in_fisher)
+    set_attribute(generate, "generate_responses", _stand_in_answers)
+    if hasattr(generate, "generate_turns"):  # the own refusals of a self-distilling profile
+        set_attribute(generate, "generate_turns", _stand_in_turns)
+    set_attribute(scoring, "load_model", lambda model_dir, device: (None, None))
 
     def no_merge(*args: Any, **kwargs: Any) -> float:
         raise RuntimeError("cache_keys: a merge would run")
 
-    merges.run_merge_job = no_merge
+    set_attribute(merges, "run_merge_job", no_merge)
 
 
-def _relative(value: Any, root: str) -> Any:
-    """``value`` with the workspace path replaced by ``<ws>`` in every string."""
+def _relative(value: Any, roots: dict[str, str]) -> Any:
+    """``value`` with each path of ``roots`` replaced by its placeholder in every string."""
     if isinstance(value, str):
-        return value.replace(root, "<ws>")
+        for root, placeholder in roots.items():
+            value = value.replace(root, placeholder)
+        return value
     if isinstance(value, dict):
-        return {key: _relative(item, root) for key, item in value.items()}
+        return {key: _relative(item, roots) for key, item in value.items()}
     if isinstance(value, list | tuple):
-        return [_relative(item, root) for item in value]
+        return [_relative(item, roots) for item in value]
     return value
 
 
-def profile_keys(name: str, workspace: Path) -> dict[str, Any]:
-    """Every key of profile ``name``'s run in ``workspace`` (module doc)."""
+def profile_keys(
+    name: str, workspace: Path, *, model_dir: Any = None, prompts: Any = None
+) -> dict[str, Any]:
+    """Every key of profile ``name``'s run in ``workspace`` (module doc), on the registered
+    model and the asset prompts unless ``model_dir`` / ``prompts`` are given (tests)."""
     from sst_merge_plugin.bench.pipeline import Pipeline
     from sst_merge_plugin.bench.profile import PROFILES
     from sst_merge_plugin.bench.workspace import content_key
 
     profile = PROFILES[name]
-    pipeline = Pipeline(profile, workspace, progress=False)
+    pipeline = Pipeline(profile, workspace, progress=False, model_dir=model_dir, prompts=prompts)
     out: dict[str, Any] = {"model_dir": str(pipeline.model_dir)}
     adapters = pipeline.adapters.all()
     out["adapters"] = {
@@ -143,6 +163,7 @@ def profile_keys(name: str, workspace: Path) -> dict[str, Any]:
     out["jobs"] = {
         job.key: {"method": job.method, "knob": job.knob, "config": job.config} for job in jobs
     }
+    out["eval_configs"] = {"validation": asdict(profile.validation), "test": asdict(profile.test)}
     out["evals"] = {
         split: {job.key: content_key({"job": job.key, "eval": asdict(evaluation)}) for job in jobs}
         for split, evaluation in (("validation", profile.validation), ("test", profile.test))
@@ -152,7 +173,9 @@ def profile_keys(name: str, workspace: Path) -> dict[str, Any]:
         path.name: json.loads(path.read_text(encoding="utf-8"))
         for path in sorted((workspace / "fishers").glob("*.safetensors"))
     }
-    return _relative(out, str(workspace))
+    # the workspace (longest first: it may lie inside the model folder's parent) and the model
+    roots = {str(workspace): "<ws>", str(pipeline.model_dir): "<model>"}
+    return _relative(out, dict(sorted(roots.items(), key=lambda item: -len(item[0]))))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -59,6 +59,33 @@ TAUGHT = [
 ]
 QWEN_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
+#: :func:`support.cache_key_digests` of the SmolLM2 profiles on :func:`support.deterministic_llama`,
+#: recorded with the code before the model-agnostic change (main at e926eeb)
+RECORDED_KEY_DIGESTS = {
+    "quick": {
+        "adapters": "80f1ac0486c3c550",
+        "data_files": "787bd5daff3e9b87",
+        "evals": "a5fb3bb325691f4a",
+        "fishers": "74275edaca07a2cd",
+        "jobs": "24767a501250802c",
+        "model_dir": "62841be888b7c0b3",
+        "prompt_files": "4cebe3e0fc05a601",
+        "references": "ed354f58fc0369b9",
+        "sweeps": "659f7cf9b902cf00",
+    },
+    "full": {
+        "adapters": "5a189986efce22fd",
+        "data_files": "19ab86f5ff02bf17",
+        "evals": "4ff7efb6577de072",
+        "fishers": "179b469dcee30ff3",
+        "jobs": "d7442e6b8cfc1ce7",
+        "model_dir": "62841be888b7c0b3",
+        "prompt_files": "b876682f49dedaf2",
+        "references": "dfaea1aed6cf61e8",
+        "sweeps": "46cf9f5f15b2d507",
+    },
+}
+
 
 def _tokenizer():
     """A byte-level BPE (any text encodes) with Qwen's special tokens and template; a folder
@@ -350,6 +377,10 @@ def test_profile_for_selects_by_model_and_keeps_the_smollm2_names() -> None:
     on_qwen = profile_for("quick", "qwen-coder-0.5b")
     assert (on_qwen.name, on_qwen.model) == ("quick-qwen-coder-0.5b", "qwen-coder-0.5b")
     assert on_qwen.adapters == QUICK.adapters
+    # refusal targets in the model's style: Qwen refuses by itself, SmolLM2 hardly does
+    assert QUICK.refusals is None and on_qwen.refusals == SelfRefusals()
+    on_smollm2 = profile_for("qwen", "smollm2")
+    assert (on_smollm2.name, on_smollm2.refusals) == ("qwen-smollm2", None)
     with pytest.raises(SSTError, match="unknown model 'nope'"):
         profile_for(None, "nope")
     with pytest.raises(SSTError, match="unknown profile 'nope'"):
@@ -359,6 +390,20 @@ def test_profile_for_selects_by_model_and_keeps_the_smollm2_names() -> None:
         assert profile.refusals is not None and profile.fisher_kinds == ("lora",)
         assert profile.rule.refusal_vs_base == 0.0 and "python_eval" in profile.skills
         assert set(profile.validation.utility) == set(profile.skills)
+
+
+def test_demo_rejects_an_unknown_model_by_listing_the_registered_ones(
+    capsys: pytest.CaptureFixture,
+) -> None:
+    from sst_merge_plugin import cli
+    from sst_merge_plugin.data.models import MODELS
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["demo", "--model", "llama-70b", "--out", "unused"])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert "--model: invalid choice: 'llama-70b'" in error
+    assert all(repr(name) in error for name in MODELS)
 
 
 def test_lora_targets_follow_the_models_own_projections(tmp_path: Path) -> None:
@@ -404,3 +449,20 @@ def test_lora_targets_follow_the_models_own_projections(tmp_path: Path) -> None:
     # a Llama (SmolLM2's architecture) resolves to the seven names the adapters always had
     tiny_llama(len(tokenizer)).save_pretrained(tmp_path / "llama")
     assert model_projections(tmp_path / "llama") == LLAMA_PROJECTIONS
+
+
+@pytest.mark.parametrize("name", ["quick", "full"])
+def test_smollm2_profiles_keep_every_cache_key(name: str, tmp_path: Path) -> None:
+    """The SmolLM2 profiles (a Llama, template refusals) compute the same adapter, prompt-file,
+    Fisher, merge-job and evaluation keys as before the pipeline became model-agnostic, so
+    existing workspaces are reused: ``benchmarks/cache_keys.py`` on a tiny Llama, against the
+    section digests recorded with the old code (the real-model comparison is the script's
+    own job: run it on both checkouts and compare)."""
+    from support import cache_key_digests, deterministic_llama, key_prompts
+
+    from sst_merge_plugin.bench.profile import PROFILES
+
+    assert PROFILES[name].model == "smollm2" and PROFILES[name].refusals is None
+    model = deterministic_llama(tmp_path / "model")
+    digests = cache_key_digests(name, tmp_path / "ws", model, key_prompts())
+    assert digests == RECORDED_KEY_DIGESTS[name]

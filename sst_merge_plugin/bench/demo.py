@@ -37,8 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="sst-merge-demo", help="folder for the results")
     parser.add_argument(
         "--model",
-        help=f"registered model: {', '.join(MODELS)} (default: the profile's own; "
-        f"without --profile {DEFAULT_MODEL})",
+        choices=list(MODELS),
+        help=f"a registered model (data/models.py; default: the profile's own, without "
+        f"--profile {DEFAULT_MODEL})",
     )
     parser.add_argument(
         "--profile",

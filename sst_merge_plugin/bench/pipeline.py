@@ -4,9 +4,10 @@ Stages (all under one :class:`~.workspace.Workspace`, each output keyed by the c
 inputs, so an interrupted run resumes and a changed input recomputes only what depends on it;
 runs sharing the workspace concurrently make each output once, under its lock):
 
-1. **model** — the float32 folder of a registered model (:func:`~sst_merge_plugin.data.models.
-   model_dir`, in the asset cache): ``model`` or the profile's own (:attr:`.profile.Profile.
-   model`, SmolLM2-135M-Instruct for ``quick``/``full``), unless the caller passes a folder.
+1. **model** — the float32 folder of the profile's registered model
+   (:attr:`.profile.Profile.model`, SmolLM2-135M-Instruct for ``quick``/``full``;
+   :func:`~sst_merge_plugin.data.models.model_dir`, in the asset cache), unless the caller
+   passes a folder.
    Everything model-specific follows from that folder: the LoRA targets (its block
    projections), the chat format (its template, with the template's default system prompt —
    no system message is ever passed, in training, Fisher collection and evaluation alike),
@@ -80,8 +81,9 @@ class BenchmarkRun:
 class Pipeline:
     """Runs a :class:`Profile` in ``workspace`` (see the module doc).
 
-    ``model_dir`` defaults to the converted folder of the registered model ``model`` (default:
-    the profile's, :attr:`Profile.model`) and ``prompts`` to
+    ``model_dir`` defaults to the converted folder of the profile's registered model
+    (:attr:`Profile.model`; :func:`.profile.profile_for` moves a profile to another) and
+    ``prompts`` to
     :meth:`TrainingPrompts.from_assets`; tests pass a tiny model folder and their own prompts.
     """
 
@@ -96,11 +98,10 @@ class Pipeline:
         device: str = "cpu",
         model_dir: str | Path | None = None,
         prompts: TrainingPrompts | None = None,
-        model: str | None = None,
     ) -> None:
         self.profile = profile
         self.workspace = Workspace(workspace)
-        self.model = model or profile.model
+        self.model = profile.model
         if model_dir is None:
             from sst_merge_plugin.data.models import model_dir as registered_model_dir
 

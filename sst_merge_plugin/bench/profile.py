@@ -567,19 +567,22 @@ def profile_for(name: str | None, model: str | None = None, *, full: bool = Fals
 
     Without ``name``: ``model``'s own profile (:data:`MODEL_PROFILES`; the full benchmark's
     with ``full``), SmolLM2's for a model without its own. A profile made for another model
-    than ``model`` runs on ``model`` under the name ``<profile>-<model>`` (its own workspace);
-    ``model=None`` or the profile's own model leaves it as it is.
+    than ``model`` runs on ``model`` under the name ``<profile>-<model>`` (its own workspace),
+    with refusal targets in that model's style: its own refusals (:class:`SelfRefusals`, the
+    profile's or the defaults) when the registry says it refuses by itself
+    (:attr:`~sst_merge_plugin.data.models.ModelSpec.refuses`), the seeded templates otherwise.
+    ``model=None`` or the profile's own model leaves the profile as it is.
     """
     from sst_merge_plugin.data.models import get_model
 
-    if model is not None:
-        get_model(model)  # an unknown name fails here, listing the registered ones
+    spec = None if model is None else get_model(model)  # an unknown name fails, listing all
     if name is None:
         own = MODEL_PROFILES.get(model or DEFAULT_MODEL) or MODEL_PROFILES[DEFAULT_MODEL]
         name = own[int(full)]
     if name not in PROFILES:
         raise SSTError(f"unknown profile {name!r}; expected one of {', '.join(PROFILES)}")
     profile = PROFILES[name]
-    if model is not None and model != profile.model:
-        profile = replace(profile, name=f"{profile.name}-{model}", model=model)
+    if spec is not None and model != profile.model:
+        refusals = (profile.refusals or SelfRefusals()) if spec.refuses else None
+        profile = replace(profile, name=f"{profile.name}-{model}", model=model, refusals=refusals)
     return profile
