@@ -160,6 +160,9 @@ def tiny_qwen(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _register(monkeypatch: pytest.MonkeyPatch, name: str, folder: Path) -> None:
     """Register ``folder`` as the model ``name`` (its GGUF conversion stubbed out)."""
+    # modules that derive constants from the registry at import are imported before it is
+    # patched, so they never see the test model (``sst-merge``'s parser imports them all)
+    import sst_merge_plugin.data.cli  # noqa: F401
     from sst_merge_plugin.data import models
 
     spec = models.ModelSpec(name, "none", folder.name, "hello", "a tiny test model")
