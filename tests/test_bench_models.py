@@ -469,3 +469,38 @@ def test_smollm2_profiles_keep_every_cache_key(name: str, tmp_path: Path) -> Non
     model = deterministic_llama(tmp_path / "model")
     digests = cache_key_digests(name, tmp_path / "ws", model, key_prompts())
     assert digests == RECORDED_KEY_DIGESTS[name]
+
+
+@pytest.mark.parametrize(
+    ("argv", "folder", "profile"),
+    [
+        ([], "results", "full"),
+        (["--model", "qwen-coder-0.5b"], "results-qwen-coder-0.5b", "qwen"),
+        (["--profile", "qwen"], "results-qwen-coder-0.5b", "qwen"),
+        (["--profile", "full", "--model", "qwen-coder-0.5b"], "results-qwen-coder-0.5b",
+         "full-qwen-coder-0.5b"),
+    ],
+)  # fmt: skip
+def test_full_benchmark_script_writes_each_models_results_apart(
+    argv: list[str], folder: str, profile: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``benchmarks/safety_utility/run.py``: the full profile of the model, and the default
+    results folder by the model the run is on (SmolLM2's ``results`` is never overwritten)."""
+    import importlib.util
+
+    from sst_merge_plugin.bench.profile import profile_for
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "safety_utility" / "run.py"
+    spec = importlib.util.spec_from_file_location("safety_utility_run", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    seen = {}
+
+    def run_profile(args, title, *, full=False):
+        seen["out"] = Path(args.out)
+        seen["profile"] = profile_for(args.profile, args.model, full=full).name
+        return 0
+
+    monkeypatch.setattr(module, "run_profile", run_profile)
+    assert module.main(argv) == 0
+    assert seen == {"out": script.parent / folder, "profile": profile}

@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 from sst_merge_plugin.bench.demo import add_arguments, run_profile
+from sst_merge_plugin.bench.profile import profile_for
 from sst_merge_plugin.core.errors import SSTError
 from sst_merge_plugin.data.models import DEFAULT_MODEL
 
@@ -30,10 +31,12 @@ def main(argv: list[str] | None = None) -> int:
     add_arguments(parser)
     parser.set_defaults(out=None, inputs=False)
     args = parser.parse_args(argv)
-    if args.out is None:
-        own = args.model is None or args.model == DEFAULT_MODEL
-        args.out = str(Path(__file__).parent / ("results" if own else f"results-{args.model}"))
     try:
+        if args.out is None:
+            # by the model the run is on (``--profile qwen`` alone runs on Qwen too)
+            model = profile_for(args.profile, args.model, full=True).model
+            folder = "results" if model == DEFAULT_MODEL else f"results-{model}"
+            args.out = str(Path(__file__).parent / folder)
         return run_profile(args, "SST-Merge safety–utility benchmark", full=True)
     except SSTError as error:
         print(f"error: {error}", file=sys.stderr)
