@@ -126,15 +126,21 @@ def _relative(value: Any, roots: dict[str, str]) -> Any:
 
 
 def profile_keys(
-    name: str, workspace: Path, *, model_dir: Any = None, prompts: Any = None
+    name: str,
+    workspace: Path,
+    *,
+    model_dir: Any = None,
+    prompts: Any = None,
+    methods: tuple[str, ...] | None = None,
 ) -> dict[str, Any]:
     """Every key of profile ``name``'s run in ``workspace`` (module doc), on the registered
-    model and the asset prompts unless ``model_dir`` / ``prompts`` are given (tests)."""
+    model and the asset prompts unless ``model_dir`` / ``prompts`` are given (tests);
+    ``methods``: only those sweeps (a sweep added later leaves the others' keys alone)."""
     from sst_merge_plugin.bench.pipeline import Pipeline
     from sst_merge_plugin.bench.profile import PROFILES
     from sst_merge_plugin.bench.workspace import content_key
 
-    profile = PROFILES[name]
+    profile = PROFILES[name] if methods is None else PROFILES[name].with_sweeps(methods)
     pipeline = Pipeline(profile, workspace, progress=False, model_dir=model_dir, prompts=prompts)
     out: dict[str, Any] = {"model_dir": str(pipeline.model_dir)}
     adapters = pipeline.adapters.all()

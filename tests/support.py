@@ -132,12 +132,17 @@ def key_prompts() -> Any:
 
 
 def cache_key_digests(
-    profile: str, workspace: Path, model_dir: Path, prompts: Any
+    profile: str,
+    workspace: Path,
+    model_dir: Path,
+    prompts: Any,
+    methods: tuple[str, ...] | None = None,
 ) -> dict[str, str]:
     """sha256 of each section of ``benchmarks/cache_keys.py``'s keys of the built-in profile
-    ``profile`` on ``model_dir`` / ``prompts`` (stand-ins patched in for the test's duration by
-    the caller; works against the code before the model-agnostic change too, which is how the
-    recorded digests of ``tests/test_bench_models.py`` were made)."""
+    ``profile`` (only its sweeps ``methods``, if given) on ``model_dir`` / ``prompts``
+    (stand-ins patched in for the test's duration by the caller; works against the code before
+    the model-agnostic change too, which is how the recorded digests of
+    ``tests/test_bench_models.py`` were made)."""
     import hashlib
     import importlib.util
     import json
@@ -149,7 +154,9 @@ def cache_key_digests(
     (workspace / "data").mkdir(parents=True)
     with pytest.MonkeyPatch.context() as patch:
         module._patch(patch.setattr)
-        keys = module.profile_keys(profile, workspace, model_dir=model_dir, prompts=prompts)
+        keys = module.profile_keys(
+            profile, workspace, model_dir=model_dir, prompts=prompts, methods=methods
+        )
     # a merge job's key (and so its evaluation keys) hashes the absolute paths in its config;
     # name each job by the key of its path-free config instead (the keys' formula is
     # merges.py's, unchanged), and check the evaluations by their configurations
