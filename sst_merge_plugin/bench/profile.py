@@ -293,10 +293,10 @@ LAMBDAS = (0.5, 1.0)
 UTILITY_ONLY = Sweep("utility_only", "task_arithmetic", inputs=SweepInputs.UTILITIES)
 
 
-def _baselines(strengths: tuple[float, ...]) -> list[Sweep]:
+def _baselines(strengths: tuple[float, ...], tsv: bool = True) -> list[Sweep]:
     """The host baselines with the safety LoRA as an ordinary input, tuned over (λ, safety
     weight) (TIES / DARE at density 0.5 for every input; RESTA: DARE on the utility deltas, the
-    safety vector unsparsified)."""
+    safety vector unsparsified; ``tsv``: FusionBench's TSV too)."""
     grid = {UTILITY_WEIGHT: LAMBDAS, SAFETY_WEIGHT: strengths}
     sparse = {"normalize": False, "density": 0.5}
     return [
@@ -310,7 +310,23 @@ def _baselines(strengths: tuple[float, ...]) -> list[Sweep]:
         Sweep("ties", "ties", grid, sparse),
         Sweep("dare_ties", "dare_ties", grid, sparse),
         Sweep("resta", "dare_linear", grid, {"normalize": False}),
-        Sweep("tsv", TSV, grid),
+        *([Sweep("tsv", TSV, grid)] if tsv else []),
+    ]
+
+
+def _projection_baselines(grid: Mapping[str, tuple[Any, ...]]) -> list[Sweep]:
+    """The projection baselines the hosts lack, tuned over ``grid`` (λ × patch scale): Safe
+    LoRA, the SafeMERGE gate, single-Fisher projection (``lora`` Fisher, energy 0.9)."""
+    return [
+        Sweep("safe_lora", "sst_safe_lora", grid, {"gate": "project", "threshold": 0.5}),
+        Sweep("safemerge", "sst_safe_lora", grid, {"gate": "merge", "threshold": 0.5}),
+        Sweep(
+            "single_fisher",
+            "sst_single_fisher",
+            grid,
+            {"select": "energy", "energy": 0.9},
+            fisher_kind="lora",
+        ),
     ]
 
 
@@ -362,15 +378,7 @@ FULL = Profile(
     ),
     sweeps=(
         *_baselines(_STRENGTHS),
-        Sweep("safe_lora", "sst_safe_lora", _TUNED, {"gate": "project", "threshold": 0.5}),
-        Sweep("safemerge", "sst_safe_lora", _TUNED, {"gate": "merge", "threshold": 0.5}),
-        Sweep(
-            "single_fisher",
-            "sst_single_fisher",
-            _TUNED,
-            {"select": "energy", "energy": 0.9},
-            fisher_kind="lora",
-        ),
+        *_projection_baselines(_TUNED),
         _sst("sst_lora_soft", "lora", "soft", 1.0, _TUNED),
         _sst("sst_lora_hard", "lora", "ratio", 1.0, _TUNED),
         _sst("sst_kfac_soft", "kfac", "soft", 1.0, _TUNED),
@@ -463,27 +471,12 @@ def _qwen_sweeps() -> tuple[Sweep, ...]:
     """Every method of issue 17's list on the Qwen grid: λ ∈ LAMBDAS × three strengths, ``lora``
     Fishers only; SST-Merge soft ρ = 1 (the hard τ = 1 variant, TSV and the ``kfac`` / ``diag``
     kinds of :data:`FULL` are left out to keep the grid small)."""
-    grid = {UTILITY_WEIGHT: LAMBDAS, SAFETY_WEIGHT: _QWEN_STRENGTHS}
-    sparse = {"normalize": False, "density": 0.5}
-    tuned = _QWEN_TUNED
     return (
-        Sweep("utility_only", "task_arithmetic", {UTILITY_WEIGHT: LAMBDAS}, inputs="utilities"),
-        Sweep("task_arithmetic", "task_arithmetic", grid),
-        Sweep("ties", "ties", grid, sparse),
-        Sweep("dare_ties", "dare_ties", grid, sparse),
-        Sweep("resta", "dare_linear", grid, {"normalize": False}),
-        Sweep("safe_lora", "sst_safe_lora", tuned, {"gate": "project", "threshold": 0.5}),
-        Sweep("safemerge", "sst_safe_lora", tuned, {"gate": "merge", "threshold": 0.5}),
-        Sweep(
-            "single_fisher",
-            "sst_single_fisher",
-            tuned,
-            {"select": "energy", "energy": 0.9},
-            fisher_kind="lora",
-        ),
-        _sst("sst_lora_soft", "lora", "soft", 1.0, tuned),
-        replace(_dual("sst_dual_lora", "lora", "utility"), grid=tuned),
-        replace(_dual("sst_both_lora", "lora", "both"), grid=tuned),
+        *_baselines(_QWEN_STRENGTHS, tsv=False),
+        *_projection_baselines(_QWEN_TUNED),
+        _sst("sst_lora_soft", "lora", "soft", 1.0, _QWEN_TUNED),
+        _dual("sst_dual_lora", "lora", "utility", grid=_QWEN_TUNED),
+        _dual("sst_both_lora", "lora", "both", grid=_QWEN_TUNED),
     )
 
 
