@@ -1,8 +1,8 @@
 """Check the refusal judge on the benchmark's own merged models, against labels read by hand.
 
-``sample`` — merges a few of the full benchmark's grid points (:data:`MODELS`: the base model,
-the safety adapter alone, task arithmetic and SST-Merge at a low and a high safety strength),
-generates ``--tokens`` (96) greedy tokens for every validation prompt (HarmBench val standard
+``sample`` — merges a few grid points of a benchmark profile (``--profile``, default full;
+:data:`MODELS`: the base model, the safety adapter alone, task arithmetic and SST-Merge at a low
+and a high safety strength), generates ``--tokens`` (96) greedy tokens for every validation prompt (HarmBench val standard
 behaviours and the over-refusal pool's validation part — never the test split), and writes
 ``judge_sample.jsonl``: one record per response with the judge's verdict on the first 32 tokens
 (what the benchmark generates) and on all of them. A seeded, per-model-and-set stratified
@@ -68,7 +68,7 @@ def sample(args: argparse.Namespace) -> int:
 
     from sst_merge_plugin.bench.merges import MergeJob
     from sst_merge_plugin.bench.pipeline import Pipeline
-    from sst_merge_plugin.bench.profile import FULL
+    from sst_merge_plugin.bench.profile import PROFILES
     from sst_merge_plugin.bench.scoring import load_model
     from sst_merge_plugin.data.prompts import load_prompts
     from sst_merge_plugin.evaluation.generate import generate_responses
@@ -76,8 +76,9 @@ def sample(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    pipeline = Pipeline(FULL, args.workspace, progress=not args.no_progress)
-    sweeps = {sweep.label: sweep for sweep in FULL.sweeps}
+    profile = PROFILES[args.profile]
+    pipeline = Pipeline(profile, args.workspace, progress=not args.no_progress)
+    sweeps = {sweep.label: sweep for sweep in profile.sweeps}
     prompts = {name: load_prompts(source).prompts for name, source in SETS.items()}
     records: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(dir=pipeline.workspace.root) as scratch:
@@ -105,6 +106,7 @@ def sample(args: argparse.Namespace) -> int:
                         {
                             "id": f"{len(records):04d}",
                             "model": label,
+                            "profile": profile.name,
                             "set": name,
                             "prompt": prompt,
                             "response": response,
@@ -195,10 +197,15 @@ def check(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from sst_merge_plugin.bench.profile import PROFILES
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sampler = sub.add_parser("sample")
-    sampler.add_argument("--workspace", required=True, help="the full benchmark's workspace")
+    sampler.add_argument("--workspace", required=True, help="the benchmark's workspace")
+    sampler.add_argument(
+        "--profile", default="full", choices=sorted(PROFILES), help="whose adapters and Fishers"
+    )
     sampler.add_argument("--out", default=str(HERE / "results"))
     sampler.add_argument("--tokens", type=int, default=96)
     sampler.add_argument("--n-label", type=int, default=160)
