@@ -339,16 +339,17 @@ def solve(
 
 
 def content_key(tensor: Tensor) -> tuple[object, ...]:
-    """A hashable key for a tensor's content: shape, dtype and a BLAKE2b digest of its bytes."""
+    """A hashable key for a tensor's content: shape, dtype and a SHA-256 digest of its bytes
+    (SHA-256 rather than BLAKE2b: with the CPUs' SHA extensions it hashes about twice as fast)."""
     data = tensor.detach().contiguous().cpu()
-    digest = hashlib.blake2b(data.view(torch.uint8).numpy(), digest_size=16).hexdigest()
+    digest = hashlib.sha256(data.view(torch.uint8).numpy()).hexdigest()
     return (tuple(data.shape), str(data.dtype), digest)
 
 
 class GEVPCache:
     """Thread-safe LRU memo of the solvers, keyed by the content of ``(gain, cost)``.
 
-    Keys hash the matrices' bytes (BLAKE2b), so equal factors stored under different weight
+    Keys hash the matrices' bytes (:func:`content_key`), so equal factors stored under different weight
     names — q/k/v projections share their input — are solved once. :meth:`solve` memoises
     :func:`solve` (a request for fewer pairs than a cached solution holds is served by
     truncating it); :meth:`spectrum` memoises the dense solver's every-eigenvalue form.
