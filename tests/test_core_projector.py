@@ -650,3 +650,43 @@ def test_blockwise_rules_keep_every_unknown_coordinate_they_depend_on():
         "energy",
         "ratio",
     }
+
+
+def test_a_lora_update_merged_into_stored_weights_is_projected_as_the_low_rank_patch():
+    """``ΔW = fl32(W0 + B A) − W0`` is rank r only up to the rounding of the stored weights
+    (``u·‖W_s‖_F``, relative to ``W``, not to ``ΔW``): with that ``rounding`` the low-rank part
+    is projected, which is the projection of ``B A`` itself up to that rounding; without it,
+    or for a full-rank patch, nothing is factored."""
+    from sst_merge_plugin.core.projector import low_rank_factors
+    from sst_merge_plugin.method.tensor_merge import stored_rounding
+
+    rng = np.random.default_rng(14)
+    d_out, d_in, r = 120, 100, 4
+    factors = {"A_h": spd(d_in, rng), "G_h": spd(d_out, rng),
+               "A_b": spd(d_in, rng), "G_b": spd(d_out, rng)}  # fmt: skip
+    base = t(rng.standard_normal((d_out, d_in))).float()
+    update = 1e-3 * t(rng.standard_normal((d_out, r))) @ t(rng.standard_normal((r, d_in)))
+    stored = (base.double() + update).float()
+    delta = stored.double() - base.double()
+    rounding = stored_rounding(stored)
+    assert rounding == pytest.approx(2.0**-24 * float(np.linalg.norm(stored.double().numpy())))
+    assert low_rank_factors(delta)[1] is None  # the rounding is full rank
+    left, right = low_rank_factors(delta, rounding=rounding)
+    assert right is not None
+    residual = np.linalg.norm((delta - left @ right).numpy())
+    assert 0 < residual <= rounding
+    harm, benign = kfac(factors, "h"), kfac(factors, "b")
+    selection = Selection.create("ratio", ratio=1.0)
+    exact = project_patch(update, harm, benign, selection).patch
+    rounded = project_patch(delta, harm, benign, selection, rounding=rounding).patch
+    unfactored = project_patch(delta, harm, benign, selection).patch
+    scale = float(exact.abs().max())
+    low_rank_part = project_patch(left @ right, harm, benign, selection).patch
+    torch.testing.assert_close(rounded, low_rank_part, rtol=0, atol=1e-12 * scale)
+    assert not torch.equal(rounded, unfactored)  # the rounding residual is left out
+    assert float((rounded - exact).abs().max()) < 1e-3 * scale
+    assert float((unfactored - exact).abs().max()) < 1e-3 * scale
+    full = t(rng.standard_normal((d_out, d_in)))  # full rank, far above the rounding
+    assert low_rank_factors(full, rounding=rounding)[1] is None
+    with pytest.raises(FisherValidationError, match="rounding"):
+        project_patch(delta, harm, benign, selection, rounding=-1.0)
