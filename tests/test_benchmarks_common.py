@@ -65,3 +65,12 @@ def test_summary_is_the_median_of_per_round_ratios_not_the_ratio_of_medians(comm
     without = common.summarise_rounds(results, None)
     assert without["kfac"]["ratio"] is None and without["kfac"]["all_ratios"] is None
     assert "cpu_seconds" not in without["kfac"]
+
+
+def test_thread_environment_limits_every_pool_of_a_child(common, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "8")
+    limited = common.thread_environment(1)
+    assert {name: limited[name] for name in common.THREAD_VARIABLES} == dict.fromkeys(
+        ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"), "1"
+    )
+    assert common.thread_environment(None)["OMP_NUM_THREADS"] == "8"

@@ -123,3 +123,33 @@ def test_compatibility_checks():
         check_compatible(base, LoRAFisher(orthonormal(5, 2, 9), v, spd(2), spd(2)))
     with pytest.raises(FisherValidationError, match="'lora' but benign Fisher is 'kfac'"):
         check_compatible(base, KFACFisher(spd(6), spd(5)))
+
+
+def test_identical_factors_are_validated_once_and_share_one_tensor(monkeypatch):
+    """A Fisher file stores q/k/v's shared input factor once per weight: the second and third
+    copies are recognised by content (no second Cholesky) and get the first one's tensor."""
+    import sst_merge_plugin.core.fisher as fisher
+
+    calls = []
+    cholesky = torch.linalg.cholesky_ex
+
+    def counting(matrix, *args, **kwargs):
+        calls.append(matrix.shape[0])
+        return cholesky(matrix, *args, **kwargs)
+
+    monkeypatch.setattr(torch.linalg, "cholesky_ex", counting)
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((9, 20))
+    shared = x @ x.T
+    g = [(lambda y: y @ y.T)(rng.standard_normal((4, 9))) for _ in range(3)]
+    fishers = [KFACFisher(torch.tensor(shared), torch.tensor(gi)) for gi in g]
+    assert calls == [9, 4, 4, 4]  # A checked once, each G once
+    assert fishers[1].A is fishers[0].A and fishers[2].A is fishers[0].A
+    changed = shared.copy()
+    changed[0, 0] += 1.0
+    assert KFACFisher(torch.tensor(changed), torch.tensor(g[0])).A is not fishers[0].A
+    assert calls[-1] == 9  # new content: checked
+    bad = -shared
+    for _ in range(2):  # a failed check is not remembered
+        with pytest.raises(FisherValidationError, match="negative diagonal"):
+            fisher.validate_symmetric_psd("A", torch.tensor(bad))

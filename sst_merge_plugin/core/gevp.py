@@ -21,7 +21,6 @@ by several weights (q/k/v share their input factor ``A``; gate/up too) are solve
 
 from __future__ import annotations
 
-import hashlib
 import threading
 import warnings
 from collections import OrderedDict
@@ -34,7 +33,7 @@ from torch import Tensor
 
 from sst_merge_plugin.choice import Choice
 from sst_merge_plugin.core.errors import SolverError
-from sst_merge_plugin.core.fisher import all_finite
+from sst_merge_plugin.core.fisher import all_finite, content_key
 
 
 class Solver(Choice):
@@ -336,14 +335,6 @@ def solve(
             raise SolverError("the krylov solver computes the top-k pairs only: pass top_k")
         return solve_top_k(gain, cost, min(top_k, gain.shape[0]))
     return _truncate(solve_dense(gain, cost), top_k)
-
-
-def content_key(tensor: Tensor) -> tuple[object, ...]:
-    """A hashable key for a tensor's content: shape, dtype and a SHA-256 digest of its bytes
-    (SHA-256 rather than BLAKE2b: with the CPUs' SHA extensions it hashes about twice as fast)."""
-    data = tensor.detach().contiguous().cpu()
-    digest = hashlib.sha256(data.view(torch.uint8).numpy()).hexdigest()
-    return (tuple(data.shape), str(data.dtype), digest)
 
 
 class GEVPCache:
