@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import os
 import re
 import resource
 import statistics
@@ -225,6 +226,17 @@ def summarise_rounds(
 
 
 # --------------------------------------------------------------------------- timing, memory
+
+#: the variables that set the thread pools of torch (OpenMP, MKL) and of scipy/numpy (OpenBLAS)
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def thread_environment(threads: int | None) -> dict[str, str]:
+    """This process's environment with every pool of a child limited to ``threads`` threads
+    (``None``: unchanged, the libraries' defaults)."""
+    if threads is None:
+        return dict(os.environ)
+    return {**os.environ, **dict.fromkeys(THREAD_VARIABLES, str(threads))}
 
 
 def timed(function: Callable[[], object]) -> tuple[float, object]:

@@ -52,6 +52,7 @@ from _common import (
     measure_projection,
     parse_shape,
     summarise_rounds,
+    thread_environment,
 )
 
 METHODS = PROJECTION_METHODS
@@ -72,12 +73,10 @@ def run_child(method: str, path: Path, device: str) -> dict[str, float]:
 
 def measure_in_child(method: str, path: Path, threads: int, device: str) -> dict[str, float]:
     """:func:`run_child` in a fresh interpreter limited to ``threads`` threads."""
-    names = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
-    env = {**os.environ, **{name: str(threads) for name in names}}
     out = subprocess.run(
         [sys.executable, os.path.abspath(__file__), "--child", method, str(path),
          "--threads", str(threads), "--device", device],
-        check=True, capture_output=True, text=True, env=env,
+        check=True, capture_output=True, text=True, env=thread_environment(threads),
     )  # fmt: skip
     return json.loads(out.stdout.strip().splitlines()[-1])
 

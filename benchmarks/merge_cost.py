@@ -19,7 +19,8 @@ ratio is the median over rounds of ``method / ties`` of the same round
 and goes does not land on one method; the load average after each round is reported.
 ``--baseline-tree DIR`` also times the ``sst_merge`` runs with the plugin imported from
 ``DIR`` (a checkout of another commit, e.g. ``git worktree add DIR main``), in the same
-rounds. The Python start-up cost of the ``.pth`` hook is measured too (``python -X importtime``
+rounds; ``--threads 1 2`` runs every merge at each thread count (OpenMP, MKL and OpenBLAS
+pools), also in the same rounds, each ratio against ``ties`` at its own thread count. The Python start-up cost of the ``.pth`` hook is measured too (``python -X importtime``
 of ``sst_merge_plugin._autoload``, and ``python -c pass`` with and without
 ``SST_MERGE_NO_AUTOLOAD``).
 
@@ -42,7 +43,13 @@ from pathlib import Path
 
 import torch
 import yaml
-from _common import SMOLLM2_135M, input_group, interleaved, summarise_rounds
+from _common import (
+    SMOLLM2_135M,
+    input_group,
+    interleaved,
+    summarise_rounds,
+    thread_environment,
+)
 
 RANK = 8
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -159,10 +166,16 @@ def config_for(
 
 
 def timed_merge(
-    config: dict, workdir: Path, name: str, cache: Path, plugin_tree: Path | None = None
+    config: dict,
+    workdir: Path,
+    name: str,
+    cache: Path,
+    plugin_tree: Path | None = None,
+    threads: int | None = None,
 ) -> dict:
-    """One ``mergekit-yaml`` run (wall/CPU seconds, peak RSS); ``plugin_tree`` goes first on the
-    ``PYTHONPATH`` of the run, so its ``sst_merge_plugin`` is the one imported."""
+    """One ``mergekit-yaml`` run (wall/CPU seconds, peak RSS). ``plugin_tree`` goes first on the
+    ``PYTHONPATH`` of the run, so its ``sst_merge_plugin`` is the one imported; ``threads``
+    limits its thread pools (``_common.thread_environment``)."""
     path = workdir / f"{name}.yml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     script = Path(sys.executable).with_name("mergekit-yaml")
@@ -176,10 +189,10 @@ def timed_merge(
         "--no-copy-tokenizer",
         "--no-write-model-card",
     ]
-    env = None
+    env = thread_environment(threads)
     if plugin_tree is not None:
-        paths = [str(plugin_tree), os.environ.get("PYTHONPATH", "")]
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
+        paths = [str(plugin_tree), env.get("PYTHONPATH", "")]
+        env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
     result = subprocess.run(
         [sys.executable, "-c", MEASURE, *argv], capture_output=True, text=True, check=True, env=env
     )
@@ -228,13 +241,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--baseline-tree", type=Path, help="also time sst_merge with the plugin from this checkout"
     )
+    parser.add_argument("--threads", nargs="+", type=int,
+                        help="thread counts for the merges (each in every round; default: the "
+                        "libraries' own)")  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print JSON instead of markdown")
     args = parser.parse_args(argv)
     kinds = [k for k in args.kinds.split(",") if k]
     if unknown := set(kinds) - set(KINDS):
         parser.error(f"unknown kinds {sorted(unknown)}")
-    if args.repeats < 1:
-        parser.error("--repeats must be >= 1")
+    if args.repeats < 1 or (args.threads and min(args.threads) < 1):
+        parser.error("--repeats and --threads must be >= 1")
     if args.baseline_tree and not (args.baseline_tree / "sst_merge_plugin").is_dir():
         parser.error(f"--baseline-tree {args.baseline_tree}: no sst_merge_plugin folder there")
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="sst_merge_cost_"))
@@ -250,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         ModelReference(model=ModelPath(path=str(base)), lora=ModelPath(path=str(adapter))).merged(
             cache_dir=str(cache)
         )
-    # name -> (config, plugin tree or None for this one)
+    # method -> (config, plugin tree or None for this one)
     runs: dict[str, tuple[dict, Path | None]] = {
         "ties": (config_for("ties", base, adapters, None), None)
     }
@@ -261,32 +277,40 @@ def main(argv: list[str] | None = None) -> int:
         runs[f"sst_merge ({kind})"] = (config, None)
         if args.baseline_tree:
             runs[f"sst_merge ({kind}) [baseline]"] = (config, args.baseline_tree)
+    thread_counts = args.threads or [None]
+    keys = [(threads, method) for threads in thread_counts for method in runs]
     loads: list[dict] = []
 
-    def measure(name: str, round_index: int) -> dict:
-        config, tree = runs[name]
-        return timed_merge(config, workdir, re.sub(r"\W+", "_", name).strip("_"), cache, tree)
+    def measure(key: tuple[int | None, str], round_index: int) -> dict:
+        threads, method = key
+        config, tree = runs[method]
+        slug = re.sub(r"\W+", "_", f"{method} {threads or ''}").strip("_")
+        return timed_merge(config, workdir, slug, cache, tree, threads)
 
-    def report(round_index: int, records: dict[str, dict]) -> None:
+    def report(round_index: int, records: dict[tuple[int | None, str], dict]) -> None:
         loads.append({"round": round_index + 1, "load_average": os.getloadavg()})
-        times = ", ".join(f"{n} {r['seconds']:.1f}s" for n, r in records.items())
+        times = ", ".join(f"{m}@{t or '-'} {r['seconds']:.1f}s" for (t, m), r in records.items())
         print(f"# round {round_index + 1}: {times}; load {loads[-1]['load_average']}",
               file=sys.stderr, flush=True)  # fmt: skip
 
-    measured = interleaved(list(runs), args.repeats, measure, report)
-    summary = summarise_rounds(measured, "ties", clocks=("", "cpu_"))
-    results = {}
-    for name, records in measured.items():
-        results[name] = {**summary[name], "peak_rss_mb": max(r["peak_rss_mb"] for r in records)}
-    for record in results.values():
-        record["rss_ratio"] = record["peak_rss_mb"] / results["ties"]["peak_rss_mb"]
+    measured = interleaved(keys, args.repeats, measure, report)
+    rows = []
+    for threads in thread_counts:
+        records = {method: measured[(threads, method)] for method in runs}
+        summary = summarise_rounds(records, "ties", clocks=("", "cpu_"))
+        ties_peak = max(r["peak_rss_mb"] for r in records["ties"])
+        for method, runs_of_method in records.items():
+            peak = max(r["peak_rss_mb"] for r in runs_of_method)
+            rows.append({"threads": threads, "method": method, **summary[method],
+                         "peak_rss_mb": peak, "rss_ratio": peak / ties_peak})  # fmt: skip
     result = {
         "base": base_label,
         "repeats": args.repeats,
+        "threads": args.threads,
         "baseline_tree": str(args.baseline_tree) if args.baseline_tree else None,
         "cpu_count": os.cpu_count(),
         "load_average_per_round": loads,
-        "runs": results,
+        "rows": rows,
         "startup": startup_overhead(),
     }
     if args.json:
@@ -296,12 +320,13 @@ def main(argv: list[str] | None = None) -> int:
         f"mergekit-yaml on {base_label}, 3 rank-{RANK} LoRAs on all 7 projections; median of "
         f"{args.repeats} interleaved rounds (ratios: median of the per-round ratios to ties)\n"
     )
-    print("| method | wall s | × ties | CPU s | × ties (CPU) | peak RSS MB | × ties |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    for name, r in results.items():
+    print("| threads | method | wall s | × ties | CPU s | × ties (CPU) | peak RSS MB | × ties |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
         print(
-            f"| {name} | {r['seconds']:.1f} | {r['ratio']:.2f} | {r['cpu_seconds']:.1f} | "
-            f"{r['cpu_ratio']:.2f} | {r['peak_rss_mb']:.0f} | {r['rss_ratio']:.2f} |"
+            f"| {r['threads'] or 'default'} | {r['method']} | {r['seconds']:.1f} | "
+            f"{r['ratio']:.2f} | {r['cpu_seconds']:.1f} | {r['cpu_ratio']:.2f} | "
+            f"{r['peak_rss_mb']:.0f} | {r['rss_ratio']:.2f} |"
         )
     s = result["startup"]
     print(
