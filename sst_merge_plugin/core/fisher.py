@@ -94,7 +94,7 @@ def validate_symmetric_psd(name: str, factor: Tensor, dim: int | None = None) ->
     ``d ≤ PSD_CHECK_MAX_DIM``); larger factors get the necessary conditions ``F_ii ≥ 0``.
     The last :data:`VALIDATED_MEMO` results are remembered by content (:func:`content_key`):
     a Fisher file stores a shared factor once per weight (q/k/v's input factor ``A``), and an
-    identical factor is checked once and shares one symmetrised tensor.
+    identical factor is checked once (every call still returns a tensor of its own).
     """
     if factor.ndim != 2 or factor.shape[0] != factor.shape[1]:
         raise FisherValidationError(
@@ -107,13 +107,13 @@ def validate_symmetric_psd(name: str, factor: Tensor, dim: int | None = None) ->
     check_finite(name, factor)
     key = (content_key(factor), str(factor.device))
     with _validated_lock:
-        sym = _validated.get(key)
-        if sym is not None:
+        known = _validated.get(key)
+        if known is not None:
             _validated.move_to_end(key)
-            return sym
+            return known.clone()
     sym = _checked_symmetric_psd(name, factor)
     with _validated_lock:
-        _validated[key] = sym
+        _validated[key] = sym.clone()
         while len(_validated) > VALIDATED_MEMO:
             _validated.popitem(last=False)
     return sym
