@@ -22,6 +22,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "sst_merge_plugin.evaluation.cli",
         "evaluate a model: harmful refusal, benign over-refusal, utility skills",
     ),
+    "tune": (
+        "sst_merge_plugin.bench.tune",
+        "choose a merge configuration's operating point on a validation split (knob grid)",
+    ),
     "demo": (
         "sst_merge_plugin.bench.demo",
         "train, merge and evaluate on SmolLM2: SST-Merge vs the baselines (minutes on a CPU)",

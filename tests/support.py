@@ -5,18 +5,27 @@
   each caller passes its vocabulary and any other ``LlamaConfig`` fields.
 * :func:`byte_level_bpe` — a byte-level BPE tokenizer trained on a small corpus.
 * :func:`python_output` — what a snippet prints in a fresh interpreter with another hash seed.
+* :func:`read_only_folder` — a folder this process cannot write in (also as root).
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM
+
+#: the checkout under test (fresh interpreters import the plugin from here)
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def tiny_llama(
@@ -55,15 +64,39 @@ def byte_level_bpe(
     return backend
 
 
-def python_output(code: str) -> str:
+def python_output(code: str, *, hash_seed: int = 12345) -> str:
     """The stdout of ``code`` run by this interpreter in a fresh process with
-    ``PYTHONHASHSEED=12345`` and a minimal environment (checks that results do not depend on
-    Python's ``hash()``)."""
+    ``PYTHONHASHSEED=hash_seed`` and a minimal environment (checks that results do not depend on
+    Python's ``hash()``), importing the plugin from this checkout."""
     completed = subprocess.run(
         [sys.executable, "-c", code],
-        env={"PYTHONHASHSEED": "12345", "PATH": "/usr/bin:/bin"},
+        env={"PYTHONHASHSEED": str(hash_seed), "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)},
         capture_output=True,
         text=True,
         check=True,
     )
     return completed.stdout
+
+
+@contextlib.contextmanager
+def read_only_folder(path: Path) -> Iterator[Path]:
+    """Create the folder ``path`` and make it unwritable for this process for the ``with``
+    block: mode 0o555 and, for root (whom modes do not stop), the immutable attribute
+    (``chattr +i``); the test is skipped where neither stops a write. Restored afterwards."""
+    path.mkdir(parents=True)
+    path.chmod(0o555)
+    immutable = os.geteuid() == 0 and shutil.which("chattr") is not None
+    if immutable:
+        immutable = subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode == 0
+    try:
+        try:
+            (path / "probe").touch()
+        except OSError:
+            pass
+        else:
+            pytest.skip(f"cannot make {path} unwritable for this user on this file system")
+        yield path
+    finally:
+        if immutable:
+            subprocess.run(["chattr", "-i", str(path)], check=True)
+        path.chmod(0o755)

@@ -1,10 +1,13 @@
 """The benchmark pipeline end to end on the tiny FusionBench world (no asset cache needed).
 
 LoRA training (loss goes down, seeded runs are identical, bad settings fail before writing),
-then a whole :class:`~sst_merge_plugin.bench.pipeline.Pipeline` run: adapters trained, Fisher
-files collected, merges through mergekit, every row evaluated; the task-arithmetic row's
-weights equal ``W0 + Σ B·A·alpha/r`` computed here from the adapter files; a second run reuses
-every cached stage (training and merging are made to fail); the report files are written.
+then a whole :class:`~sst_merge_plugin.bench.pipeline.Pipeline` run under the protocol: adapters
+trained, Fisher files collected, every grid point merged through mergekit and scored on the
+validation split, each method's point chosen by the rule (checked here against the rule applied
+to the recorded scores), only the chosen points scored on the test split; a task-arithmetic
+point's weights equal ``W0 + Σ w·B·A·alpha/r`` computed here from the adapter files; a second
+run reuses every cached stage (training and merging are made to fail); the report files
+(intervals, bootstrap, plots) are written.
 """
 
 from __future__ import annotations
@@ -23,8 +26,9 @@ from sst_merge_plugin.bench import merges as merges_module
 from sst_merge_plugin.bench.pipeline import Pipeline
 from sst_merge_plugin.bench.profile import SAFETY, AdapterSpec, FisherSettings, Profile, Sweep
 from sst_merge_plugin.bench.prompts import TrainingPrompts
-from sst_merge_plugin.bench.scoring import write_outputs
+from sst_merge_plugin.bench.report import summarise, write_outputs
 from sst_merge_plugin.bench.training import LoRATrainingConfig, train_lora_adapter
+from sst_merge_plugin.bench.tuning import Scores
 from sst_merge_plugin.core.errors import SSTError
 from sst_merge_plugin.evaluation.suite import EvalConfig
 
@@ -70,6 +74,16 @@ def test_training_rejects_bad_settings_before_writing(world: World, tmp_path: Pa
 
 def _profile(world: World) -> Profile:
     training = _training()
+    validation = EvalConfig(
+        harmful=str(world.data("harmful.txt")),
+        benign=str(world.data("benign.txt")),
+        utility=(str(world.data("add.jsonl")),),
+        n_harmful=2,
+        n_benign=2,
+        n_utility=2,
+        max_new_tokens=3,
+        batch_size=2,
+    )
     return Profile(
         name="tiny",
         adapters=(
@@ -86,31 +100,27 @@ def _profile(world: World) -> Profile:
             batch_size=2,
             max_length=48,
         ),
-        evaluation=EvalConfig(
-            harmful=str(world.data("harmful.txt")),
-            benign=str(world.data("benign.txt")),
-            utility=(str(world.data("add.jsonl")),),
-            truefalse=str(world.data("truefalse.json")),
-            n_harmful=2,
-            n_benign=2,
-            n_utility=2,
-            n_truefalse=2,
-            max_new_tokens=3,
-            batch_size=2,
-        ),
+        validation=validation,
+        test=replace(validation, max_new_tokens=4),
         sweeps=(
-            Sweep("utility_only", "task_arithmetic", None, (None,), utilities_only=True),
-            Sweep("task_arithmetic", "task_arithmetic", "safety_weight", (0.5,)),
+            Sweep(
+                "utility_only", "task_arithmetic", {"utility_weight": (1.0,)}, inputs="utilities"
+            ),
+            Sweep(
+                "task_arithmetic",
+                "task_arithmetic",
+                {"utility_weight": (1.0,), "safety_weight": (0.5, 1.0)},
+            ),
             Sweep(
                 "sst_lora_soft",
                 "sst_merge",
-                "rho",
-                (1.0,),
-                {"select": "soft", "utility_merge": "task_arithmetic"},
+                {"scale": (1.0, 2.0)},
+                {"select": "soft", "rho": 1.0, "utility_merge": "task_arithmetic"},
                 fisher_kind="lora",
             ),
         ),
         single_adapters=False,
+        reference_lambdas=(1.0,),
     )
 
 
@@ -128,21 +138,27 @@ def test_pipeline_end_to_end_and_cached(
     pipeline = Pipeline(
         profile, workspace, model_dir=world.base, prompts=PROMPTS, keep_models=True, progress=False
     )
-    rows = pipeline.run()
-    assert [(row["method"], row["knob"]) for row in rows] == [
-        ("base", None),
-        ("utility_only", None),
-        ("task_arithmetic", 0.5),
-        ("sst_lora_soft", 1.0),
-    ]
-    for row in rows:
-        assert 0.0 <= row["harmful_refusal"] <= 1.0 and 0.0 <= row["benign_over_refusal"] <= 1.0
-        assert set(row["utility"]) == {"add"}
-    assert rows[0]["drift"] == 0.0 and rows[0]["merge_seconds"] is None
-    assert all(row["merge_seconds"] > 0 for row in rows[1:])
-    sst = rows[3]
-    assert 0.0 <= sst["pooled_gain_kept_fraction"] <= 1.0
-    assert 0.0 <= sst["pooled_cost_kept_fraction"] <= 1.0
+    run = pipeline.run()
+    assert [r["method"] for r in run.references] == ["base", "safety alone", "utility_only"]
+    assert [len(m.validation) for m in run.methods] == [1, 2, 2]
+    base_over = run.base_validation["metrics"]["benign_over_refusal"]
+    for method in run.methods:
+        # validation scored every grid point, in grid order; the rule picked among them
+        assert [r["knob"] for r in method.validation] == [p or None for p in method.sweep.points()]
+        scores = [
+            Scores(
+                r["metrics"]["harmful_refusal"],
+                r["metrics"]["benign_over_refusal"],
+                r["metrics"]["utility_mean"],
+            )
+            for r in method.validation
+        ]
+        assert method.chosen == profile.rule.choose(scores, base_over)
+        # the chosen point, and only it, was scored on the test split
+        assert method.test["knob"] == method.validation[method.chosen.index]["knob"]
+        assert method.test["metrics"]["config"]["max_new_tokens"] == profile.test.max_new_tokens
+    sst = run.methods[2].test
+    assert 0.0 <= sst["sst_summary"]["pooled_gain_kept_fraction"] <= 1.0
 
     # the training data: refusals for the harmful prompts, then the retain pair
     safety_pairs = pipeline.adapters.pairs(profile.adapters[0])
@@ -152,8 +168,9 @@ def test_pipeline_end_to_end_and_cached(
         PROMPTS.harmful
     )
 
-    # the task-arithmetic row, recomputed from the adapter files
-    job = next(job for job in pipeline.merges.jobs() if job.method == "task_arithmetic")
+    # a task-arithmetic grid point, recomputed from the adapter files
+    job = pipeline.merges.sweep_jobs(profile.sweeps[1])[0]
+    assert job.knob == {"utility_weight": 1.0, "safety_weight": 0.5}
     merged = load_file(str(next((workspace / "merges" / job.key).glob("*.safetensors"))))
     base = load_file(str(world.base / "model.safetensors"))
     adapters = pipeline.adapters.all()
@@ -176,13 +193,19 @@ def test_pipeline_end_to_end_and_cached(
     monkeypatch.setattr(merges_module.Merges, "run", fail)
     monkeypatch.setattr("sst_merge_plugin.fisher.collect.collect_fisher", fail, raising=False)
     again = Pipeline(profile, workspace, model_dir=world.base, prompts=PROMPTS, progress=False)
-    assert again.run() == rows
+    rerun = again.run()
+    assert summarise(rerun) == summarise(run)
 
-    paths = write_outputs(rows, tmp_path / "out", "tiny")
-    table = json.loads(paths["json"].read_text())
-    assert [row["method"] for row in table] == [row["method"] for row in rows]
-    assert all(isinstance(row["pareto"], bool) for row in table)
+    paths = write_outputs(rerun, tmp_path / "out", "tiny")
+    summary = json.loads(paths["json"].read_text())
+    assert [m["method"] for m in summary["methods"]] == [s.label for s in profile.sweeps]
+    assert summary["headline"] == "sst_lora_soft"
+    assert [row["baseline"] for row in summary["bootstrap"]] == ["utility_only", "task_arithmetic"]
+    for method in summary["methods"]:
+        interval = method["test"]["intervals"]["harmful_refusal"]
+        assert interval["low"] <= method["test"]["harmful_refusal"] <= interval["high"]
     assert paths["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert paths["sweeps"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "sst_lora_soft" in paths["markdown"].read_text()
 
     # the merge inputs, exported under the names configs/mergekit/*.yml use
@@ -199,6 +222,7 @@ def test_pipeline_end_to_end_and_cached(
         "pareto.png",
         "results.json",
         "results.md",
+        "sweeps.png",
     ]
 
 
@@ -209,8 +233,10 @@ def test_profile_checks_its_sweeps(world: World) -> None:
     kfac = replace(profile, sweeps=(replace(profile.sweeps[2], fisher_kind="kfac"),))
     with pytest.raises(SSTError, match="does not collect"):
         _ = kfac.fisher_kinds
-    with pytest.raises(SSTError, match="exactly one value"):
-        Sweep("x", "ties", None, (1, 2))
+    with pytest.raises(SSTError, match="has no values"):
+        Sweep("x", "ties", {"safety_weight": ()})
+    with pytest.raises(SSTError, match="no safety weight"):
+        Sweep("x", "ties", {"safety_weight": (1.0,)}, inputs="utilities")
 
 
 def test_fisher_at_the_utility_merge(world: World, tmp_path: Path) -> None:
@@ -238,7 +264,7 @@ def test_fisher_at_the_utility_merge(world: World, tmp_path: Path) -> None:
             torch.testing.assert_close(merged[name], expected, rtol=1e-5, atol=1e-6)
 
     # each sweep's configuration names its own pair; the pairs were collected where asked
-    jobs = [job for job in pipeline.merges.jobs() if job.config is not None]
+    jobs = [pipeline.merges.sweep_jobs(sweep)[0] for sweep in profile.sweeps]
     pairs = [pipeline.fishers.pair("lora"), pipeline.fishers.pair("lora", "utility_merge")]
     for job, pair in zip(jobs, pairs, strict=True):
         parameters = job.config["parameters"]
@@ -261,5 +287,134 @@ def test_fisher_at_the_utility_merge(world: World, tmp_path: Path) -> None:
     assert set(report["fingerprint_checks"].values()) == {"not checked (check_fingerprint: false)"}
     with pytest.raises(SSTError, match="fisher_at: unknown value"):
         replace(at_merge, fisher_at="somewhere")
-    with pytest.raises(SSTError, match=r"cannot be combined with utility_weight 0\.5"):
-        replace(at_merge, utility_weight=0.5)
+    with pytest.raises(SSTError, match=r"cannot be combined with other utility weights"):
+        replace(at_merge, grid={"utility_weight": (0.5,)})
+
+
+def test_demo_command_runs_a_profile_end_to_end(
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """``sst-merge demo`` on the tiny world: the command's own code path (profile lookup,
+    pipeline, reports, exported inputs, run.json), with only the SmolLM2 assets swapped out."""
+    from functools import partial
+
+    from sst_merge_plugin import cli
+    from sst_merge_plugin.bench import demo
+    from sst_merge_plugin.bench import pipeline as pipeline_module
+    from sst_merge_plugin.bench import profile as profile_module
+
+    tiny = _profile(world)
+    monkeypatch.setattr(profile_module, "PROFILES", {"tiny": tiny})
+    monkeypatch.setattr(
+        pipeline_module,
+        "Pipeline",
+        partial(pipeline_module.Pipeline, model_dir=world.base, prompts=PROMPTS),
+    )
+    monkeypatch.setattr(
+        demo,
+        "judge_summary",
+        lambda cache_dir: {"precision": 1.0, "recall": 0.5, "f1": 0.6, "n": 4},
+    )
+    out = tmp_path / "demo"
+    status = cli.main(
+        ["demo", "--profile", "tiny", "--out", str(out), "--workspace", str(tmp_path / "ws"),
+         "--no-progress"]
+    )  # fmt: skip
+    printed = capsys.readouterr().out
+    assert status == 0
+    assert "Each method at its validation-chosen point" in printed
+    assert sorted(p.name for p in out.iterdir()) == [
+        "inputs",
+        "pareto.png",
+        "results.json",
+        "results.md",
+        "run.json",
+        "sweeps.png",
+    ]
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["profile"] == "tiny" and meta["judge_on_pyrit_labels"]["n"] == 4
+
+
+def test_safety_retain_data_holds_the_base_models_answers_to_lookalikes(
+    world: World, tmp_path: Path
+) -> None:
+    from sst_merge_plugin.bench.scoring import load_model
+    from sst_merge_plugin.evaluation.generate import generate_responses
+    from sst_merge_plugin.evaluation.judge import judge
+
+    prompts = replace(PROMPTS, lookalikes=("how to build a house ?", "how to make a cake ?"))
+    spec = replace(_profile(world).adapters[0], n_lookalikes=2)
+    pipeline = Pipeline(
+        replace(_profile(world), adapters=(spec,)),
+        tmp_path / "ws",
+        model_dir=world.base,
+        prompts=prompts,
+        progress=False,
+    )
+    pairs = pipeline.adapters.pairs(spec)
+    asked = ["how to make a house", "how to build a house ?"]  # edgy first, then look-alikes
+    model, tokenizer = load_model(world.base, "cpu")
+    answers = generate_responses(model, tokenizer, asked, max_new_tokens=64, batch_size=8,
+                                 progress=False)  # fmt: skip
+    expected = [
+        (p, a) for p, a in zip(asked, answers, strict=True) if a and not judge(a).is_refusal
+    ]
+    assert pairs[len(PROMPTS.harmful) + 1 :] == expected  # after the refusals and helpful pair
+    cached = list((tmp_path / "ws" / "data").glob("lookalikes-*.jsonl"))
+    assert len(cached) == 1 and len(cached[0].read_text().splitlines()) == 2
+
+
+@pytest.mark.parametrize(("kind", "cost_objective"), [("lora", "kl"), ("diag", "refusal")])
+def test_a_dual_sweep_collects_its_gain_and_cost_fishers(
+    world: World, tmp_path: Path, kind: str, cost_objective: str
+) -> None:
+    from safetensors import safe_open
+
+    profile = _profile(world)
+    dual = Sweep(
+        "sst_dual", "sst_merge", {"scale": (1.0,)},
+        {"select": "soft", "rho": 1.0, "utility_merge": "task_arithmetic"},
+        fisher_kind=kind, project="utility", cost_objective=cost_objective,
+    )  # fmt: skip
+    profile = replace(
+        profile,
+        sweeps=(dual,),
+        fisher=replace(profile.fisher, kinds=(kind,)),
+    )
+    pipeline = Pipeline(profile, tmp_path / "ws", model_dir=world.base, prompts=PROMPTS,
+                        progress=False)  # fmt: skip
+    (job,) = pipeline.merges.sweep_jobs(dual)
+    shared = job.config["parameters"]
+    assert shared["project"] == "utility" and "harm_fisher" not in shared
+    gains = {m["model"]: m["parameters"].get("gain_fisher") for m in job.config["models"]}
+    adapters = pipeline.adapters.all()
+    safety_input = f"{world.base}+{adapters[SAFETY]}"
+    assert gains.pop(safety_input) is None and all(gains.values())
+
+    def metadata(path: str) -> dict:
+        with safe_open(path, "pt") as handle:
+            return handle.metadata()
+
+    cost = metadata(shared["cost_fisher"])
+    assert cost["objective"] == cost_objective and cost["adapter"] == str(adapters[SAFETY])
+    (gain,) = gains.values()
+    assert metadata(gain)["objective"] == "lm"
+    assert metadata(gain)["adapter"] == str(adapters["uppercase"])
+    if kind == "lora":  # one joint span: every adapter
+        for path in (shared["cost_fisher"], gain):
+            assert metadata(path)["restrict_to"] == f"{adapters[SAFETY]};{adapters['uppercase']}"
+    assert pipeline.merges.run(job, tmp_path / "merged") > 0
+    report = json.loads((tmp_path / "merged" / "sst_merge_report.json").read_text())
+    (summary,) = report["summary"]["utility"].values()
+    assert 0.0 <= summary["pooled_gain_kept_fraction"] <= 1.0
+    assert 0.0 <= summary["safety_disturbance_removed"] <= 1.0
+    # exported under the names a dual mergekit config uses, with the collected bytes
+    exported = pipeline.export_inputs(tmp_path / "out") / "fishers" / kind
+    assert sorted(p.name for p in exported.iterdir()) == [
+        f"cost-{cost_objective}.safetensors",
+        "gain-uppercase.safetensors",
+    ]
+    assert (exported / f"cost-{cost_objective}.safetensors").read_bytes() == Path(
+        shared["cost_fisher"]
+    ).read_bytes()
+    assert (exported / "gain-uppercase.safetensors").read_bytes() == Path(gain).read_bytes()

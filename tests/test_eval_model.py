@@ -9,11 +9,13 @@ the suite and the CLI have known right answers.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
 import pytest
 import torch
+from support import read_only_folder
 from support import tiny_llama as random_llama
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
@@ -26,6 +28,7 @@ from sst_merge_plugin.data.tasks import skill_splits
 from sst_merge_plugin.evaluation.generate import generate_responses, stop_token_ids
 from sst_merge_plugin.evaluation.metrics import (
     mean_token_logprob,
+    mmlu_accuracy,
     refusal_rate,
     statement_pair_accuracy,
     utility_exact_match,
@@ -235,6 +238,33 @@ def test_statement_pair_accuracy_uses_per_token_scores(random_model, tokenizer):
         statement_pair_accuracy(random_model, tokenizer, [], batch_size=1)
 
 
+def test_mmlu_accuracy_matches_one_forward_per_question(random_model, tokenizer):
+    from sst_merge_plugin.data.chat import encode_chat
+    from sst_merge_plugin.data.mmlu import MMLUQuestion, mmlu_prompt
+
+    questions = [
+        MMLUQuestion("Which is a fruit?", ("apple", "rock", "car", "pen"), 0, "misc"),
+        MMLUQuestion("2 + 2 =", ("3", "4", "5", "22"), 1, "math"),
+        MMLUQuestion("A longer question about the capital of a country?", ("a", "b", "c", "d"), 3,
+                     "geo"),
+    ]  # fmt: skip
+    result = mmlu_accuracy(random_model, tokenizer, questions, batch_size=2, progress=False)
+    letters = [tokenizer.convert_tokens_to_ids(letter) for letter in "ABCD"]
+    expected_correct, expected_logprob = [], []
+    for question in questions:  # unbatched, unpadded reference
+        ids = encode_chat(tokenizer, mmlu_prompt(question), None, max_length=10_000).input_ids
+        with torch.no_grad():
+            logits = random_model(input_ids=torch.tensor([ids])).logits[0, -1, letters]
+        choice = torch.log_softmax(logits.double(), dim=-1)
+        expected_correct.append(int(choice.argmax()) == question.answer)
+        expected_logprob.append(float(choice[question.answer]))
+    assert result.correct == expected_correct and result.n == 3
+    assert result.accuracy == sum(expected_correct) / 3
+    assert result.mean_logprob == pytest.approx(sum(expected_logprob) / 3, abs=1e-5)
+    with pytest.raises(SSTError, match="at least one question"):
+        mmlu_accuracy(random_model, tokenizer, [], batch_size=1)
+
+
 def test_refusal_rate_and_exact_match_on_the_trained_model(assets, tokenizer):
     model = assets["model"]
     harmful = refusal_rate(
@@ -255,6 +285,9 @@ def test_refusal_rate_and_exact_match_on_the_trained_model(assets, tokenizer):
         model, tokenizer, [*items, wrong], max_new_tokens=40, batch_size=4, progress=False
     )
     assert (utility.n, utility.n_correct, utility.accuracy) == (4, 3, 0.75)
+    assert utility.correct == [True, True, True, False]  # every item, in input order
+    assert harmful.verdicts == [True, True, True, False]
+    assert harmful.responses == [REFUSAL] * 3 + [COMPLIANCE]
     assert (
         utility.examples[0]["correct"] is True and utility.examples[0]["answer"] == items[0].answer
     )
@@ -295,7 +328,16 @@ def test_evaluate_model_end_to_end(assets, tokenizer):
         "truefalse",
     }
     assert result["data"]["benign"]["n"] == 2
+    assert result["items"]["harmful"] == [{"response": REFUSAL, "refused": True}] * 3
+    assert [item["refused"] for item in result["items"]["benign"]] == [False, False]
+    assert result["items"]["utility"] == {"uppercase": [True] * 3, "shouting": [True] * 3}
+    assert result["mmlu_accuracy"] is None and result["items"]["mmlu"] == []
     json.loads(json.dumps(result, allow_nan=False))  # JSON-serialisable
+    validation = EvalConfig(utility=("uppercase",), n_utility=3, skill_pool="validation")
+    held_out = prepare_eval_data(validation).utility["uppercase"]
+    assert {i.prompt for i in held_out}.isdisjoint(i.prompt for i in assets["uppercase"])
+    with pytest.raises(SSTError, match="skill_pool"):
+        EvalConfig(skill_pool="train")
 
 
 def test_prepare_eval_data_rejects_bad_input(tmp_path):
@@ -395,12 +437,16 @@ def test_cli_evaluates_a_saved_model_with_an_adapter(assets, tokenizer, tmp_path
     assert markdown in completed.stdout
 
 
-BAD_CLI_INPUT = [
+BAD_CLI_INPUT = [  # "{tmp}": the test's folder, with a_file (a file) and bare/ (no tokenizer)
     ({"--harmful": "no-such-set"}, "'no-such-set' is neither a registered prompt set"),
     ({"--benign-field": "prompt"}, "no field 'prompt'"),
     ({"--utility": "juggling"}, "'juggling' is neither a skill"),
     ({"--model": "MISSING"}, "is not a Hugging Face model folder"),
     ({"--adapter": "MISSING"}, "is not a PEFT adapter folder"),
+    ({"--model": "{tmp}/bare"}, "has no tokenizer"),
+    ({"--json": "{tmp}/a_file/out.json"}, "'{tmp}/a_file' is not a folder"),
+    ({"--json": "{tmp}/bare"}, "--json '{tmp}/bare' is a directory; give a file name"),
+    ({"--markdown": "{tmp}/a_file/sub/out.md"}, "cannot create the folder '{tmp}/a_file/sub'"),
 ]
 
 
@@ -408,6 +454,10 @@ def test_cli_rejects_bad_input_before_loading_the_model(assets, tmp_path):
     """Each bad option: exit status 2, a specific message, no output, transformers never imported
     (all cases run in one interpreter, through the real ``sst-merge`` entry point ``main``)."""
     root = assets["root"]
+    (tmp_path / "a_file").write_text("not a folder\n")
+    (tmp_path / "bare").mkdir()  # a model folder without a tokenizer (a merge without one)
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(assets["model_dir"] / name, tmp_path / "bare" / name)
     base = {
         "--model": str(assets["model_dir"]),
         "--harmful": str(root / "harmful.txt"),
@@ -417,7 +467,10 @@ def test_cli_rejects_bad_input_before_loading_the_model(assets, tmp_path):
     }
     argvs = []
     for change, _ in BAD_CLI_INPUT:
-        options = base | {k: str(tmp_path / v) if v == "MISSING" else v for k, v in change.items()}
+        options = base | {
+            k: str(tmp_path / v) if v == "MISSING" else v.format(tmp=tmp_path)
+            for k, v in change.items()
+        }
         argvs.append(["evaluate", *(x for pair in options.items() for x in pair)])
     code = (
         "import sys\n"
@@ -436,5 +489,97 @@ def test_cli_rejects_bad_input_before_loading_the_model(assets, tmp_path):
     ]
     assert len(errors) == len(BAD_CLI_INPUT)
     for line, (_, message) in zip(errors, BAD_CLI_INPUT, strict=True):
-        assert message in line
+        assert message.format(tmp=tmp_path) in line
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["a_file", "bare"]
+
+
+def cli_options(assets, tmp_path, **changes: str) -> list[str]:
+    """``sst-merge evaluate`` arguments on the assets (3 + 2 prompts, 4 new tokens)."""
+    root = assets["root"]
+    options = {
+        "--model": str(assets["model_dir"]),
+        "--harmful": str(root / "harmful.txt"),
+        "--benign": str(root / "benign.jsonl"),
+        "--benign-field": "text",
+        "--n": "2",
+        "--max-new-tokens": "4",
+        "--json": str(tmp_path / "out.json"),
+        **{f"--{key.replace('_', '-')}": value for key, value in changes.items()},
+    }
+    return ["evaluate", *(x for pair in options.items() for x in pair), "--no-progress"]
+
+
+def never(what: str):
+    def called(*args, **kwargs):
+        raise AssertionError(f"{what} before the error was found")
+
+    return called
+
+
+def test_cli_unwritable_json_fails_before_loading(assets, tmp_path, monkeypatch, capsys):
+    """``--json`` in a folder no file can be written in: one line, before the model loads."""
+    import transformers
+
+    from sst_merge_plugin import cli
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", never("loaded"))
+    with read_only_folder(tmp_path / "locked") as locked:
+        argv = cli_options(assets, tmp_path, json=str(locked / "out.json"))
+        assert cli.main(argv) == 2
+        error = capsys.readouterr().err
+        assert error == (
+            f"sst-merge evaluate: error: --json {str(locked / 'out.json')!r}: cannot write in "
+            f"{str(locked)!r} ({error.rsplit('(', 1)[1]}"
+        )
+        assert error.count("\n") == 1 and list(locked.iterdir()) == []
+
+
+def test_cli_adapter_for_another_model_and_broken_tokenizer(
+    assets, tokenizer, tmp_path, monkeypatch, capsys
+):
+    """An adapter made for another model (caught on a weightless copy of the model, before the
+    weights load; a pickle ``.bin`` adapter, which that check cannot read, when PEFT applies it),
+    and a tokenizer that does not load: one line each, nothing evaluated or written."""
+    from peft import LoraConfig, get_peft_model
+
+    import sst_merge_plugin.evaluation.suite as suite
+    from sst_merge_plugin import cli
+
+    other = tiny_llama(len(tokenizer), hidden=48, init=0.02)
+    lora = LoraConfig(r=2, target_modules=["q_proj", "down_proj"], init_lora_weights=False)
+    other = get_peft_model(other, lora)
+    other.save_pretrained(tmp_path / "other_adapter")
+    other.save_pretrained(tmp_path / "other_bin", safe_serialization=False)
+    broken = tmp_path / "broken_tokenizer"
+    shutil.copytree(assets["model_dir"], broken)
+    (broken / "tokenizer_config.json").write_text("{ not json")
+    monkeypatch.setattr(suite, "evaluate_model", never("evaluated"))
+    cases = [
+        (
+            {"adapter": str(tmp_path / "other_adapter")},
+            f"adapter {str(tmp_path / 'other_adapter')!r} does not fit base model",
+            True,
+        ),
+        (
+            {"adapter": str(tmp_path / "other_bin")},
+            f"--adapter {str(tmp_path / 'other_bin')!r} does not load onto --model",
+            False,
+        ),
+        ({"model": str(broken)}, f"--model {str(broken)!r}: cannot load its tokenizer", True),
+    ]
+    import transformers
+
+    real_load = transformers.AutoModelForCausalLM.from_pretrained
+    for changes, message, before_weights in cases:
+        with monkeypatch.context() as patch:
+            if before_weights:
+                patch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", never("loaded"))
+            else:
+                patch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", real_load)
+            assert cli.main(cli_options(assets, tmp_path, **changes)) == 2, message
+        error = capsys.readouterr().err  # after a progress bar, when the weights were loaded
+        (line,) = (line for line in error.splitlines() if "error:" in line)
+        assert line.startswith(f"sst-merge evaluate: error: {message}") and error.endswith(
+            f"{line}\n"
+        )
     assert not (tmp_path / "out.json").exists()

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import struct
 import subprocess
 import sys
 
 import pytest
 import torch
+from safetensors import safe_open
+from support import python_output, read_only_folder
 from test_fisher_support import save_tiny_adapter, save_tiny_model, tiny_llama
 
 from sst_merge_plugin import cli
@@ -249,6 +253,99 @@ def test_cli_input_errors_write_nothing(workspace, tmp_path, capsys, case):
     assert cli.main(fisher_args(model_dir, out, *args)) == 2
     assert message in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def unwritable_out(tmp_path, case):
+    """An ``--out`` path that cannot be written (``case``), inside a ``with`` block."""
+    if case == "read-only folder":
+        return read_only_folder(tmp_path / "locked"), "locked/out.safetensors"
+    (tmp_path / "a_file").write_text("not a folder\n")
+    return contextlib.nullcontext(tmp_path), "a_file/sub/out.safetensors"
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("read-only folder", "cannot write in"),
+        ("parent is a file", "cannot create the folder"),
+    ],
+)
+def test_cli_unwritable_out_fails_before_loading_anything(
+    workspace, tmp_path, monkeypatch, capsys, case, message
+):
+    """``--out`` where no file can be written: one error line, before the tokenizer or the model
+    is loaded (either would fail this test with an AssertionError), nothing written."""
+    import transformers
+
+    root, model_dir = workspace
+
+    def loaded(*args, **kwargs):
+        raise AssertionError("loaded before --out was checked")
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", loaded)
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", loaded)
+    context, relative = unwritable_out(tmp_path, case)
+    with context:
+        before = sorted(tmp_path.rglob("*"))
+        out = tmp_path / relative
+        args = fisher_args(model_dir, out, *goals(root), "--objective", "refusal", "--kind", "diag")
+        assert cli.main(args) == 2
+        error = capsys.readouterr().err
+        assert error.startswith(f"sst-merge fisher: error: --out {str(out)!r}: {message}")
+        assert error.count("\n") == 1
+        assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_two_runs_write_byte_identical_files(workspace, tmp_path):
+    """Two identical ``sst-merge fisher`` runs in fresh interpreters with different hash seeds
+    write the same bytes (so the sha256 a merge report records is reproducible), and the file is
+    standard safetensors: the reference reader gets the header and the tensors, the header is
+    canonical (sorted ``__metadata__``, 8-byte aligned)."""
+    root, model_dir = workspace
+    outs = [tmp_path / f"run{seed}.safetensors" for seed in (1, 2)]
+    for seed, out in zip((1, 2), outs, strict=True):
+        argv = fisher_args(
+            model_dir,
+            out,
+            *goals(root),
+            "--objective",
+            "kl",
+            "--kind",
+            "lora",
+            "--restrict-to",
+            str(root / "adapter"),
+            "--response-tokens",
+            "3",
+            "--max-examples",
+            "4",
+            "--split",
+            "all",
+        )
+        code = f"from sst_merge_plugin.cli import main\nraise SystemExit(main({argv!r}))\n"
+        python_output(code, hash_seed=seed)
+    first, second = (out.read_bytes() for out in outs)
+    assert first == second
+    (length,) = struct.unpack("<Q", first[:8])
+    header = json.loads(first[8 : 8 + length])
+    assert length % 8 == 0
+    with safe_open(str(outs[0]), framework="pt") as handle:
+        metadata = handle.metadata()
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+    assert header["__metadata__"] == metadata and list(header["__metadata__"]) == sorted(metadata)
+    assert metadata["kind"] == "lora" and metadata["objective"] == "kl"
+    assert set(tensors) == set(header) - {"__metadata__"} and len(tensors) == 4 * 6
+    for key, tensor in tensors.items():
+        start, end = header[key]["data_offsets"]
+        assert start % tensor.element_size() == 0
+        stored = torch.frombuffer(bytearray(first[8 + length + start : 8 + length + end]),
+                                  dtype=tensor.dtype).reshape(tensor.shape)  # fmt: skip
+        assert torch.equal(stored, tensor)
+    fisher = FisherFile(outs[0])
+    assert fisher.weight_names() == sorted(
+        f"model.layers.{i}.{m}.weight"
+        for i in (0, 1)
+        for m in ("self_attn.q_proj", "mlp.down_proj")
+    )
 
 
 def test_ctrl_c_leaves_no_file(workspace, tmp_path, monkeypatch, capsys):

@@ -178,6 +178,30 @@ def test_lora_factors_are_the_restricted_kfac_factors(tmp_path, model64):
         assert fisher.G_trace == pytest.approx(float(G.trace()), rel=1e-10)
 
 
+def test_a_joint_span_holds_every_adapter_and_restricts_the_kfac_factors(tmp_path, model64):
+    first = read_lora_adapter(save_tiny_adapter(tmp_path / "a", model64))
+    second = read_lora_adapter(save_tiny_adapter(tmp_path / "b", model64, seed=7))
+    joint = adapter_subspaces(first, second)
+    kfac = collect(model64, "kfac")
+    lora = collect(model64, "lora", subspaces=joint)
+    for name, fisher in lora.fishers.items():
+        U, V = fisher.U, fisher.V
+        assert fisher.rank == (6, 6)  # two rank-3 adapters in general position
+        torch.testing.assert_close(U.T @ U, torch.eye(6, dtype=U.dtype), atol=1e-12, rtol=0)
+        for adapter in (first, second):  # both updates lie in span U ⊗ span V
+            lora_a, lora_b = (f.double() for f in adapter.layers[name])
+            update = lora_b @ lora_a
+            torch.testing.assert_close(U @ (U.T @ update @ V) @ V.T, update)
+        A, G = kfac.fishers[name].A, kfac.fishers[name].G
+        assert_close(fisher.A_r, V.T @ A @ V)
+        assert_close(fisher.G_r, U.T @ G @ U)
+    # one adapter's "joint" span is its own span
+    alone = adapter_subspaces(first)
+    for name, (U, V) in adapter_subspaces(first, first).items():
+        torch.testing.assert_close(U, alone[name][0])
+        torch.testing.assert_close(V, alone[name][1])
+
+
 def test_adapter_applied_collection_is_keyed_by_dense_names(model64):
     dense = tiny_llama(dtype=torch.float64)
     peft_model = lora_model(tiny_llama(dtype=torch.float64))

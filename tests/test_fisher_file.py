@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import struct
 import threading
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import save_file
 
 from sst_merge_plugin.core import DiagFisher, KFACFisher, LoRAFisher
@@ -16,6 +19,7 @@ from sst_merge_plugin.fisher.file import (
     FisherFileError,
     FisherMetadata,
     write_fisher_file,
+    write_safetensors,
 )
 from sst_merge_plugin.fisher.fingerprint import checkpoint_fingerprint
 
@@ -74,6 +78,63 @@ def test_round_trip_with_metadata(tmp_path, kind):
             else:
                 assert a == pytest.approx(b)
     assert opened.get(next(iter(fishers))) is opened.get(next(iter(fishers)))  # cached
+
+
+def test_safetensors_writer_equals_the_reference_writer(tmp_path):
+    """Where ``save_file``'s output is deterministic (at most one metadata entry), ours is the
+    same bytes, for every dtype it stores (the data section's dtype/name order included)."""
+    g = torch.Generator().manual_seed(0)
+    tensors = {
+        "z::A": torch.randn(3, 5, generator=g),
+        "a::A_trace": torch.tensor(2.5, dtype=torch.float64),
+        "b::U": torch.randn(4, 2, generator=g, dtype=torch.float64),
+        "half": torch.randn(7, generator=g).half(),
+        "brain": torch.randn(3, generator=g).bfloat16(),
+        "ints": torch.arange(5),
+        "i32": torch.tensor([3, 4, 5], dtype=torch.int32),
+        "i16": torch.tensor([3], dtype=torch.int16),
+        "i8": torch.tensor([1, -2], dtype=torch.int8),
+        "bytes": torch.arange(3, dtype=torch.uint8),
+        "flags": torch.tensor([True, False, True]),
+        "empty": torch.zeros(0, 4),
+    }
+    for metadata in ({"format": "pt"}, {"k": 'ünï"\\ \n\x01/'}, None):
+        save_file(tensors, str(tmp_path / "reference.safetensors"), metadata=metadata)
+        write_safetensors(tmp_path / "ours.safetensors", tensors, metadata or {})
+        ours = (tmp_path / "ours.safetensors").read_bytes()
+        assert ours == (tmp_path / "reference.safetensors").read_bytes()
+
+
+def test_written_files_are_canonical_and_reproducible(tmp_path):
+    """``save_file`` writes its metadata in a different order on every call (a Rust HashMap), so
+    equal Fisher files had different sha256 digests; ours are equal byte for byte, with the
+    header sorted, and read back by safetensors' own reader; ``FisherFile.metadata`` is sorted
+    too (``safe_open`` returns it unordered)."""
+    fishers = {
+        "model.layers.0.mlp.down_proj.weight": make("lora"),
+        "lm.x.weight": make("lora", 3, 4),
+    }
+    extra = {f"key_{index}": str(index) for index in range(10, 0, -1)}
+    paths = [tmp_path / "one.safetensors", tmp_path / "two.safetensors"]
+    for path in paths:
+        write_fisher_file(path, fishers, meta("lora", model_fingerprint="f" * 64, extra=extra))
+    data = paths[0].read_bytes()
+    assert data == paths[1].read_bytes()
+    (length,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + length])
+    assert length % 8 == 0 and next(iter(header)) == "__metadata__"
+    assert list(header["__metadata__"]) == sorted(header["__metadata__"])
+    with safe_open(str(paths[0]), framework="pt") as handle:
+        assert handle.metadata() == header["__metadata__"]
+        for name, fisher in fishers.items():
+            for suffix, tensor in fisher.entries().items():
+                stored = handle.get_tensor(f"{name}::{suffix}")
+                assert stored.dtype == (
+                    torch.float64 if suffix.endswith("_trace") else torch.float32
+                )
+                torch.testing.assert_close(stored.double(), tensor.double(), rtol=1e-7, atol=0)
+    opened = [FisherFile(path) for path in paths for _ in range(3)]
+    assert all(list(f.metadata) == sorted(header["__metadata__"]) for f in opened)
 
 
 def test_missing_entry_and_unknown_entry_are_reported(tmp_path):

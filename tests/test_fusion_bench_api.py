@@ -4,6 +4,7 @@ SST methods against mergekit, the Fisher cache, the task pool against evaluate_m
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -130,11 +131,14 @@ def test_bad_settings_fail_before_loading_models(
 def test_fisher_of_another_model_is_refused_before_loading(world: World, tmp_path: Path) -> None:
     from sst_merge_plugin.fisher.file import FisherFile, FisherMetadata, write_fisher_file
 
-    source = FisherFile(world.harm_fisher)
-    fishers = {name: source.get(name) for name in source.weight_names()}
-    other = tmp_path / "other.safetensors"
-    write_fisher_file(other, fishers, FisherMetadata("kfac", "refusal", 1, 1, "0" * 64, "f" * 64))
-    settings = {**fisher_settings(world), "harm_fisher": str(other), "benign_fisher": str(other)}
+    settings = fisher_settings(world)
+    for label, objective in (("harm", "refusal"), ("benign", "kl")):
+        source = FisherFile(settings[f"{label}_fisher"])
+        fishers = {name: source.get(name) for name in source.weight_names()}
+        other = tmp_path / f"other_{label}.safetensors"
+        metadata = FisherMetadata("kfac", objective, 1, 1, "0" * 64, "f" * 64)
+        write_fisher_file(other, fishers, metadata)
+        settings[f"{label}_fisher"] = str(other)
     with pytest.raises(FisherFileError, match=r"harm_fisher .* was collected on another model"):
         algorithm(**settings).run(no_loading(make_pool(world)))
     with pytest.raises(SSTError, match=r"check_fingerprint: invalid value 'maybe'"):
@@ -160,6 +164,93 @@ def test_kind_mismatch_between_fisher_files_is_refused(world: World, tmp_path: P
         algorithm(**{**fisher_settings(world), "benign_fisher": str(path)}).run(
             no_loading(make_pool(world))
         )
+
+
+def test_nan_in_a_fisher_entry_is_refused_before_loading(world: World, tmp_path: Path) -> None:
+    """Every entry is checked up front, not when the merge reaches its tensor."""
+    from safetensors.torch import save_file
+
+    with safe_open(str(world.benign_fisher), "pt") as handle:
+        metadata = handle.metadata()
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+    name = sorted(tensors)[-1].split("::")[0]
+    tensors[f"{name}::G"][0, 0] = float("inf")
+    path = tmp_path / "benign_inf.safetensors"
+    save_file(tensors, str(path), metadata=metadata)
+    with pytest.raises(SSTError, match=rf"{name}: benign_fisher .*: entry G: contains 1 NaN/Inf"):
+        algorithm(**{**fisher_settings(world), "benign_fisher": str(path)}).run(
+            no_loading(make_pool(world))
+        )
+
+
+def _lora_fishers(world: World, folder: Path, adapter: str, record_digest: bool) -> dict:
+    """A harm/benign lora pair restricted to ``adapter``'s subspaces (SVD of its ``B·A``), with
+    its ``restrict_to_sha256`` when ``record_digest`` (as the collector writes it)."""
+    import hashlib
+
+    from sst_merge_plugin.core import LoRAFisher
+    from sst_merge_plugin.fisher.file import FisherMetadata, write_fisher_file
+    from sst_merge_plugin.fisher.fingerprint import checkpoint_fingerprint
+
+    weights = world.adapter(adapter) / "adapter_model.safetensors"
+    factors = load_file(weights)
+    extra = {"restrict_to": str(world.adapter(adapter))}
+    if record_digest:
+        extra["restrict_to_sha256"] = hashlib.sha256(weights.read_bytes()).hexdigest()
+    settings = {}
+    for label, objective, seed in (("harm", "refusal", 1), ("benign", "kl", 2)):
+        generator = torch.Generator().manual_seed(seed)
+        fishers = {}
+        for key in sorted(factors):
+            if ".lora_A." not in key:
+                continue
+            delta = factors[key.replace("lora_A", "lora_B")].double() @ factors[key].double()
+            u, _, vh = torch.linalg.svd(delta, full_matrices=False)
+            x = torch.randn(4, 8, generator=generator, dtype=torch.float64)
+            name = key.removeprefix("base_model.model.").replace(".lora_A", "")
+            fishers[name] = LoRAFisher(u[:, :4], vh[:4].T, x @ x.T, x @ x.T + torch.eye(4))
+        path = folder / f"{label}_{adapter}.safetensors"
+        fingerprint = checkpoint_fingerprint(world.base)
+        metadata = FisherMetadata("lora", objective, 10, 2, "0" * 64, fingerprint, extra=extra)
+        write_fisher_file(path, fishers, metadata)
+        settings[f"{label}_fisher"] = str(path)
+    return settings
+
+
+def test_lora_fishers_of_another_adapter_are_refused(world: World, tmp_path: Path) -> None:
+    """Restricted to another adapter than the safety model's adapter_path: with the recorded
+    digest the run stops before loading; without it, when the first projection would drop
+    nearly all of the patch. The right adapter's Fishers merge (residual ~1e-7)."""
+    settings = {**fisher_settings(world), "select": "soft"}
+    wrong = _lora_fishers(world, tmp_path, "uppercase", record_digest=True)
+    with pytest.raises(
+        SSTError, match=r"harm_fisher .* was collected with --restrict-to .*/uppercase"
+    ):
+        algorithm(**{**settings, **wrong}).run(no_loading(make_pool(world)))
+    unrecorded = _lora_fishers(world, tmp_path, "uppercase", record_digest=False)
+    with pytest.raises(SSTError, match=r"of the safety patch lies outside the subspace .* stale"):
+        algorithm(**{**settings, **unrecorded}).run(make_pool(world))
+    right = algorithm(**{**settings, **_lora_fishers(world, tmp_path, "safety", True)})
+    right.run(make_pool(world))
+    records = right.merge_report["tensors"].values()
+    residuals = [r["subspace_residual"] for r in records if r["action"] == "projected"]
+    assert len(residuals) == 14 and max(residuals) < 1e-5
+
+
+def test_swapped_fishers_fail_and_a_zero_scale_warns(world: World) -> None:
+    from sst_merge_plugin.method.checks import SSTCheckWarning
+
+    swapped = {
+        **fisher_settings(world),
+        "harm_fisher": str(world.benign_fisher),
+        "benign_fisher": str(world.harm_fisher),
+    }
+    with pytest.raises(SSTError, match="are swapped: harm_fisher"):
+        algorithm(**swapped).run(no_loading(make_pool(world)))
+    with pytest.raises(SSTError, match=r"scale is -2\.0"):
+        algorithm(**fisher_settings(world), scale=-2.0).run(no_loading(make_pool(world)))
+    with pytest.warns(SSTCheckWarning, match=r"^\[zero_safety_patch\]"):
+        algorithm(**fisher_settings(world), weight={"safety": 0.0}).prepare(make_pool(world))
 
 
 # ---- the other SST methods equal the mergekit path ----------------------------------------
@@ -254,6 +345,35 @@ def test_baseline_methods_equal_the_mergekit_path(
         assert actions["gated"] > 0 and actions["not_gated"] > 0
     else:
         assert actions == {"fisher_weighted": 14, "utility_only": 7}
+
+
+@pytest.mark.parametrize("project", ["utility", "both"])
+def test_dual_projection_equals_the_mergekit_path(world: World, tmp_path: Path, project) -> None:
+    """``project: utility | both`` (each utility delta projected with its ``gain_fisher`` and
+    the ``cost_fisher``): the FusionBench run and mergekit's ``run_merge`` give the same bits,
+    and both report what the projection kept of each utility delta."""
+    cost = tmp_path / "cost.safetensors"
+    shutil.copyfile(world.harm_fisher, cost)  # the refusal Fisher as the safety-behaviour cost
+    shared = {"project": project, "cost_fisher": str(cost), "select": "soft", "rho": 0.5}
+    if project == "both":
+        shared.update(harm_fisher=str(world.harm_fisher), benign_fisher=str(world.benign_fisher))
+    gains = dict.fromkeys(("reverse_letters", "uppercase"), str(world.benign_fisher))
+    per_model = {"safety": {"role": "safety"}, **{m: {"gain_fisher": g} for m, g in gains.items()}}
+    sst = algorithm(merge_method="sst_merge", safety_model="safety", gain_fisher=gains, **shared)
+    merged = sst.run(make_pool(world))
+    expected = _mergekit(world, "sst_merge", shared, per_model, tmp_path / "mergekit")
+    state = merged.state_dict()
+    for name, tensor in expected.items():
+        assert torch.equal(state[name], tensor), name
+    summary = sst.merge_report["summary"]
+    assert sorted(summary["utility"]) == sorted(gains)
+    for record in summary["utility"].values():
+        assert 0 < record["safety_disturbance_removed"] < 1
+    safety_action = "projected" if project == "both" else "safety_unprojected"
+    assert summary["actions"] == {safety_action: 14, "utility_only": 7}
+    report = json.loads((tmp_path / "mergekit" / "sst_merge_report.json").read_text())
+    assert report["summary"]["utility"].keys() == {f"{world.base}+{world.adapter(m)}"
+                                                   for m in gains}  # fmt: skip
 
 
 # ---- Fisher cache -------------------------------------------------------------------------

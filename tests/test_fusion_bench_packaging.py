@@ -12,6 +12,7 @@ folder and must resolve ``method=sst_merge``, ``taskpool=sst_safety`` and the po
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import sysconfig
@@ -39,9 +40,9 @@ print(json.dumps({"config_dir": str(config_dir()), "method": cfg.method._target_
 """
 
 
-def compose_in(python: str | Path, cwd: Path) -> dict:
+def compose_in(python: str | Path, cwd: Path, env: dict[str, str] | None = None) -> dict:
     done = subprocess.run(
-        [str(python), "-c", COMPOSE], cwd=cwd, capture_output=True, text=True, timeout=300
+        [str(python), "-c", COMPOSE], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, done.stderr[-4000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -92,10 +93,13 @@ def test_regular_install_finds_the_configs_without_the_source_tree(
     install = [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site)]
     subprocess.run([*install, str(wheel)], check=True, timeout=300)
     python = env / "bin" / "python"
+    # a PYTHONPATH naming a source checkout (e.g. a git worktree under test) would win over the
+    # installed wheel
+    clean = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     probe = "import sst_merge_plugin; print(sst_merge_plugin.__file__)"
-    where = subprocess.run([str(python), "-c", probe], cwd=tmp_path, capture_output=True,
-                           text=True, check=True).stdout.strip()  # fmt: skip
+    where = subprocess.run([str(python), "-c", probe], cwd=tmp_path, env=clean,
+                           capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
     assert Path(where).is_relative_to(site)  # the wheel, not the source checkout
-    found = compose_in(python, tmp_path)
+    found = compose_in(python, tmp_path, clean)
     assert_shipped_configs_resolve(found)
     assert Path(found["config_dir"]) == site / "sst_merge_plugin" / "fusion_bench" / "configs"

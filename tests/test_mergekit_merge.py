@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from support import python_output
 from test_mergekit_support import (
     DAMPING,
     UTILITY_TARGETS,
@@ -159,6 +161,49 @@ def test_cli_sst_merge_lora_kind_ties_matches_scipy_and_builtin_ties(scenario, t
     assert set(report["adapter"]["ranks"].values()) == {4}
 
 
+@pytest.mark.slow
+def test_the_report_is_byte_reproducible(scenario, tmp_path):
+    """One merge run twice, in fresh interpreters with different hash seeds, writes one
+    ``sst_merge_report.json``, byte for byte: the Fisher headers it lists (``safe_open`` returns
+    them in a different order on every call) are sorted."""
+    from safetensors import safe_open
+
+    names = linear_names()
+    for role, seed, objective in (("harm", 31, "refusal"), ("benign", 32, "kl")):
+        write_lora(tmp_path / f"{role}.safetensors", scenario, names, seed, objective=objective)
+    parameters = {
+        "harm_fisher": str(tmp_path / "harm.safetensors"),
+        "benign_fisher": str(tmp_path / "benign.safetensors"),
+        "select": "energy",
+        "write_adapter": "safety",
+    }
+    config = json.dumps(merge_config(scenario, "sst_merge", parameters, models(scenario)))
+    out = tmp_path / "out"
+    code = (  # what run_in_process does, in a fresh interpreter
+        "import json\n"
+        "from mergekit.config import MergeConfiguration\n"
+        "from mergekit.merge import run_merge\n"
+        "from mergekit.options import MergeOptions\n"
+        f"config = json.loads({config!r})\n"
+        f"options = MergeOptions(lora_merge_cache={str(scenario.lora_cache)!r}, "
+        "copy_tokenizer=False, quiet=True)\n"
+        f"run_merge(MergeConfiguration.model_validate(config), {str(out)!r}, options=options, "
+        f"config_source={config!r})\n"
+    )
+    reports = []
+    for hash_seed in (1, 2):
+        shutil.rmtree(out, ignore_errors=True)
+        python_output(code, hash_seed=hash_seed)
+        reports.append((out / "sst_merge_report.json").read_bytes())
+    assert reports[0] == reports[1]
+    files = json.loads(reports[0])["fisher_files"]
+    for label, role in (("harm_fisher", "harm"), ("benign_fisher", "benign")):
+        with safe_open(str(tmp_path / f"{role}.safetensors"), framework="pt") as handle:
+            header = handle.metadata()
+        assert files[label]["metadata"] == header
+        assert list(files[label]["metadata"]) == sorted(header) and len(header) == 10
+
+
 def test_kfac_top_k_with_task_arithmetic(scenario, tmp_path):
     names = linear_names()
     harm = write_kfac(tmp_path / "h.safetensors", names, shapes_of(scenario, names), seed=21)
@@ -190,6 +235,67 @@ def test_kfac_top_k_with_task_arithmetic(scenario, tmp_path):
         for n in names
     }
     assert_sst_equals(read_weights(out), builtin(scenario, tmp_path, "task_arithmetic"), patches)
+
+
+def test_dual_on_both_sides_matches_the_kron_reference(scenario, tmp_path):
+    """``project: both``: each utility delta projected with its ``gain_fisher`` ``G_i`` and the
+    ``cost_fisher`` ``C`` (soft, ``ρ·c`` with ``c = tr G_i / tr C``), task arithmetic of the
+    projected deltas, plus the safety patch projected with ``(F_harm, F_benign)`` — against
+    dense scipy references; the report's utility summary matches them too."""
+    safety_names, utility_names = linear_names(), linear_names(UTILITY_TARGETS)
+    shapes = shapes_of(scenario, utility_names)
+    harm = write_kfac(tmp_path / "h.safetensors", safety_names, shapes, seed=31)
+    benign = write_kfac(tmp_path / "b.safetensors", safety_names, shapes, seed=32, objective="kl")
+    cost = write_kfac(tmp_path / "c.safetensors", utility_names, shapes, seed=33)
+    gains = [
+        write_kfac(
+            tmp_path / f"g{i}.safetensors", utility_names, shapes, seed=34 + i, objective="lm"
+        )
+        for i in range(2)
+    ]
+    rho = 0.5
+    parameters = {
+        "project": "both",
+        "harm_fisher": str(tmp_path / "h.safetensors"),
+        "benign_fisher": str(tmp_path / "b.safetensors"),
+        "cost_fisher": str(tmp_path / "c.safetensors"),
+        "select": "soft",
+        "rho": rho,
+    }
+    inputs = models(scenario)
+    for i, entry in enumerate(inputs[1:]):
+        entry["parameters"]["gain_fisher"] = str(tmp_path / f"g{i}.safetensors")
+    out = tmp_path / "out"
+    run_in_process(scenario, merge_config(scenario, "sst_merge", parameters, inputs), out)
+
+    def soft(x, gain, cost_factors):
+        (a_g, g_g), (a_c, g_c) = gain, cost_factors
+        ratio = np.trace(a_g) * np.trace(g_g) / (np.trace(a_c) * np.trace(g_c))
+        return kron_projection(x, damp(a_g), damp(g_g), damp(a_c), damp(g_c),
+                               soft_weights(rho, ratio))  # fmt: skip
+
+    merged = read_weights(out)
+    for name, tensor in merged.items():
+        base = scenario.base_weights[name]
+        if name not in utility_names:
+            assert torch.equal(tensor, base), name
+            continue
+        expected = base.double().numpy().copy()
+        for adapter, params, gain in zip(scenario.utility, UTILITY_MODELS, gains, strict=True):
+            delta = scenario.merged_weight(adapter, name) - base.double().numpy()
+            expected += params["weight"] * soft(delta, gain[name], cost[name])
+        if name in safety_names:
+            expected += soft(scenario.safety_delta(name), harm[name], benign[name])
+        np.testing.assert_allclose(tensor.double().numpy(), expected, rtol=0, atol=2e-6,
+                                   err_msg=name)  # fmt: skip
+    report = json.loads((out / "sst_merge_report.json").read_text())
+    assert report["summary"]["actions"] == {
+        "projected": len(safety_names),
+        "utility_only": len(merged) - len(safety_names),
+    }
+    utility = report["summary"]["utility"]
+    assert sorted(utility) == sorted(scenario.ref(a) for a in scenario.utility)
+    assert all(0 < u["safety_disturbance_removed"] < 1 for u in utility.values())
 
 
 def test_diag_ratio_with_dare_ties_equals_builtin_dare_under_one_seed(scenario, tmp_path):
@@ -402,3 +508,50 @@ def test_shipped_configs_run_on_a_tiny_model(scenario, tmp_path, monkeypatch):
     for name in ("task_arithmetic", "ties", "dare_ties"):
         assert (outputs[name] / "model.safetensors").is_file()
         assert not (outputs[name] / "sst_merge_report.json").exists()
+
+
+def test_stale_lora_merge_cache_fails_through_mergekit_yaml(scenario, tmp_path):
+    """The safety adapter is retrained in place after mergekit's --lora-merge-cache (keyed by
+    path) merged it: the Fishers match the new adapter file, the cached weights are the old
+    adapter's, and nearly all of the patch lies outside the Fishers' subspace. The real
+    mergekit-yaml refuses before writing; a fresh cache folder merges."""
+    import shutil
+
+    from mergekit.common import ModelPath, ModelReference
+    from test_mergekit_support import SAFETY_TARGETS, save_adapter, tiny_llama
+
+    adapter = tmp_path / "safety"
+    shutil.copytree(scenario.safety, adapter)
+    cache = tmp_path / "lora_cache"
+    reference = ModelReference(
+        model=ModelPath(path=str(scenario.base)), lora=ModelPath(path=str(adapter))
+    )
+    reference.merged(cache_dir=str(cache))  # an earlier merge cached the old adapter
+    save_adapter(tiny_llama(), adapter, SAFETY_TARGETS, seed=7)  # retrained in place
+    names = linear_names()
+    write_lora(tmp_path / "h.safetensors", scenario, names, seed=1, adapter=adapter)
+    write_lora(tmp_path / "b.safetensors", scenario, names, seed=2, objective="kl", adapter=adapter)
+    parameters = {
+        "harm_fisher": str(tmp_path / "h.safetensors"),
+        "benign_fisher": str(tmp_path / "b.safetensors"),
+        "select": "soft",
+    }
+    safety = {"model": f"{scenario.base}+{adapter}", "parameters": {"role": "safety"}}
+    config = merge_config(
+        scenario, "sst_merge", parameters, [safety, *models(scenario, with_safety=False)]
+    )
+    path = write_config(tmp_path / "config.yml", config)
+    out = tmp_path / "out"
+    result = mergekit_yaml(path, out, "--lora-merge-cache", str(cache))
+    assert result.returncode != 0
+    assert "of the safety patch lies outside the subspace" in result.stderr, result.stderr[-3000:]
+    assert "stale --lora-merge-cache" in result.stderr
+    assert not out.exists()
+    fresh = mergekit_yaml(path, out, "--lora-merge-cache", str(tmp_path / "fresh_cache"))
+    assert fresh.returncode == 0, fresh.stderr[-3000:]
+    residuals = [
+        record["subspace_residual"]
+        for record in json.loads((out / "sst_merge_report.json").read_text())["tensors"].values()
+        if record["action"] == "projected"
+    ]
+    assert len(residuals) == len(names) and max(residuals) < 1e-5

@@ -12,6 +12,7 @@ computed here with numpy/scipy from the adapters' own ``A``/``B`` — never with
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -176,29 +177,45 @@ def write_kfac(
     return factors
 
 
-def lora_bases(scenario: Scenario, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """Orthonormal column/row spaces ``U``, ``V`` of the safety adapter's delta of ``name``."""
-    delta = adapter_delta(scenario.safety, name)
+def lora_bases(adapter_dir: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Orthonormal column/row spaces ``U``, ``V`` of an adapter's delta of ``name``."""
+    delta = adapter_delta(adapter_dir, name)
     u, _, vh = np.linalg.svd(delta, full_matrices=False)
     return u[:, :RANK], vh[:RANK].T
 
 
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def write_lora(
-    path: Path, scenario: Scenario, names: list[str], seed: int, objective: str = "refusal"
+    path: Path,
+    scenario: Scenario,
+    names: list[str],
+    seed: int,
+    objective: str = "refusal",
+    adapter: Path | None = None,
 ) -> dict[str, tuple]:
+    """A lora Fisher file restricted to ``adapter`` (default: the safety adapter), with the
+    ``restrict_to``/``restrict_to_sha256`` header entries the collector writes."""
+    adapter = scenario.safety if adapter is None else adapter
     rng = np.random.default_rng(seed)
     out = {}
     for n in names:
-        u, v = lora_bases(scenario, n)
+        u, v = lora_bases(adapter, n)
         a_r, g_r = spd(RANK, rng), spd(RANK, rng)
         out[n] = (u, v, a_r, g_r, float(np.trace(a_r)) * 3.0, float(np.trace(g_r)) * 2.5)
+    restricted = {
+        "restrict_to": str(adapter),
+        "restrict_to_sha256": file_sha256(adapter / "adapter_model.safetensors"),
+    }
     write_fisher_file(
         path,
         {
             n: LoRAFisher(*(torch.from_numpy(x) for x in f[:4]), A_trace=f[4], G_trace=f[5])
             for n, f in out.items()
         },
-        FisherMetadata("lora", objective, 100, 10, "0" * 64),
+        FisherMetadata("lora", objective, 100, 10, "0" * 64, extra=restricted),
         dtype=torch.float64,
     )
     return out

@@ -63,6 +63,8 @@ def solve(skill: str, prompt: str) -> tuple[tuple, str]:
         "sort_digits": lambda: " ".join(sorted(shown.split())),
         "uppercase": shown.upper,
         "acronym": lambda: "".join(word[0] for word in shown.split()).upper(),
+        "last_word": lambda: shown.split()[-1],
+        "lowercase": shown.lower,
     }
     return (shown,), answers[skill]()
 
@@ -104,7 +106,7 @@ def test_split_errors():
         skill_splits("nope", 1, 1)
     with pytest.raises(SSTError, match=">= 0"):
         skill_splits("addition", -1, 1)
-    # unit_conversion has 5 conversions x 199 values = 995 problems, about 200 in the test pool
+    # unit_conversion has 5 conversions x 199 values = 995 problems, about 100 in the test pool
     with pytest.raises(SSTError, match="yielded only"):
         skill_splits("unit_conversion", 0, 500)
 

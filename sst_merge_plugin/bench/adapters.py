@@ -1,9 +1,14 @@
 """The adapters stage: PEFT LoRAs trained once into ``adapters/<name>-<key>/``.
 
 The key covers the base model's fingerprint, the training pairs and the hyper-parameters
-(:func:`~sst_merge_plugin.bench.training.train_lora_adapter`). The safety adapter
-(``AdapterSpec.skill is None``) learns harmful training prompts → natural refusals plus
-everyday retain pairs; a skill adapter learns its skill's training split.
+(:func:`~sst_merge_plugin.bench.training.train_lora_adapter`); each is trained once, under
+its lock (:func:`~sst_merge_plugin.atomic.make_once`). The safety adapter
+(``AdapterSpec.skill is None``) learns harmful training prompts → natural refusals plus retain
+pairs: everyday questions with helpful answers and the first ``n_lookalikes`` benign
+look-alikes (the over-refusal pool's training part, harmless probes) with the base model's own
+greedy answers (:meth:`Adapters.lookalike_pairs`; answers the refusal judge calls refusals are
+left out), so the adapter learns which requests *not* to refuse. A skill adapter learns its
+skill's training split.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import logging
 from dataclasses import asdict
 from pathlib import Path
 
+from sst_merge_plugin.atomic import make_once
 from sst_merge_plugin.bench.profile import SAFETY, AdapterSpec, Profile
 from sst_merge_plugin.bench.prompts import TrainingPrompts
 from sst_merge_plugin.bench.workspace import Workspace, content_key
@@ -19,9 +25,19 @@ from sst_merge_plugin.bench.workspace import Workspace, content_key
 log = logging.getLogger(__name__)
 
 
-def training_pairs(spec: AdapterSpec, prompts: TrainingPrompts) -> list[tuple[str, str]]:
+#: greedy tokens of the base model's answer to a look-alike (retain data), and the generation
+#: batch (decoding a 135M model on a CPU is memory-bound: wide batches amortise the weight reads)
+LOOKALIKE_TOKENS = 64
+LOOKALIKE_BATCH = 32
+
+
+def training_pairs(
+    spec: AdapterSpec,
+    prompts: TrainingPrompts,
+    lookalikes: list[tuple[str, str]] | None = None,
+) -> list[tuple[str, str]]:
     """(prompt, response) pairs of an adapter: harmful training refusals (+ helpful retain
-    pairs) for the safety adapter, the skill's training items otherwise."""
+    pairs, + ``lookalikes`` pairs) for the safety adapter, the skill's training items otherwise."""
     from sst_merge_plugin.data.tasks import skill_splits
 
     if spec.skill is None:
@@ -29,7 +45,7 @@ def training_pairs(spec: AdapterSpec, prompts: TrainingPrompts) -> list[tuple[st
 
         harmful = list(prompts.harmful[: spec.n_train])
         refusals = refusal_targets(harmful, seed=spec.training.seed)
-        retain = list(prompts.helpful_pairs[: spec.n_retain])
+        retain = list(prompts.helpful_pairs[: spec.n_retain]) + list(lookalikes or [])
         return list(zip(harmful, refusals, strict=True)) + retain
     train, _ = skill_splits(spec.skill, spec.n_train, 0, seed=spec.training.seed)
     return [(item.prompt, item.answer) for item in train]
@@ -58,7 +74,54 @@ class Adapters:
 
     def pairs(self, spec: AdapterSpec) -> list[tuple[str, str]]:
         """The training pairs of ``spec`` (:func:`training_pairs`)."""
-        return training_pairs(spec, self.prompts)
+        lookalikes = self.lookalike_pairs(spec.n_lookalikes) if spec.n_lookalikes else None
+        return training_pairs(spec, self.prompts, lookalikes)
+
+    def lookalike_pairs(self, n: int) -> list[tuple[str, str]]:
+        """``(prompt, base model's greedy answer)`` for the first ``n`` benign look-alikes (the
+        prompts' ``edgy`` then ``lookalikes``), leaving out answers the judge calls refusals;
+        generated once into ``data/lookalikes-<key>.jsonl`` (key: base fingerprint, prompts,
+        tokens)."""
+        import json
+
+        from sst_merge_plugin.fisher.fingerprint import checkpoint_fingerprint
+
+        prompts = list(dict.fromkeys((*self.prompts.edgy, *self.prompts.lookalikes)))[:n]
+        key = content_key(
+            {
+                "model": checkpoint_fingerprint(self.model_dir),
+                "prompts": prompts,
+                "max_new_tokens": LOOKALIKE_TOKENS,
+            }
+        )
+        path = self.workspace / "data" / f"lookalikes-{key}.jsonl"
+
+        def answer(entry: Path) -> None:
+            from sst_merge_plugin.atomic import write_text
+            from sst_merge_plugin.bench.scoring import load_model
+            from sst_merge_plugin.evaluation.generate import generate_responses
+            from sst_merge_plugin.evaluation.judge import judge
+
+            log.info("answering %d look-alikes with the base model", len(prompts))
+            model, tokenizer = load_model(self.model_dir, self.device)
+            answers = generate_responses(
+                model,
+                tokenizer,
+                prompts,
+                max_new_tokens=LOOKALIKE_TOKENS,
+                batch_size=LOOKALIKE_BATCH,
+                progress=self.progress,
+                desc="look-alike answers",
+            )
+            records = [
+                {"prompt": prompt, "response": answer, "refusal": judge(answer).is_refusal}
+                for prompt, answer in zip(prompts, answers, strict=True)
+            ]
+            write_text(entry, "".join(json.dumps(r) + "\n" for r in records))
+
+        make_once(path, answer, Path.is_file)
+        records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+        return [(r["prompt"], r["response"]) for r in records if not r["refusal"] and r["response"]]
 
     def folder(self, spec: AdapterSpec) -> Path:
         """The trained adapter folder of ``spec`` (trained now if not cached)."""
@@ -76,17 +139,20 @@ class Adapters:
             }
         )
         folder = self.workspace / "adapters" / f"{spec.name}-{key}"
-        if not (folder / "adapter_model.safetensors").is_file():
-            log.info("training adapter %s (%d pairs) into %s", spec.name, len(pairs), folder)
+
+        def train(entry: Path) -> None:
+            log.info("training adapter %s (%d pairs) into %s", spec.name, len(pairs), entry)
             train_lora_adapter(
                 self.model_dir,
                 pairs,
-                folder,
+                entry,
                 spec.training,
                 device=self.device,
                 progress=self.progress,
                 description=f"train {spec.name}",
             )
+
+        make_once(folder, train, lambda entry: (entry / "adapter_model.safetensors").is_file())
         self._folders[spec.name] = folder
         return folder
 

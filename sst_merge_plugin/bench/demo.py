@@ -1,15 +1,17 @@
 """``sst-merge demo`` — the safety–utility benchmark on SmolLM2-135M-Instruct, end to end.
 
 From an empty cache it fetches the model and prompt sets, trains a safety LoRA and two utility
-LoRAs, collects the Fisher files, merges with the baselines and SST-Merge through mergekit, and
-evaluates every model (harmful refusal on HarmBench, over-refusal on held-out benign-edgy
-probes, utility exact match, true/false accuracy). It prints the table and writes
-``results.json``, ``results.md``, ``pareto.png`` and the merge inputs (``inputs/adapters/``,
-``inputs/fishers/<kind>/``, ready for ``configs/mergekit``) into ``--out``. Every stage is cached in the
-workspace, so a second run (or a run after Ctrl-C) only redoes what is missing.
+LoRAs, collects the Fisher files, and runs the benchmark protocol (``docs/design.md`` §7) in
+miniature: every method's knob grid is merged through mergekit and scored on the validation
+split, the rule picks each method's operating point, and the chosen points are scored on the
+disjoint test split (harmful refusal on HarmBench, over-refusal on benign look-alikes, skill
+exact match; 95 % intervals). It prints the tables and writes ``results.json``, ``results.md``,
+``pareto.png``, ``sweeps.png`` and the merge inputs (``inputs/adapters/``,
+``inputs/fishers/<kind>/``, ready for ``configs/mergekit``) into ``--out``. Every stage is
+cached in the workspace, so a second run (or a run after Ctrl-C) only redoes what is missing.
 
 The default ``quick`` profile takes minutes on 2 CPU cores; ``--profile full`` is the complete
-benchmark of ``benchmarks/safety_utility`` (every method with its knob swept).
+benchmark of ``benchmarks/safety_utility``.
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ def run_profile(args: argparse.Namespace, title: str) -> int:
     """Run ``args.profile`` (shared by ``sst-merge demo`` and ``benchmarks/safety_utility``)."""
     from sst_merge_plugin.bench.pipeline import Pipeline
     from sst_merge_plugin.bench.profile import PROFILES
-    from sst_merge_plugin.bench.scoring import write_outputs
+    from sst_merge_plugin.bench.report import write_outputs
     from sst_merge_plugin.data.assets import cache_root
 
     if args.profile not in PROFILES:
@@ -89,8 +91,8 @@ def run_profile(args: argparse.Namespace, title: str) -> int:
         progress=not args.no_progress,
         device=args.device,
     )
-    rows = pipeline.run()
-    paths = write_outputs(rows, args.out, f"{title} ({profile.name} profile)")
+    run = pipeline.run()
+    paths = write_outputs(run, args.out, f"{title} ({profile.name} profile)")
     inputs = pipeline.export_inputs(args.out) if args.inputs else None
     meta = {
         "profile": profile.name,

@@ -9,8 +9,13 @@ content-keyed cache (:func:`~sst_merge_plugin.fisher.cache.cached_fisher_file`, 
   restricted kind (``lora``) is restricted to the safety adapter. Collected at the base model
   or at another collection point (``Sweep.fisher_at``, e.g. the utility merge ``W0 + U``)
   resolved by the ``model_at`` callable the pipeline passes in.
-* :meth:`Fishers.adapter_fisher` — a ``diag`` Fisher of base + adapter on the adapter's own
-  training data (objective ``lm``; Fisher merging).
+* :meth:`Fishers.adapter_fisher` — a Fisher of base + adapter on the adapter's own training
+  data (objective ``lm``): the ``diag`` one of Fisher merging, and the dual projection's gain
+  Fisher ``G_i`` of each skill adapter (any kind; a restricted kind on the joint span of every
+  adapter of the profile).
+* :meth:`Fishers.cost` — the dual projection's cost Fisher ``C`` at the safe model
+  ``W0 + ΔW_s``: objective ``kl`` on the harmful training prompts and the over-refusal training
+  probes (the model's own refusals and answers), or ``refusal`` on the harmful prompts alone.
 """
 
 from __future__ import annotations
@@ -52,7 +57,18 @@ class Fishers:
         self.device = device
         #: (kind, collection point) → (harm, benign) files collected by this run
         self.pairs: dict[tuple[str, str], tuple[Path, Path]] = {}
-        self._adapter_fishers: dict[str, Path] = {}
+        #: (adapter name, kind) → that adapter's own ``lm`` Fisher collected by this run
+        self.adapter_fishers: dict[tuple[str, str], Path] = {}
+        #: (kind, objective) → the dual's cost Fisher collected by this run
+        self.costs: dict[tuple[str, str], Path] = {}
+
+    def _restriction(self, kind: str, joint: bool) -> dict[str, Any]:
+        """``restrict_to`` for a restricted kind: the safety adapter, or (``joint``) every
+        adapter of the profile, whose joint span holds every delta."""
+        if not get_kind(kind).restricted:
+            return {}
+        specs = self.adapters.profile.adapters if joint else (self.adapters.safety,)
+        return {"restrict_to": [str(self.adapters.folder(spec)) for spec in specs]}
 
     def _file(
         self,
@@ -62,7 +78,7 @@ class Fishers:
         kind: str,
         model_dir: Path,
         options: Mapping[str, Any],
-        **sources: str,
+        **sources: Any,
     ) -> Path:
         from sst_merge_plugin.fisher.cache import cached_fisher_file
         from sst_merge_plugin.fisher.request import FisherRequest
@@ -84,11 +100,7 @@ class Fishers:
         """``(harm_fisher, benign_fisher)`` files of ``kind`` collected at ``at``."""
         if (kind, at) not in self.pairs:
             model_dir = self.model_at(at)
-            sources = (
-                {"restrict_to": str(self.adapters.folder(self.adapters.safety))}
-                if get_kind(kind).restricted
-                else {}
-            )
+            sources = self._restriction(kind, joint=False)
             prompts = {"split": "all", "field": "prompt"}
             harm = self._file(
                 "harm", self.prompt_files.harmful(), Objective.REFUSAL, kind, model_dir,
@@ -102,14 +114,34 @@ class Fishers:
             self.pairs[(kind, at)] = (harm, benign)
         return self.pairs[(kind, at)]
 
-    def adapter_fisher(self, spec: AdapterSpec) -> Path:
-        """A ``diag`` Fisher of base + adapter on the adapter's own training data."""
-        if spec.name not in self._adapter_fishers:
+    def adapter_fisher(self, spec: AdapterSpec, kind: str = "diag") -> Path:
+        """A ``kind`` Fisher of base + adapter on the adapter's own training data (``lm``)."""
+        if (spec.name, kind) not in self.adapter_fishers:
             pairs = self.adapters.pairs(spec)[: self.settings.n_benign_per_skill * 2]
             records = [{"prompt": p, "response": r} for p, r in pairs]
             data = self.workspace.prompt_file(spec.name, records)
-            self._adapter_fishers[spec.name] = self._file(
-                spec.name, data, Objective.LM, "diag", self.model_at("base"), {"split": "all"},
-                adapter=str(self.adapters.folder(spec)),
+            self.adapter_fishers[(spec.name, kind)] = self._file(
+                spec.name, data, Objective.LM, kind, self.model_at("base"), {"split": "all"},
+                adapter=str(self.adapters.folder(spec)), **self._restriction(kind, joint=True),
             )  # fmt: skip
-        return self._adapter_fishers[spec.name]
+        return self.adapter_fishers[(spec.name, kind)]
+
+    def cost(self, kind: str, objective: str) -> Path:
+        """The dual projection's cost Fisher ``C`` of ``kind`` (module doc), objective ``kl``
+        or ``refusal``."""
+        objective = Objective.parse("cost objective", objective)
+        if (kind, objective) not in self.costs:
+            data = (
+                self.prompt_files.safety_behaviour()
+                if objective == Objective.KL
+                else self.prompt_files.harmful()
+            )
+            options = {"split": "all", "field": "prompt"}
+            if objective == Objective.KL:
+                options["response_tokens"] = self.settings.response_tokens
+            self.costs[(kind, objective)] = self._file(
+                "cost", data, objective, kind, self.model_at("base"), options,
+                adapter=str(self.adapters.folder(self.adapters.safety)),
+                **self._restriction(kind, joint=True),
+            )  # fmt: skip
+        return self.costs[(kind, objective)]

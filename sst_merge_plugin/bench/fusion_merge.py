@@ -6,11 +6,11 @@ by that FusionBench algorithm instead of mergekit:
 
 * :func:`fusion_bench_config` — the job configuration (a JSON-able dict with ``"host":
   "fusion_bench"``, so it is part of the row's content key): the algorithm (``_target_`` plus
-  the sweep's parameters, the knob's value included), the base model folder and the LoRA
+  the sweep's parameters and the point's algorithm knobs), the base model folder and the LoRA
   adapters (name → folder) and ``"weights": {name: w}`` for the inputs whose weight is not 1
-  (the ``safety_weight`` knob, the sweep's ``utility_weight``; absent: every input has weight
-  1). FusionBench algorithms take no per-model weights, so a weight is applied when the pool
-  loads that model: base + w·LoRA;
+  (the ``safety_weight`` and ``utility_weight`` knobs; absent: every input has weight 1).
+  FusionBench algorithms take no per-model weights, so a weight is applied when the pool loads
+  that model: base + w·LoRA;
 * :func:`run_fusion_merge` — builds a ``CausalLMPool`` in-process whose models are base +
   adapter merged into dense float32 weights (:func:`~sst_merge_plugin.fusion_bench.loaders.
   load_lora_causal_lm`), runs the algorithm on it and saves the merged model with the base's
@@ -26,11 +26,14 @@ import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sst_merge_plugin.atomic import atomic_path
-from sst_merge_plugin.bench.profile import SAFETY, Sweep
+from sst_merge_plugin.bench.tuning import SAFETY, SAFETY_WEIGHT, UTILITY_WEIGHT
 from sst_merge_plugin.core.errors import SSTError
+
+if TYPE_CHECKING:
+    from sst_merge_plugin.bench.profile import Sweep
 
 #: the ``host`` value of a FusionBench job configuration
 HOST = "fusion_bench"
@@ -49,9 +52,9 @@ def is_fusion_bench_method(merge_method: str) -> bool:
 
 
 def fusion_bench_config(
-    sweep: Sweep, value: Any, base_model: Path, adapters: Mapping[str, Path]
+    sweep: Sweep, point: Mapping[str, Any], base_model: Path, adapters: Mapping[str, Path]
 ) -> dict[str, Any]:
-    """The job configuration of ``sweep`` at ``knob = value`` on ``adapters`` (module doc).
+    """The job configuration of ``sweep`` at the grid ``point`` on ``adapters`` (module doc).
 
     Raises :class:`SSTError` for what FusionBench algorithms cannot take here: per-model
     densities (:data:`MERGEKIT_ONLY_KNOBS`), Fisher files, an empty class path, or a
@@ -63,19 +66,25 @@ def fusion_bench_config(
             f"sweep {sweep.label}: a FusionBench merge_method is 'fusion_bench:<class path>', "
             f"got {sweep.merge_method!r}"
         )
-    if sweep.knob in MERGEKIT_ONLY_KNOBS or sweep.fisher_kind is not None or sweep.per_model_fisher:
+    if (
+        set(point) & set(MERGEKIT_ONLY_KNOBS)
+        or sweep.fisher_kind is not None
+        or sweep.per_model_fisher
+    ):
         raise SSTError(
             f"sweep {sweep.label}: FusionBench algorithms take no per-model density or Fisher "
             "file here; sweep the safety weight or one of the algorithm's own parameters"
         )
     parameters = dict(sweep.parameters)
-    weights = {name: float(sweep.utility_weight) for name in adapters if name != SAFETY}
-    if sweep.knob == "safety_weight":
-        if SAFETY not in adapters:
-            raise SSTError(f"sweep {sweep.label}: safety_weight needs a '{SAFETY}' adapter")
-        weights[SAFETY] = float(value)
-    elif sweep.knob is not None:
-        parameters[sweep.knob] = value
+    utility_weight = float(point.get(UTILITY_WEIGHT, 1.0))
+    weights = {name: utility_weight for name in adapters if name != SAFETY}
+    for knob, value in point.items():
+        if knob == SAFETY_WEIGHT:
+            if SAFETY not in adapters:
+                raise SSTError(f"sweep {sweep.label}: safety_weight needs a '{SAFETY}' adapter")
+            weights[SAFETY] = float(value)
+        elif knob != UTILITY_WEIGHT:
+            parameters[knob] = value
     weights = {name: weight for name, weight in weights.items() if weight != 1.0}
     config = {
         "host": HOST,

@@ -1,7 +1,8 @@
 """The safety–utility benchmark pipeline: the stages wired together, every output cached.
 
 Stages (all under one :class:`~.workspace.Workspace`, each output keyed by the content of its
-inputs, so an interrupted run resumes and a changed input recomputes only what depends on it):
+inputs, so an interrupted run resumes and a changed input recomputes only what depends on it;
+runs sharing the workspace concurrently make each output once, under its lock):
 
 1. **model** — the SmolLM2-135M-Instruct float32 folder (:func:`~sst_merge_plugin.data.smollm2.
    smollm2_model_dir`, in the asset cache) unless the caller names one.
@@ -10,28 +11,64 @@ inputs, so an interrupted run resumes and a changed input recomputes only what d
 3. **prompt files** (:mod:`.prompts`) — the Fisher stage's harm and benign prompts.
 4. **Fisher files** (:mod:`.fishers`) — the pairs and per-adapter Fishers the sweeps need,
    collected at the base model or at the utility merge ``W0 + U``.
-5. **merges** (:mod:`.merges`) — one mergekit (or FusionBench) configuration per row.
-6. **evaluation** (:mod:`.scoring`) — each merged model scored and the record cached.
+5. **merges** (:mod:`.merges`) — one mergekit (or FusionBench) configuration per grid point.
+6. **evaluation** (:mod:`.scoring`) — each merged model scored on a split, the record cached.
 
-:class:`Pipeline` holds one object per stage (``adapters``, ``prompt_files``, ``fishers``,
-``merges``, ``scoring``); :meth:`Pipeline.run` produces every row of the profile and
-:meth:`Pipeline.export_inputs` copies the merge inputs for ``configs/mergekit``.
+:meth:`Pipeline.run` follows the protocol (``docs/design.md`` §7): every grid point of every
+method is scored on the validation split, the profile's rule picks each method's point
+(:mod:`.tuning`), and only the chosen points and the reference rows are scored on the test
+split. :class:`Pipeline` holds one object per stage (``adapters``, ``prompt_files``,
+``fishers``, ``merges``, ``scoring``); :meth:`Pipeline.export_inputs` copies the merge inputs
+for ``configs/mergekit``.
 """
 
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sst_merge_plugin.bench.adapters import Adapters
 from sst_merge_plugin.bench.fishers import Fishers
-from sst_merge_plugin.bench.merges import BASE_ROW, Merges
-from sst_merge_plugin.bench.profile import Profile
+from sst_merge_plugin.bench.merges import Merges
+from sst_merge_plugin.bench.profile import Profile, Sweep
 from sst_merge_plugin.bench.prompts import PromptFiles, TrainingPrompts
-from sst_merge_plugin.bench.scoring import Scoring, result_row
+from sst_merge_plugin.bench.scoring import Scoring
+from sst_merge_plugin.bench.tuning import Chosen, Scores
 from sst_merge_plugin.bench.workspace import Workspace
+
+
+def scores_of(record: Mapping[str, Any]) -> Scores:
+    """The rule's view of an evaluation record: refusal, over-refusal, mean utility."""
+    metrics = record["metrics"]
+    return Scores(
+        metrics["harmful_refusal"], metrics["benign_over_refusal"], metrics["utility_mean"] or 0.0
+    )
+
+
+@dataclass
+class TunedMethod:
+    """One method's grid records (validation, grid order), the rule's choice and the chosen
+    point's test record."""
+
+    sweep: Sweep
+    validation: list[dict[str, Any]]
+    chosen: Chosen
+    test: dict[str, Any]
+
+
+@dataclass
+class BenchmarkRun:
+    """What :meth:`Pipeline.run` produced: the base model's records on both splits, the
+    reference rows' test records (base first) and every tuned method."""
+
+    profile: Profile
+    base_validation: dict[str, Any]
+    base_test: dict[str, Any]
+    references: list[dict[str, Any]] = field(default_factory=list)
+    methods: list[TunedMethod] = field(default_factory=list)
 
 
 class Pipeline:
@@ -85,9 +122,8 @@ class Pipeline:
         )
         self.scoring = Scoring(
             self.workspace,
-            profile.evaluation,
             self.model_dir,
-            self.merges,
+            self.merges.run,
             keep_models=keep_models,
             device=device,
             progress=progress,
@@ -99,41 +135,60 @@ class Pipeline:
         utility-only merge ``W0 + U`` (``"utility_merge"``)."""
         return self.model_dir if at == "base" else self.merges.utility_merge_dir()
 
-    def run(self, on_row: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
-        """Produce every row (cached stages are reused); ``on_row`` sees each finished row."""
+    def run(self) -> BenchmarkRun:
+        """Every reference row on test, every grid point on validation, each method's chosen
+        point on test (cached stages are reused)."""
         from tqdm.auto import tqdm
 
+        profile = self.profile
         self.workspace.root.mkdir(parents=True, exist_ok=True)
         self.adapters.all()
-        jobs = list(self.merges.jobs())  # collects the Fisher files the sweeps need
-        rows: list[dict[str, Any]] = []
-        base_accuracy: float | None = None
-        for job in tqdm(jobs, desc="merge + evaluate", disable=not self.progress):
-            record = self.scoring.record(job)
-            if job.method == BASE_ROW:
-                base_accuracy = record["metrics"].get("truefalse_accuracy")
-            rows.append(result_row(record, base_accuracy))
-            if on_row is not None:
-                on_row(rows[-1])
-        return rows
+        references = list(self.merges.references())
+        base_validation = self.scoring.record(references[0], profile.validation)
+        base_test = self.scoring.record(references[0], profile.test)
+        run = BenchmarkRun(profile, base_validation, base_test)
+        for job in tqdm(references, desc="references (test)", disable=not self.progress):
+            run.references.append(self.scoring.record(job, profile.test))
+        base_over = base_validation["metrics"]["benign_over_refusal"]
+        for sweep in tqdm(profile.sweeps, desc="methods", disable=not self.progress):
+            jobs = self.merges.sweep_jobs(sweep)
+            records = [self.scoring.record(job, profile.validation) for job in jobs]
+            chosen = profile.rule.choose([scores_of(r) for r in records], base_over)
+            run.methods.append(
+                TunedMethod(
+                    sweep,
+                    records,
+                    chosen,
+                    self.scoring.record(jobs[chosen.index], profile.test),
+                )
+            )
+        return run
 
     def export_inputs(self, out_dir: str | Path) -> Path:
         """The merge inputs under ``out_dir/inputs``, named for ``configs/mergekit/*.yml``:
-        ``adapters/<adapter name>/`` and ``fishers/<kind>/{harm,benign}.safetensors`` for the
-        Fisher pairs this run collected at the base model (hard links where possible, else
-        copies; the folder is replaced atomically). Returns the ``inputs`` folder."""
+        ``adapters/<adapter name>/``, ``fishers/<kind>/{harm,benign}.safetensors`` for the
+        Fisher pairs this run collected at the base model, and the dual's files it collected:
+        ``fishers/<kind>/cost-<objective>.safetensors`` and ``gain-<adapter name>.safetensors``
+        (hard links where possible, else copies; the folder is replaced atomically). Returns
+        the ``inputs`` folder."""
         from sst_merge_plugin.atomic import atomic_path
 
         target = Path(out_dir) / "inputs"
         with atomic_path(target, directory=True) as temporary:
             for name, folder in self.adapters.all().items():
                 shutil.copytree(folder, temporary / "adapters" / name, copy_function=_link_or_copy)
-            for (kind, at), files in self.fishers.pairs.items():
-                if at != "base":
-                    continue
-                (temporary / "fishers" / kind).mkdir(parents=True)
-                for role, path in zip(("harm", "benign"), files, strict=True):
-                    _link_or_copy(path, temporary / "fishers" / kind / f"{role}.safetensors")
+            files: dict[Path, Path] = {}
+            for (kind, at), pair in self.fishers.pairs.items():
+                if at == "base":
+                    files.update(zip((Path(kind, "harm"), Path(kind, "benign")), pair, strict=True))
+            for (kind, objective), path in self.fishers.costs.items():
+                files[Path(kind, f"cost-{objective}")] = path
+            for (name, kind), path in self.fishers.adapter_fishers.items():
+                files[Path(kind, f"gain-{name}")] = path
+            for name, path in files.items():
+                destination = temporary / "fishers" / name.with_suffix(".safetensors")
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                _link_or_copy(path, destination)
         return target
 
 

@@ -2,18 +2,22 @@
 
 A :class:`Profile` names
 
-* the adapters (:class:`AdapterSpec`): one safety LoRA (AdvBench training split → natural
-  refusals, plus everyday questions → helpful answers as retain data) and utility LoRAs on
-  programmatic skills (:mod:`sst_merge_plugin.data.tasks`);
-* the Fisher collections (:class:`FisherSettings`): ``F_harm`` (objective ``refusal`` on the
-  AdvBench training split) and ``F_benign`` (objective ``kl`` on benign prompts: everyday
-  questions, the training part of the benign-edgy probes and the skills' training prompts), per
+* the adapters (:class:`AdapterSpec`): one safety LoRA (harmful training instructions →
+  natural refusals, plus retain pairs: everyday questions with helpful answers and benign
+  look-alikes with the base model's own answers) and utility LoRAs on programmatic skills
+  (:mod:`sst_merge_plugin.data.tasks`);
+* the Fisher collections (:class:`FisherSettings`): ``F_harm`` (objective ``refusal`` on
+  harmful training prompts) and ``F_benign`` (objective ``kl`` on benign prompts: everyday
+  questions, the training part of the over-refusal pool and the skills' training prompts), per
   Fisher kind;
-* the evaluation (:class:`~sst_merge_plugin.evaluation.suite.EvalConfig`);
-* the method sweeps (:class:`Sweep`): a merge method, the knob it sweeps and fixed parameters.
+* the protocol (``docs/design.md`` §7): a ``validation`` and a ``test``
+  :class:`~sst_merge_plugin.evaluation.suite.EvalConfig` on disjoint splits and the
+  :class:`~.tuning.SelectionRule` that picks each method's operating point on validation;
+* the methods (:class:`Sweep`): a merge method, the knob grid it is tuned over (the same
+  budget for every method) and its fixed parameters.
 
-Two built-in profiles: :data:`QUICK` (``sst-merge demo``, ~10 minutes on 2 CPU cores) and
-:data:`FULL` (``benchmarks/safety_utility``, every method with a curve).
+Two built-in profiles: :data:`QUICK` (``sst-merge demo``, ≤ 15 minutes on 2 CPU cores) and
+:data:`FULL` (``benchmarks/safety_utility``).
 """
 
 from __future__ import annotations
@@ -23,13 +27,30 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
+from sst_merge_plugin.bench.fusion_merge import TSV
 from sst_merge_plugin.bench.training import LoRATrainingConfig
+from sst_merge_plugin.bench.tuning import (
+    SAFETY,
+    SAFETY_WEIGHT,
+    UTILITY_WEIGHT,
+    SelectionRule,
+    grid_points,
+)
 from sst_merge_plugin.choice import Choice
 from sst_merge_plugin.core.errors import SSTError
 from sst_merge_plugin.core.selection import get_select_mode
 from sst_merge_plugin.evaluation.suite import EvalConfig
 
-SAFETY = "safety"
+
+class SweepInputs(Choice):
+    """Which adapters a sweep merges (:attr:`Sweep.inputs`)."""
+
+    #: the safety adapter and every skill adapter
+    ALL = "all"
+    #: the skill adapters only (the utility-only merge ``W0 + U``)
+    UTILITIES = "utilities"
+    #: the safety adapter only (what a method does to the patch itself, without interference)
+    SAFETY = "safety"
 
 
 class FisherPoint(Choice):
@@ -45,8 +66,11 @@ class FisherPoint(Choice):
 class AdapterSpec:
     """A LoRA to train: ``skill=None`` is the safety adapter, else a skill's training split.
 
-    The safety adapter learns ``n_train`` AdvBench training goals → natural refusals and, as
-    retain data, ``n_retain`` everyday questions → their helpful answers (``benign-helpful``).
+    The safety adapter learns ``n_train`` harmful training instructions → natural refusals and,
+    as retain data, ``n_retain`` everyday questions → their helpful answers (``benign-helpful``)
+    plus the first ``n_lookalikes`` benign look-alikes of :class:`~.prompts.TrainingPrompts`
+    (its ``edgy`` then ``lookalikes`` prompts) → the base model's own answers (so the adapter
+    learns what *not* to refuse).
     """
 
     name: str
@@ -54,6 +78,7 @@ class AdapterSpec:
     n_train: int
     training: LoRATrainingConfig
     n_retain: int = 0
+    n_lookalikes: int = 0
 
 
 @dataclass(frozen=True)
@@ -74,51 +99,79 @@ class FisherSettings:
 
 @dataclass(frozen=True)
 class Sweep:
-    """One method's curve: ``merge_method`` with ``knob`` taking each of ``values``.
+    """One method: ``merge_method`` tuned over ``grid`` (knob → values, :mod:`.tuning`).
 
-    ``knob`` is a shared mergekit parameter, or ``safety_weight`` (the safety input's
-    ``weight``), or ``density`` (every input's density). ``fisher_kind`` names the Fisher pair
-    the method needs (``None``: none) and ``fisher_at`` the weights it is collected at
-    (:class:`FisherPoint`: ``base`` = W0, or ``utility_merge`` = W0 + U, the task-arithmetic
-    merge of the utility adapters, where the safety patch is added); ``utilities_only`` drops
-    the safety input; ``utility_weight`` is every utility input's weight (task arithmetic's λ).
+    Knobs: ``safety_weight`` (the safety input's ``weight``), ``utility_weight`` (every utility
+    input's weight, task arithmetic's λ), ``density`` (every input's density) or a shared
+    mergekit parameter (``scale``, ``rho``, …). ``parameters`` are fixed shared parameters.
+    ``fisher_kind`` names the Fisher pair the method needs (``None``: none) and ``fisher_at``
+    the weights it is collected at (:class:`FisherPoint`); ``per_model_fisher`` asks for a
+    ``diag`` Fisher per input (Fisher merging); ``inputs`` (:class:`SweepInputs`) drops the
+    safety input or the skill inputs.
+    ``project`` is the projecting methods' side (``safety``, ``utility``, ``both``;
+    ``docs/design.md`` §1.6): the utility side needs the cost Fisher ``C`` of objective
+    ``cost_objective`` and (``sst_merge``) each skill's gain Fisher, of ``fisher_kind``.
     """
 
     label: str
     merge_method: str
-    knob: str | None
-    values: tuple[Any, ...]
+    grid: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
     parameters: Mapping[str, Any] = field(default_factory=dict)
     fisher_kind: str | None = None
     per_model_fisher: bool = False
-    utilities_only: bool = False
+    inputs: str = SweepInputs.ALL
     fisher_at: str = "base"
-    utility_weight: float = 1.0
+    project: str = "safety"
+    cost_objective: str = "kl"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "parameters", MappingProxyType(dict(self.parameters)))
         object.__setattr__(
+            self, "grid", MappingProxyType({k: tuple(v) for k, v in self.grid.items()})
+        )
+        object.__setattr__(
             self, "fisher_at", FisherPoint.parse(f"sweep {self.label}: fisher_at", self.fisher_at)
         )
-        if self.fisher_at == "utility_merge" and self.utility_weight != 1.0:
+        object.__setattr__(
+            self, "inputs", SweepInputs.parse(f"sweep {self.label}: inputs", self.inputs)
+        )
+        grid_points(self.grid)  # every knob has values
+        if self.fisher_at == FisherPoint.UTILITY_MERGE and set(
+            self.grid.get(UTILITY_WEIGHT, (1.0,))
+        ) != {1.0}:
             raise SSTError(
                 f"sweep {self.label}: fisher_at 'utility_merge' is the merge at utility weight "
-                f"1; it cannot be combined with utility_weight {self.utility_weight}"
+                f"1; it cannot be combined with other utility weights"
             )
-        if self.knob is None and len(self.values) != 1:
-            raise SSTError(f"sweep {self.label}: without a knob give exactly one value (None)")
+        if self.inputs == SweepInputs.UTILITIES and SAFETY_WEIGHT in self.grid:
+            raise SSTError(f"sweep {self.label}: a utilities-only sweep has no safety weight")
+        if self.inputs == SweepInputs.SAFETY and UTILITY_WEIGHT in self.grid:
+            raise SSTError(f"sweep {self.label}: a safety-only sweep has no utility weight")
+
+    def points(self) -> list[dict[str, Any]]:
+        """The grid's points, in grid order (:func:`~.tuning.grid_points`)."""
+        return grid_points(self.grid)
 
 
 @dataclass(frozen=True)
 class Profile:
-    """Everything one benchmark run does (module doc)."""
+    """Everything one benchmark run does (module doc).
+
+    ``validation`` scores every grid point; ``rule`` picks each method's point from those
+    scores; ``test`` scores the chosen points and the reference rows (the base model, the
+    safety adapter alone, each skill adapter alone when ``single_adapters``, the utility-only
+    merge at each ``reference_lambdas``) and nothing else.
+    """
 
     name: str
     adapters: tuple[AdapterSpec, ...]
     fisher: FisherSettings
-    evaluation: EvalConfig
+    validation: EvalConfig
+    test: EvalConfig
     sweeps: tuple[Sweep, ...]
+    rule: SelectionRule = field(default_factory=SelectionRule)
     single_adapters: bool = True
+    reference_lambdas: tuple[float, ...] = ()
 
     @property
     def skills(self) -> tuple[str, ...]:
@@ -150,132 +203,167 @@ def _sst(
     kind: str,
     select: str,
     setting: float,
-    scales: tuple[float, ...],
+    grid: Mapping[str, tuple[Any, ...]],
     fisher_at: str = "base",
 ) -> Sweep:
     """SST-Merge (task-arithmetic utility merge) with ``select`` at ``setting`` (the mode's own
-    parameter, e.g. ``ratio`` τ or ``soft`` ρ), sweeping the patch scale ``s``; Fisher pair of
-    ``kind`` at ``fisher_at``."""
+    parameter, e.g. ``ratio`` τ or ``soft`` ρ), tuned over ``grid``; Fisher pair of ``kind``
+    at ``fisher_at``."""
     parameter = get_select_mode(select).parameter
     return Sweep(
         label,
         "sst_merge",
-        "scale",
-        scales,
+        grid,
         {"select": select, parameter: setting, "utility_merge": "task_arithmetic"},
         fisher_kind=kind,
         fisher_at=fisher_at,
     )
 
 
-#: the utility-only merge: task arithmetic of the utility adapters (``W0 + U``)
-UTILITY_ONLY = Sweep("utility_only", "task_arithmetic", None, (None,), utilities_only=True)
+def _dual(
+    label: str,
+    kind: str,
+    project: str,
+    cost_objective: str = "kl",
+    method: str = "sst_merge",
+) -> Sweep:
+    """The dual projection (``docs/design.md`` §1.6) on side ``project``, soft ρ = 1, task
+    arithmetic of the (projected) skill deltas; ``sst_single_fisher`` is the single-Fisher
+    utility-side baseline (``G_i = I``). Tuned over λ × ``scale`` like the other SST sweeps."""
+    return Sweep(
+        label,
+        method,
+        _TUNED,
+        {"select": "soft", "rho": 1.0, "utility_merge": "task_arithmetic"},
+        fisher_kind=kind,
+        project=project,
+        cost_objective=cost_objective,
+    )
 
 
-def _baselines(weights: tuple[float, ...]) -> list[Sweep]:
-    """The host baselines with the safety LoRA as an ordinary input of weight ``weights``
-    (TIES / DARE at density 0.5 for every input)."""
+#: the skills' λ every method is tuned over (λ = 0.5 was the best baseline of the old protocol)
+LAMBDAS = (0.5, 1.0)
+#: the utility-only merge: task arithmetic of the utility adapters (``W0 + U``) at λ = 1
+UTILITY_ONLY = Sweep("utility_only", "task_arithmetic", inputs=SweepInputs.UTILITIES)
+
+
+def _baselines(strengths: tuple[float, ...]) -> list[Sweep]:
+    """The host baselines with the safety LoRA as an ordinary input, tuned over (λ, safety
+    weight) (TIES / DARE at density 0.5 for every input; RESTA: DARE on the utility deltas, the
+    safety vector unsparsified)."""
+    grid = {UTILITY_WEIGHT: LAMBDAS, SAFETY_WEIGHT: strengths}
+    sparse = {"normalize": False, "density": 0.5}
     return [
-        UTILITY_ONLY,
-        Sweep("task_arithmetic", "task_arithmetic", "safety_weight", weights),
-        Sweep("ties", "ties", "safety_weight", weights, {"normalize": False, "density": 0.5}),
         Sweep(
-            "dare_ties", "dare_ties", "safety_weight", weights, {"normalize": False, "density": 0.5}
+            "utility_only",
+            "task_arithmetic",
+            {UTILITY_WEIGHT: LAMBDAS},
+            inputs=SweepInputs.UTILITIES,
         ),
-        # RESTA: DARE on the utility deltas (density 0.5), the safety vector added unsparsified
-        Sweep("resta", "dare_linear", "safety_weight", weights, {"normalize": False}),
+        Sweep("task_arithmetic", "task_arithmetic", grid),
+        Sweep("ties", "ties", grid, sparse),
+        Sweep("dare_ties", "dare_ties", grid, sparse),
+        Sweep("resta", "dare_linear", grid, {"normalize": False}),
+        Sweep("tsv", TSV, grid),
     ]
 
 
-#: the safety adapter: AdvBench training goals → natural refusals, plus everyday questions →
-#: helpful answers as retain data (without them the adapter refuses everything, benign included)
-_TRAIN_SAFETY = LoRATrainingConfig(steps=80, learning_rate=2e-3)
+#: the safety adapter: harmful instructions → natural refusals, plus retain pairs (without them
+#: the adapter refuses everything, benign included)
+_TRAIN_SAFETY = LoRATrainingConfig(steps=120, learning_rate=2e-3)
 _TRAIN_SKILL = LoRATrainingConfig(steps=60, learning_rate=2e-3)
-#: the safety strengths every method sweeps (a merged safety LoRA needs more than weight 1 to
-#: keep refusing next to the skill LoRAs: see benchmarks/safety_utility/README.md)
-_WEIGHTS = (1.5, 2.0, 3.0)
+#: safety strengths (input weight or patch scale) every method is tuned over, with LAMBDAS
+_STRENGTHS = (0.75, 1.0, 1.5, 2.0)
+_SCALES = (1.0, 1.5, 2.0, 3.0)
+_TUNED = {UTILITY_WEIGHT: LAMBDAS, "scale": _SCALES}
 
 FULL = Profile(
     name="full",
     adapters=(
-        AdapterSpec(SAFETY, None, 390, _TRAIN_SAFETY, n_retain=150),
+        AdapterSpec(SAFETY, None, 604, _TRAIN_SAFETY, n_retain=150, n_lookalikes=263),
         AdapterSpec("reverse_letters", "reverse_letters", 400, _TRAIN_SKILL),
         AdapterSpec("uppercase", "uppercase", 400, _TRAIN_SKILL),
     ),
     fisher=FisherSettings(
-        kinds=("lora", "kfac", "diag"),
+        kinds=("lora", "kfac"),
         n_harm=64,
         n_benign_helpful=64,
-        n_benign_edgy=48,
+        n_benign_edgy=54,
         n_benign_per_skill=16,
     ),
-    evaluation=EvalConfig(
-        harmful="harmbench",
-        benign="benign-edgy",
+    validation=EvalConfig(
+        harmful="harmbench-val",
+        benign="overrefusal-val",
         utility=("reverse_letters", "uppercase"),
-        truefalse="truefalse",
-        n_harmful=32,
-        n_benign=32,
-        n_utility=16,
-        n_truefalse=60,
+        n_harmful=41,
+        n_benign=40,
+        n_utility=32,
         max_new_tokens=32,
+        batch_size=32,
+        skill_pool="validation",
+    ),
+    test=EvalConfig(
+        harmful="harmbench-test",
+        benign="overrefusal-test",
+        utility=("reverse_letters", "uppercase"),
+        n_harmful=159,
+        n_benign=100,
+        n_utility=64,
+        max_new_tokens=32,
+        batch_size=32,
+        skill_pool="test",
+        mmlu=500,
     ),
     sweeps=(
-        *_baselines(_WEIGHTS),
-        Sweep(
-            "fisher_merge",
-            "sst_fisher_merge",
-            "safety_weight",
-            _WEIGHTS[1:],
-            per_model_fisher=True,
-        ),
-        Sweep(
-            "safe_lora",
-            "sst_safe_lora",
-            "scale",
-            _WEIGHTS[1:],
-            {"gate": "project", "threshold": 0.5},
-        ),
-        Sweep(
-            "safemerge", "sst_safe_lora", "scale", _WEIGHTS[1:], {"gate": "merge", "threshold": 0.5}
-        ),
+        *_baselines(_STRENGTHS),
+        Sweep("safe_lora", "sst_safe_lora", _TUNED, {"gate": "project", "threshold": 0.5}),
+        Sweep("safemerge", "sst_safe_lora", _TUNED, {"gate": "merge", "threshold": 0.5}),
         Sweep(
             "single_fisher",
             "sst_single_fisher",
-            "scale",
-            _WEIGHTS[1:],
+            _TUNED,
             {"select": "energy", "energy": 0.9},
             fisher_kind="lora",
         ),
-        _sst("sst_lora_hard", "lora", "ratio", 1.0, (1.5, 2.0, 3.0)),
-        _sst("sst_lora_soft", "lora", "soft", 1.0, (2.0, 3.0, 4.0)),
-        _sst("sst_kfac_hard", "kfac", "ratio", 1.0, (1.5, 2.0, 3.0)),
-        _sst("sst_kfac_soft", "kfac", "soft", 1.0, (2.0, 3.0, 4.0)),
-        _sst("sst_diag_hard", "diag", "ratio", 1.0, (1.5, 2.0, 3.0)),
-        _sst("sst_diag_soft", "diag", "soft", 1.0, (2.0, 3.0, 4.0)),
-        # the Fisher pair at W0 + U, where the patch is added, instead of at the base model
-        _sst("sst_lora_hard_at_merge", "lora", "ratio", 1.0, (1.5, 2.0, 3.0), "utility_merge"),
-        _sst("sst_lora_soft_at_merge", "lora", "soft", 1.0, (2.0, 3.0, 4.0), "utility_merge"),
-        # every utility adapter at λ = 0.5 instead of 1: less interference with the safety patch
-        replace(UTILITY_ONLY, label="utility_only_lambda0.5", utility_weight=0.5),
+        _sst("sst_lora_soft", "lora", "soft", 1.0, _TUNED),
+        _sst("sst_lora_hard", "lora", "ratio", 1.0, _TUNED),
+        _sst("sst_kfac_soft", "kfac", "soft", 1.0, _TUNED),
+        # the dual (§1.6) and its ablations: side, cost objective, kind, single-Fisher baseline
+        _dual("sst_dual_lora", "lora", "utility"),
+        _dual("sst_both_lora", "lora", "both"),
+        _dual("sst_dual_lora_refusal", "lora", "utility", cost_objective="refusal"),
+        _dual("sst_dual_kfac", "kfac", "utility"),
+        _dual("dual_single_fisher", "lora", "utility", method="sst_single_fisher"),
+        # the safety adapter alone, raw vs projected: what projection does to the patch itself
         Sweep(
-            "task_arithmetic_lambda0.5",
+            "safety_alone_raw",
             "task_arithmetic",
-            "safety_weight",
-            (0.75, 0.875, 1.0, 1.5),
-            utility_weight=0.5,
+            {SAFETY_WEIGHT: _STRENGTHS},
+            inputs=SweepInputs.SAFETY,
         ),
-        replace(
-            _sst("sst_lora_soft_lambda0.5", "lora", "soft", 1.0, (1.0, 1.25, 1.5, 2.0)),
-            utility_weight=0.5,
+        Sweep(
+            "safety_alone_sst",
+            "sst_merge",
+            {"scale": _SCALES},
+            {"select": "soft", "rho": 1.0},
+            fisher_kind="lora",
+            inputs=SweepInputs.SAFETY,
         ),
     ),
+    reference_lambdas=LAMBDAS,
 )
 
 QUICK = Profile(
     name="quick",
     adapters=(
-        AdapterSpec(SAFETY, None, 390, replace(_TRAIN_SAFETY, steps=45), n_retain=150),
+        AdapterSpec(
+            SAFETY,
+            None,
+            604,
+            replace(_TRAIN_SAFETY, steps=60),
+            n_retain=150,
+            n_lookalikes=96,
+        ),
         AdapterSpec("reverse_letters", "reverse_letters", 200, replace(_TRAIN_SKILL, steps=32)),
         AdapterSpec("uppercase", "uppercase", 200, replace(_TRAIN_SKILL, steps=32)),
     ),
@@ -287,13 +375,20 @@ QUICK = Profile(
         n_benign_per_skill=8,
         response_tokens=16,
     ),
-    evaluation=replace(FULL.evaluation, n_harmful=24, n_benign=24, n_truefalse=40),
+    validation=replace(FULL.validation, n_harmful=20, n_benign=20, n_utility=12),
+    test=replace(FULL.test, n_harmful=48, n_benign=40, n_utility=24, mmlu=0),
     sweeps=(
-        *_baselines((2.0,))[:2],
-        _sst("sst_lora_hard", "lora", "ratio", 1.0, (2.0,)),
-        _sst("sst_lora_soft", "lora", "soft", 1.0, (3.0,)),
+        Sweep(
+            "task_arithmetic",
+            "task_arithmetic",
+            {UTILITY_WEIGHT: (0.5,), SAFETY_WEIGHT: (1.0, 1.5, 2.0)},
+        ),
+        _sst(
+            "sst_lora_soft", "lora", "soft", 1.0, {UTILITY_WEIGHT: (0.5,), "scale": (1.0, 1.5, 2.0)}
+        ),
     ),
     single_adapters=False,
+    reference_lambdas=(0.5,),
 )
 
 PROFILES: Mapping[str, Profile] = MappingProxyType({"quick": QUICK, "full": FULL})

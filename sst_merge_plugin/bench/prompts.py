@@ -3,7 +3,8 @@ prompt files the Fisher stage reads.
 
 * :class:`TrainingPrompts` — the harmful requests (the safety adapter's and ``F_harm``'s), the
   everyday (question, helpful answer) pairs (the safety adapter's retain data; their questions
-  are benign Fisher prompts) and the benign over-refusal probes (``F_benign``).
+  are benign Fisher prompts), the training part of the over-refusal pool (``F_benign`` and
+  retain data) and harmless look-alikes (retain data).
 * :class:`PromptFiles` — ``data/harm-<key>.jsonl`` (the first ``n_harm`` harmful training
   prompts) and ``data/benign-<key>.jsonl`` (everyday questions, the benign-edgy training
   probes, each skill's training prompts), written once into the workspace.
@@ -24,25 +25,32 @@ class TrainingPrompts:
 
     ``harmful``: the safety adapter's and ``F_harm``'s harmful requests; ``helpful_pairs``:
     everyday (question, helpful answer) pairs (the safety adapter's retain data; their
-    questions are benign Fisher prompts); ``edgy``: benign over-refusal probes for ``F_benign``.
+    questions are benign Fisher prompts); ``edgy``: benign over-refusal probes for ``F_benign``
+    and retain data; ``lookalikes``: harmless prompts that sound like harmful ones (retain
+    data). Retain prompts without an answer get the base model's own (:mod:`.adapters`).
     """
 
     harmful: tuple[str, ...]
     helpful_pairs: tuple[tuple[str, str], ...]
     edgy: tuple[str, ...]
+    lookalikes: tuple[str, ...] = ()
 
     @classmethod
     def from_assets(cls, cache_dir: str | Path | None = None) -> TrainingPrompts:
-        """The AdvBench and benign-edgy training parts (:func:`~sst_merge_plugin.data.prompts.
-        held_out_split`) and the ``benign-helpful`` pairs, from the asset cache."""
+        """From the asset cache: the AdvBench training part
+        (:func:`~sst_merge_plugin.data.prompts.held_out_split`) then temaq's 214 harmful probes;
+        the ``benign-helpful`` pairs; ``overrefusal-train`` (the over-refusal pool's training
+        part, disjoint from its validation and test parts); temaq's 209 harmless probes. None of
+        them is a HarmBench behaviour (the harmful evaluation sets)."""
         from sst_merge_plugin.data.prompts import held_out_split, load_helpful_pairs, load_prompts
 
-        harmful, _ = held_out_split(load_prompts("advbench", cache_dir=cache_dir))
-        edgy, _ = held_out_split(load_prompts("benign-edgy", cache_dir=cache_dir))
+        advbench, _ = held_out_split(load_prompts("advbench", cache_dir=cache_dir))
+        temaq = load_prompts("temaq-harmful", cache_dir=cache_dir)
         return cls(
-            tuple(harmful.prompts),
+            tuple(dict.fromkeys((*advbench.prompts, *temaq.prompts))),
             tuple(load_helpful_pairs(cache_dir)),
-            tuple(edgy.prompts),
+            load_prompts("overrefusal-train", cache_dir=cache_dir).prompts,
+            load_prompts("temaq-harmless", cache_dir=cache_dir).prompts,
         )
 
 
@@ -65,6 +73,14 @@ class PromptFiles:
         """JSONL of the ``F_harm`` prompts (the first ``n_harm`` harmful training prompts)."""
         prompts = self.prompts.harmful[: self.settings.n_harm]
         return self.workspace.prompt_file("harm", [{"prompt": p} for p in prompts])
+
+    def safety_behaviour(self) -> Path:
+        """JSONL of the prompts the dual projection's cost Fisher is collected on: the ``F_harm``
+        prompts (the safe model refuses them) and the over-refusal training probes (it answers
+        them), so moving either side costs."""
+        prompts = [*self.prompts.harmful[: self.settings.n_harm]]
+        prompts += self.prompts.edgy[: self.settings.n_benign_edgy]
+        return self.workspace.prompt_file("safety-behaviour", [{"prompt": p} for p in prompts])
 
     def benign(self) -> Path:
         """JSONL of the benign Fisher prompts: everyday questions, benign-edgy training

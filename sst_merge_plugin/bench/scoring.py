@@ -1,25 +1,32 @@
-"""The evaluation stage: each row's merged model scored once, and the report rows.
+"""The evaluation stage: each row's merged model scored once per split, and the report rows.
 
-:class:`Scoring` merges a :class:`~.merges.MergeJob` into ``merges/<job key>/`` (removed after
+:class:`Scoring` merges a :class:`~.merges.MergeJob` (with the ``run_merge`` callable it is
+given, e.g. :meth:`.merges.Merges.run`) into ``merges/<job key>/`` (removed after
 scoring unless ``keep_models``), scores it with
-:func:`~sst_merge_plugin.evaluation.suite.evaluate_model` and caches the record as
-``evals/<key>.json`` (key: the job and the evaluation settings). :func:`result_row` turns a
-record into a report row (:mod:`sst_merge_plugin.evaluation.report`), adding ``drift`` = the
-base model's true/false accuracy minus the row's (knowledge lost; negative = gained);
-:func:`write_outputs` writes ``results.json``, ``results.md`` and ``pareto.png``.
+:func:`~sst_merge_plugin.evaluation.suite.evaluate_model` on the given split's
+:class:`~sst_merge_plugin.evaluation.suite.EvalConfig` and caches the record as
+``evals/<key>.json`` (key: the job and the evaluation settings, so a model's validation and
+test records are separate). :func:`result_row` turns a record into a report row: the rates with
+their Wilson 95 % intervals (utility pooled over the skills' items) and the drifts — the base
+model's MMLU accuracy (and true/false accuracy, where scored) minus the row's.
+
+Concurrent runs on one workspace score a record once: it is checked and, if missing, made under
+its lock (:func:`~sst_merge_plugin.atomic.make_once`), and ``merges/<job key>/`` is used only
+under its own lock (:func:`~sst_merge_plugin.atomic.entry_lock`; two evaluation settings share
+a job's folder), so no run removes a folder another is merging into or evaluating.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from sst_merge_plugin.atomic import write_text
-from sst_merge_plugin.bench.merges import MergeJob, Merges
+from sst_merge_plugin.atomic import entry_lock, make_once, write_text
+from sst_merge_plugin.bench.merges import MergeJob
 from sst_merge_plugin.bench.workspace import Workspace, content_key
 from sst_merge_plugin.core.errors import SSTError
 from sst_merge_plugin.evaluation.suite import EvalConfig
@@ -31,30 +38,40 @@ class Scoring:
     def __init__(
         self,
         workspace: Workspace,
-        evaluation: EvalConfig,
         model_dir: Path,
-        merges: Merges,
+        run_merge: Callable[[MergeJob, Path], float],
         *,
         keep_models: bool,
         device: str,
         progress: bool,
     ) -> None:
         self.workspace = workspace
-        self.evaluation = evaluation
         self.model_dir = model_dir
-        self.merges = merges
+        self.run_merge = run_merge
         self.keep_models = keep_models
         self.device = device
         self.progress = progress
 
-    def record(self, job: MergeJob) -> dict[str, Any]:
-        """The cached evaluation record of ``job`` (merged and evaluated now if needed)."""
+    def record(self, job: MergeJob, evaluation: EvalConfig) -> dict[str, Any]:
+        """The cached record of ``job`` scored on ``evaluation`` (merged and scored now if
+        needed)."""
+        eval_key = content_key({"job": job.key, "eval": asdict(evaluation)})
+        record_path = self.workspace / "evals" / f"{eval_key}.json"
+
+        def evaluate(entry: Path) -> None:
+            with entry_lock(self.workspace / "merges" / job.key):
+                record = self._evaluate(job, evaluation)
+            write_text(entry, json.dumps(record, indent=2))
+
+        make_once(record_path, evaluate, Path.is_file)
+        return json.loads(record_path.read_text(encoding="utf-8"))
+
+    def _evaluate(self, job: MergeJob, evaluation: EvalConfig) -> dict[str, Any]:
+        """Merge ``job`` into ``merges/<job key>/`` (the caller holds its lock), score it on
+        ``evaluation`` and return the record; the folder is removed afterwards unless
+        ``keep_models``."""
         from sst_merge_plugin.evaluation.suite import evaluate_model
 
-        eval_key = content_key({"job": job.key, "eval": asdict(self.evaluation)})
-        record_path = self.workspace / "evals" / f"{eval_key}.json"
-        if record_path.is_file():
-            return json.loads(record_path.read_text(encoding="utf-8"))
         merge_seconds = None
         model_dir = self.model_dir
         merged = self.workspace / "merges" / job.key
@@ -63,13 +80,13 @@ class Scoring:
                 shutil.rmtree(merged)
             merged.parent.mkdir(parents=True, exist_ok=True)
             try:
-                merge_seconds = self.merges.run(job, merged)
+                merge_seconds = self.run_merge(job, merged)
             except BaseException:
                 shutil.rmtree(merged, ignore_errors=True)
                 raise
             model_dir = merged
         model, tokenizer = load_model(model_dir, self.device)
-        metrics = evaluate_model(model, tokenizer, self.evaluation, progress=self.progress)
+        metrics = evaluate_model(model, tokenizer, evaluation, progress=self.progress)
         del model
         sst_report = merged / "sst_merge_report.json"
         record = {
@@ -82,7 +99,6 @@ class Scoring:
         }
         if job.config is not None and not self.keep_models:
             shutil.rmtree(merged, ignore_errors=True)
-        write_text(record_path, json.dumps(record, indent=2))
         return record
 
 
@@ -109,42 +125,56 @@ def summarise_sst_report(path: Path) -> dict[str, Any]:
     return {key: summary[key] for key in keys if key in summary}
 
 
-def result_row(record: Mapping[str, Any], base_accuracy: float | None) -> dict[str, Any]:
-    """A report row (:mod:`sst_merge_plugin.evaluation.report`) from an evaluation record."""
+def result_row(record: Mapping[str, Any], base: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A report row from an evaluation record; ``base`` is the base model's record on the same
+    split (for the drifts; ``None`` leaves them out)."""
     metrics = record["metrics"]
-    accuracy = metrics.get("truefalse_accuracy")
-    drift = None if accuracy is None or base_accuracy is None else base_accuracy - accuracy
-    row = {
+    row: dict[str, Any] = {
         "method": record["method"],
         "knob": record["knob"],
         "harmful_refusal": metrics["harmful_refusal"],
         "benign_over_refusal": metrics["benign_over_refusal"],
         "utility": metrics["utility"],
         "utility_mean": metrics["utility_mean"],
-        "truefalse_accuracy": accuracy,
-        "drift": drift,
+        "n_harmful": metrics["n_harmful"],
+        "n_benign": metrics["n_benign"],
+        "n_utility": metrics["n_utility"],
         "merge_seconds": record["merge_seconds"],
     }
+    row["intervals"] = rate_intervals(metrics)
+    for key, drift in (("mmlu_accuracy", "mmlu_drift"), ("truefalse_accuracy", "drift")):
+        value = metrics.get(key)
+        if value is None:
+            continue
+        row[key] = value
+        reference = None if base is None else base["metrics"].get(key)
+        row[drift] = None if reference is None else reference - value
+    if metrics.get("n_mmlu"):
+        row["n_mmlu"] = metrics["n_mmlu"]
     if record.get("sst_summary"):
         row.update(record["sst_summary"])
     return row
 
 
-def write_outputs(rows: list[dict[str, Any]], out_dir: str | Path, title: str) -> dict[str, Path]:
-    """``results.json``, ``results.md`` and ``pareto.png`` in ``out_dir`` (atomic)."""
-    from sst_merge_plugin.evaluation.report import write_report
+def rate_intervals(metrics: Mapping[str, Any]) -> dict[str, dict[str, float]]:
+    """Wilson 95 % intervals of a record's rates: refusal, over-refusal, utility (every skill
+    item pooled; the skills have equal item counts, so the pooled rate is ``utility_mean``),
+    MMLU accuracy where scored."""
+    from sst_merge_plugin.evaluation.stats import wilson_interval
 
-    out = Path(out_dir)
-    paths = {
-        "json": out / "results.json",
-        "markdown": out / "results.md",
-        "plot": out / "pareto.png",
+    def counted(rate: float, n: int) -> dict[str, float]:
+        return wilson_interval(round(rate * n), n).as_dict()
+
+    intervals = {
+        "harmful_refusal": counted(metrics["harmful_refusal"], metrics["n_harmful"]),
+        "benign_over_refusal": counted(metrics["benign_over_refusal"], metrics["n_benign"]),
     }
-    write_report(
-        rows,
-        json_path=paths["json"],
-        markdown_path=paths["markdown"],
-        plot_path=paths["plot"],
-        title=title,
-    )
-    return paths
+    if metrics["utility"]:
+        n = sum(metrics["n_utility"].values())
+        correct = sum(
+            round(acc * metrics["n_utility"][name]) for name, acc in metrics["utility"].items()
+        )
+        intervals["utility"] = wilson_interval(correct, n).as_dict()
+    if metrics.get("n_mmlu"):
+        intervals["mmlu_accuracy"] = counted(metrics["mmlu_accuracy"], metrics["n_mmlu"])
+    return intervals

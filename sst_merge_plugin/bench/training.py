@@ -100,6 +100,7 @@ def train_lora_adapter(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from sst_merge_plugin.data.chat import collate, encode_chat
+    from sst_merge_plugin.fisher.adapter import sort_adapter_config
 
     if not examples:
         raise SSTError(f"{description}: no training examples")
@@ -156,5 +157,6 @@ def train_lora_adapter(
     }
     with atomic_path(out_dir, directory=True) as temporary:
         model.save_pretrained(str(temporary))
+        sort_adapter_config(temporary, model.peft_config["default"])
         (temporary / TRAINING_RECORD).write_text(json.dumps(record, indent=2), encoding="utf-8")
     return TrainingResult(Path(out_dir), losses)

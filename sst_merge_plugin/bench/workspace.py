@@ -11,6 +11,11 @@ workspace root):
 * ``merges/<job key>/`` — a row's merged model while it is evaluated; ``lora_merge_cache/`` —
   mergekit's ``--lora-merge-cache`` (:mod:`.merges`);
 * ``evals/<key>.json`` — evaluation records (:mod:`.scoring`).
+
+Concurrent runs may share a workspace: every cached entry is made once under its lock
+(:func:`~sst_merge_plugin.atomic.make_once`, lock file ``.<entry name>.lock`` next to it), so a
+second run waits for an entry the first is making and then reuses it, and a run's
+``merges/<job key>/`` is locked while it is merged, evaluated and removed.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from sst_merge_plugin.atomic import write_text
+from sst_merge_plugin.atomic import make_once, write_text
 
 
 def content_key(payload: Any) -> str:
@@ -41,6 +46,6 @@ class Workspace:
     def prompt_file(self, label: str, records: list[dict[str, str]]) -> Path:
         """``data/<label>-<content key>.jsonl`` holding ``records`` (written once)."""
         path = self.root / "data" / f"{label}-{content_key(records)}.jsonl"
-        if not path.is_file():
-            write_text(path, "".join(json.dumps(record) + "\n" for record in records))
+        text = "".join(json.dumps(record) + "\n" for record in records)
+        make_once(path, lambda entry: write_text(entry, text), Path.is_file)
         return path

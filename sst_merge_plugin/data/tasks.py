@@ -6,10 +6,11 @@ to learn with a LoRA adapter on CPU in minutes, and they are scored by exact mat
 be measured without a judge model.
 
 Splits. Every generated item has a canonical *problem key* (e.g. ``"347+58"``), independent of the
-prompt wording. A problem belongs to the test pool iff ``sha256("<skill>|<key>") mod 1000 <
-TEST_PERMILLE``; train items are drawn only from the other problems. Train and test therefore never
-share a problem for any seed or size, and a test problem is never seen in training under another
-phrasing. The seed only changes which problems are drawn and how they are worded.
+prompt wording. With ``b = sha256("<skill>|<key>") mod 1000``, a problem belongs to the test pool
+iff ``b < TEST_PERMILLE``, to the validation pool iff ``TEST_PERMILLE ≤ b < HELD_OUT_PERMILLE``,
+and to the train pool otherwise (:func:`problem_pool`). The pools never share a problem for any
+seed or size, and a held-out problem is never seen in training under another phrasing. The seed
+only changes which problems are drawn and how they are worded.
 
 Scoring (:func:`exact_match`). Only the first non-empty line of a response counts. It is normalised
 by :func:`normalize_answer` (markdown ``*``/backticks removed, thousands separators ``7,000`` →
@@ -28,15 +29,27 @@ import hashlib
 import os
 import random
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from sst_merge_plugin.choice import Choice
 from sst_merge_plugin.core.errors import SSTError
 from sst_merge_plugin.data.records import read_records
 
-# Fraction (per mille) of each skill's problem space reserved for testing.
-TEST_PERMILLE = 200
+
+class Pool(Choice):
+    """The disjoint problem pools of a skill (module doc)."""
+
+    TRAIN = "train"
+    VALIDATION = "validation"
+    TEST = "test"
+
+
+# Fractions (per mille) of each skill's problem space held out: [0, TEST_PERMILLE) is the test
+# pool, [TEST_PERMILLE, HELD_OUT_PERMILLE) the validation pool, the rest trains.
+TEST_PERMILLE = 100
+HELD_OUT_PERMILLE = 200
 # skill_splits gives up after this many consecutive draws that add no new problem.
 MAX_USELESS_DRAWS = 10_000
 
@@ -168,6 +181,21 @@ def _acronym(rng: random.Random) -> tuple[str, TaskItem]:
     return shown, TaskItem(template.format(s=shown), "".join(w[0] for w in words).upper())
 
 
+def _last_word(rng: random.Random) -> tuple[str, TaskItem]:
+    words = rng.sample(_WORDS, rng.randint(3, 5))
+    shown = " ".join(words)
+    template = rng.choice(
+        ("What is the last word in this list: {s}", "Write only the final word of: {s}")
+    )
+    return shown, TaskItem(template.format(s=shown), words[-1])
+
+
+def _lowercase(rng: random.Random) -> tuple[str, TaskItem]:
+    words = " ".join(rng.sample(_WORDS, rng.randint(2, 3))).upper()
+    template = rng.choice(("Rewrite in lowercase: {s}", "Convert to small letters: {s}"))
+    return words, TaskItem(template.format(s=words), words.lower())
+
+
 SKILLS: dict[str, Skill] = {
     skill.name: skill
     for skill in (
@@ -181,6 +209,8 @@ SKILLS: dict[str, Skill] = {
         Skill("count_word", "count one word's occurrences in a 4-8 word list", _count_word),
         Skill("max_number", "pick the largest of 3-5 numbers below 100", _max_number),
         Skill("acronym", "capital initials of 3-4 words", _acronym),
+        Skill("last_word", "the last of 3-5 space-separated words", _last_word),
+        Skill("lowercase", "rewrite 2-3 uppercase words in small letters", _lowercase),
     )
 }
 
@@ -193,43 +223,55 @@ def get_skill(name: str) -> Skill:
         raise SSTError(f"unknown skill {name!r}; known skills: {', '.join(SKILLS)}") from None
 
 
-def is_test_problem(skill: str, key: str) -> bool:
-    """Whether problem ``key`` of ``skill`` is in the test pool (sha256 bucket < TEST_PERMILLE)."""
+def problem_pool(skill: str, key: str) -> Pool:
+    """The pool of problem ``key`` of ``skill`` (its sha256 bucket, see the module doc)."""
     digest = hashlib.sha256(f"{skill}|{key}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") % 1000 < TEST_PERMILLE
+    bucket = int.from_bytes(digest[:8], "big") % 1000
+    if bucket < TEST_PERMILLE:
+        return Pool.TEST
+    return Pool.VALIDATION if bucket < HELD_OUT_PERMILLE else Pool.TRAIN
+
+
+def draw_items(skill: str, sizes: Mapping[Pool, int], seed: int = 0) -> dict[Pool, list[TaskItem]]:
+    """``sizes[pool]`` items from each named pool of ``skill``, deterministic in ``seed``.
+
+    One seeded generator draws problems and files each into its pool until every requested pool
+    is full; problems are distinct within a pool and pools never share one. Raises
+    :class:`SSTError` for negative sizes, or when :data:`MAX_USELESS_DRAWS` draws in a row add
+    nothing new (the skill's problem space cannot supply that many distinct problems).
+    """
+    generator = get_skill(skill).make
+    if any(n < 0 for n in sizes.values()):
+        raise SSTError(f"split sizes must be >= 0, got {dict(sizes)}")
+    rng = random.Random(f"sst-merge/{skill}/{seed}")
+    found: dict[Pool, dict[str, TaskItem]] = {pool: {} for pool in sizes}
+    useless_draws = 0
+    while (
+        any(len(found[pool]) < n for pool, n in sizes.items()) and useless_draws < MAX_USELESS_DRAWS
+    ):
+        key, item = generator(rng)
+        pool = problem_pool(skill, key)
+        if pool in found and len(found[pool]) < sizes[pool] and key not in found[pool]:
+            found[pool][key] = item
+            useless_draws = 0
+        else:
+            useless_draws += 1
+    if any(len(found[pool]) < n for pool, n in sizes.items()):
+        got = " / ".join(f"{len(found[pool])} {pool}" for pool in sizes)
+        asked = " / ".join(str(n) for n in sizes.values())
+        raise SSTError(
+            f"skill {skill!r} yielded only {got} distinct problems (asked for {asked}); "
+            "ask for fewer items"
+        )
+    return {pool: list(items.values()) for pool, items in found.items()}
 
 
 def skill_splits(
     skill: str, n_train: int, n_test: int, seed: int = 0
 ) -> tuple[list[TaskItem], list[TaskItem]]:
-    """``n_train`` train and ``n_test`` test items of ``skill``, deterministic in ``seed``.
-
-    Problems are distinct within each split and the two splits never share a problem (see the
-    module docstring). Raises :class:`SSTError` for negative sizes, or when
-    :data:`MAX_USELESS_DRAWS` draws in a row add nothing new (the skill's problem space cannot
-    supply that many distinct problems).
-    """
-    generator = get_skill(skill).make
-    if n_train < 0 or n_test < 0:
-        raise SSTError(f"split sizes must be >= 0, got n_train={n_train}, n_test={n_test}")
-    rng = random.Random(f"sst-merge/{skill}/{seed}")
-    train: dict[str, TaskItem] = {}
-    test: dict[str, TaskItem] = {}
-    useless_draws = 0
-    while (len(train) < n_train or len(test) < n_test) and useless_draws < MAX_USELESS_DRAWS:
-        key, item = generator(rng)
-        pool, size = (test, n_test) if is_test_problem(skill, key) else (train, n_train)
-        if len(pool) < size and key not in pool:
-            pool[key] = item
-            useless_draws = 0
-        else:
-            useless_draws += 1
-    if len(train) < n_train or len(test) < n_test:
-        raise SSTError(
-            f"skill {skill!r} yielded only {len(train)} train / {len(test)} test distinct problems "
-            f"(asked for {n_train} / {n_test}); ask for fewer items"
-        )
-    return list(train.values()), list(test.values())
+    """``n_train`` train and ``n_test`` test items of ``skill`` (:func:`draw_items`)."""
+    drawn = draw_items(skill, {Pool.TRAIN: n_train, Pool.TEST: n_test}, seed)
+    return drawn[Pool.TRAIN], drawn[Pool.TEST]
 
 
 def load_task_file(path: str | os.PathLike[str]) -> list[TaskItem]:

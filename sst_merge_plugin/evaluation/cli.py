@@ -2,7 +2,10 @@
 suite, print a summary table and write the full result as JSON (and a Markdown table).
 
 All names, files and fields are checked (:func:`~sst_merge_plugin.evaluation.suite.
-prepare_eval_data`, model/adapter folders, output paths) before torch or the model is loaded.
+prepare_eval_data`, model/adapter folders, that the model folder has a tokenizer, that the
+output paths can be written) before torch or the model is loaded; the tokenizer and whether the
+adapter fits the model (its layers against a weightless copy of the model) before the weights
+are loaded. Each problem is one :class:`SSTError` line, raised before anything is written.
 """
 
 from __future__ import annotations
@@ -11,11 +14,20 @@ import argparse
 import json
 from pathlib import Path
 
-from sst_merge_plugin.atomic import write_text
+from sst_merge_plugin.atomic import check_writable, write_text
 from sst_merge_plugin.core.errors import SSTError
 from sst_merge_plugin.data.tasks import SKILLS
 
 ADAPTER_CONFIG = "adapter_config.json"
+#: files of a saved Hugging Face tokenizer (``AutoTokenizer`` needs at least one of them)
+TOKENIZER_FILES = (
+    "tokenizer_config.json",
+    "tokenizer.json",
+    "tokenizer.model",
+    "vocab.json",
+    "vocab.txt",
+    "spiece.model",
+)
 PARTS = ("harmful", "benign", "utility", "truefalse")
 
 
@@ -67,11 +79,53 @@ def _check_inputs(args: argparse.Namespace) -> None:
         raise SSTError(
             f"--adapter {args.adapter!r} is not a PEFT adapter folder (no {ADAPTER_CONFIG})"
         )
+    if not any((model / name).is_file() for name in TOKENIZER_FILES):
+        raise SSTError(
+            f"--model {str(model)!r} has no tokenizer (none of {', '.join(TOKENIZER_FILES[:2])}, "
+            "...); save one with the model, e.g. run mergekit-yaml without --no-copy-tokenizer"
+        )
     if args.threads is not None and args.threads < 1:
         raise SSTError(f"--threads must be >= 1, got {args.threads}")
     for option, path in (("--json", args.json), ("--markdown", args.markdown)):
-        if path is not None and path.is_dir():
-            raise SSTError(f"{option} {str(path)!r} is a directory, expected a file path")
+        if path is not None:
+            check_writable(path, option)
+
+
+def _first_line(error: BaseException) -> str:
+    """``error``'s message on one line: its first non-empty line, plus the second when the first
+    only introduces a list (transformers and PEFT write many lines, e.g. one per size mismatch)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    return " ".join(lines[:2]) if lines[0].endswith(":") and len(lines) > 1 else lines[0]
+
+
+def _load_tokenizer(model: str):
+    """The tokenizer of the folder ``model``; :class:`SSTError` (one line) when it does not load."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(model)
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise SSTError(
+            f"--model {model!r}: cannot load its tokenizer ({_first_line(error)})"
+        ) from None
+
+
+def _check_adapter_fits(model: str, adapter: str) -> None:
+    """An adapter whose LoRA layers the model does not have (or has in another shape) is an
+    error, found on a weightless copy of the model. Adapters this check cannot read are left
+    to PEFT (whose errors :func:`run` reports in one line too)."""
+    from sst_merge_plugin.fisher.adapter import check_adapter_matches, read_lora_adapter
+    from sst_merge_plugin.fisher.targets import layer_shape, linear_candidates, meta_model
+
+    try:
+        lora = read_lora_adapter(adapter)
+    except SSTError:
+        return
+    skeleton = meta_model(model)
+    shapes = {name: layer_shape(module) for name, module in linear_candidates(skeleton).items()}
+    check_adapter_matches(lora, shapes, model)
 
 
 def _count(args: argparse.Namespace, part: str) -> int:
@@ -101,19 +155,32 @@ def run(args: argparse.Namespace) -> int:
     data = prepare_eval_data(config)
 
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     from sst_merge_plugin.evaluation.suite import evaluate_model
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
+    tokenizer = _load_tokenizer(args.model)
+    if args.adapter is not None:
+        _check_adapter_fits(args.model, args.adapter)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
+    except (OSError, ValueError) as error:
+        raise SSTError(
+            f"--model {args.model!r}: cannot load the model ({_first_line(error)})"
+        ) from None
     if args.adapter is not None:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, args.adapter).merge_and_unload()
+        try:
+            model = PeftModel.from_pretrained(model, args.adapter).merge_and_unload()
+        except (OSError, ValueError, KeyError, RuntimeError) as error:
+            raise SSTError(
+                f"--adapter {args.adapter!r} does not load onto --model {args.model!r} "
+                f"({_first_line(error)})"
+            ) from None
     model.to(device).eval()
     result = evaluate_model(model, tokenizer, config, progress=not args.no_progress, data=data)
     result["model"] = str(args.model)

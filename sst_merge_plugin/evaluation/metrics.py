@@ -7,6 +7,13 @@
   (:func:`sst_merge_plugin.data.tasks.exact_match` on the greedy response).
 * :func:`statement_pair_accuracy` — fraction of ``(true, false)`` pairs whose true statement
   has the higher PER-TOKEN log-likelihood (:func:`mean_token_logprob`), no generation involved.
+* :func:`mmlu_accuracy` — fraction of MMLU questions whose correct letter has the highest
+  next-token probability among A–D after the chat prompt (no generation), and the mean
+  log-probability of the correct letter among the four (general drift, base vs merged).
+
+Every result keeps its per-item outcomes in input order (``verdicts`` / ``correct``), so
+differences between two models on the same items can be bootstrapped in pairs
+(:mod:`sst_merge_plugin.evaluation.stats`).
 """
 
 from __future__ import annotations
@@ -31,24 +38,28 @@ if TYPE_CHECKING:
 class RefusalResult:
     """``rate = n_refused / n``; ``rule_counts`` maps each judge rule that fired (and ``"none"``
     for compliant responses) to its count; ``examples`` are the first few
-    ``{"prompt", "response", "rule"}`` records, in prompt order."""
+    ``{"prompt", "response", "rule"}`` records, in prompt order; ``responses`` and ``verdicts``
+    hold every response and whether it was judged a refusal, in prompt order."""
 
     rate: float
     n: int
     n_refused: int
     rule_counts: dict[str, int]
     examples: list[dict[str, str | None]] = field(default_factory=list)
+    responses: list[str] = field(default_factory=list)
+    verdicts: list[bool] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
 class ExactMatchResult:
     """``accuracy = n_correct / n``; ``examples`` are the first few
-    ``{"prompt", "answer", "response", "correct"}`` records."""
+    ``{"prompt", "answer", "response", "correct"}`` records; ``correct`` every item's outcome."""
 
     accuracy: float
     n: int
     n_correct: int
     examples: list[dict[str, str | bool]] = field(default_factory=list)
+    correct: list[bool] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -98,7 +109,13 @@ def refusal_rate(
         ]
     ]
     return RefusalResult(
-        n_refused / len(prompts), len(prompts), n_refused, dict(rule_counts.most_common()), examples
+        n_refused / len(prompts),
+        len(prompts),
+        n_refused,
+        dict(rule_counts.most_common()),
+        examples,
+        list(responses),
+        [verdict.is_refusal for verdict in verdicts],
     )
 
 
@@ -135,7 +152,7 @@ def utility_exact_match(
         {"prompt": item.prompt, "answer": item.answer, "response": response, "correct": ok}
         for item, response, ok in list(zip(items, responses, correct, strict=True))[:n_examples]
     ]
-    return ExactMatchResult(sum(correct) / len(items), len(items), sum(correct), examples)
+    return ExactMatchResult(sum(correct) / len(items), len(items), sum(correct), examples, correct)
 
 
 def mean_token_logprob(
@@ -207,3 +224,90 @@ def statement_pair_accuracy(
     margins = [scores[2 * i] - scores[2 * i + 1] for i in range(len(pairs))]
     n_correct = sum(margin > 0 for margin in margins)
     return PairResult(n_correct / len(pairs), len(pairs), n_correct, sum(margins) / len(margins))
+
+
+@dataclass(frozen=True)
+class MMLUResult:
+    """``accuracy = n_correct / n``; ``mean_logprob`` — mean over questions of
+    ``log p(correct letter)`` renormalised over the four letters; ``correct`` per question."""
+
+    accuracy: float
+    n: int
+    n_correct: int
+    mean_logprob: float
+    correct: list[bool] = field(default_factory=list)
+
+
+def letter_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """The token id of each answer letter A–D as the first token of an assistant reply."""
+    from sst_merge_plugin.data.mmlu import LETTERS
+
+    ids = []
+    for letter in LETTERS:
+        encoded = tokenizer.encode(letter, add_special_tokens=False)
+        if len(encoded) != 1:
+            raise SSTError(f"the answer letter {letter!r} is not one token for this tokenizer")
+        ids.append(encoded[0])
+    if len(set(ids)) != len(ids):
+        raise SSTError("the tokenizer maps two answer letters to one token")
+    return ids
+
+
+def mmlu_accuracy(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    questions: Sequence,
+    *,
+    batch_size: int,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+) -> MMLUResult:
+    """Score MMLU questions by the next-token distribution over A–D (see :class:`MMLUResult`).
+
+    Each question is chat-encoded like a generation prompt
+    (:func:`sst_merge_plugin.data.mmlu.mmlu_prompt`, :func:`~sst_merge_plugin.data.chat.
+    encode_chat`), the batch left-padded, and the logits of the last position compared over the
+    four letter tokens (:func:`letter_token_ids`); no sampling, one forward pass per batch.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    from sst_merge_plugin.data.chat import encode_chat
+    from sst_merge_plugin.data.mmlu import mmlu_prompt
+    from sst_merge_plugin.evaluation.generate import UNLIMITED
+
+    if not questions:
+        raise SSTError("mmlu_accuracy needs at least one question")
+    device = torch.device(device) if device is not None else model_device(model)
+    letters = torch.tensor(letter_token_ids(tokenizer))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    encoded = [
+        encode_chat(tokenizer, mmlu_prompt(q), None, max_length=UNLIMITED).input_ids
+        for q in questions
+    ]
+    correct: list[bool] = []
+    logprobs: list[float] = []
+    was_training = model.training
+    model.eval()
+    try:
+        starts = range(0, len(encoded), batch_size)
+        for start in tqdm(starts, desc="mmlu", unit="batch", disable=not progress):
+            input_ids, mask = pad_batch(encoded[start : start + batch_size], pad_id, "left")
+            with torch.inference_mode():
+                logits = model(
+                    input_ids=input_ids.to(device), attention_mask=mask.to(device)
+                ).logits
+            choice = torch.log_softmax(logits[:, -1, letters.to(device)].double(), dim=-1).cpu()
+            for row, question in enumerate(questions[start : start + batch_size]):
+                correct.append(int(choice[row].argmax()) == question.answer)
+                logprobs.append(float(choice[row, question.answer]))
+    finally:
+        model.train(was_training)
+    n_correct = sum(correct)
+    return MMLUResult(
+        n_correct / len(questions),
+        len(questions),
+        n_correct,
+        sum(logprobs) / len(logprobs),
+        correct,
+    )

@@ -14,11 +14,18 @@ without loading any model, so bad names and files fail before anything heavy hap
 * From each pool, ``n`` items are the ``n`` with the smallest ``sha256(f"eval/{seed}\\0{text}")``
   (all of them when the pool is smaller; the ``n_*`` result keys give the counts used), kept in
   pool order.
-* Utility: a skill name uses that skill's TEST split (``skill_splits(skill, 0, n, seed)``), a
-  ``.jsonl`` file (``prompt``/``answer`` fields) is subsampled as above; the result key is the
-  skill name or the file's stem.
+* Utility: a skill name uses that skill's ``skill_pool`` (``test`` or ``validation``, disjoint
+  problem pools, :func:`sst_merge_plugin.data.tasks.draw_items`), a ``.jsonl`` file
+  (``prompt``/``answer`` fields) is subsampled as above; the result key is the skill name or the
+  file's stem.
 * ``truefalse``: a statement-pair set name or JSON file
   (:func:`sst_merge_plugin.data.prompts.load_statement_pairs`), subsampled as above.
+* ``mmlu``: that many questions of the fixed MMLU subset (:func:`sst_merge_plugin.data.mmlu.
+  mmlu_subset`), scored by the next-token distribution over the answer letters; 0 skips it.
+
+The benchmark protocol evaluates on disjoint splits: ``harmbench-val`` / ``overrefusal-val`` /
+``skill_pool="validation"`` to choose settings, ``harmbench-test`` / ``overrefusal-test`` /
+``skill_pool="test"`` to report (``docs/design.md`` §7).
 
 :func:`evaluate_model` returns a JSON-serialisable dict (keys in its docstring).
 """
@@ -40,8 +47,9 @@ from sst_merge_plugin.data.prompts import (
     prompts_sha256,
     seeded_subset,
 )
-from sst_merge_plugin.data.tasks import SKILLS, TaskItem, load_task_file, skill_splits
+from sst_merge_plugin.data.tasks import SKILLS, Pool, TaskItem, draw_items, load_task_file
 from sst_merge_plugin.evaluation.metrics import (
+    mmlu_accuracy,
     refusal_rate,
     statement_pair_accuracy,
     utility_exact_match,
@@ -60,8 +68,9 @@ class EvalConfig:
     ``harmful``/``benign``: registered prompt-set name or prompt file (``*_field`` picks the
     column of JSON/JSONL/CSV files); ``utility``: skill names and/or JSONL task files;
     ``truefalse``: statement-pair set name or JSON file, or ``None`` to skip. ``n_*`` are the
-    number of items per set (per skill/file for utility). Generation is greedy with
-    ``max_new_tokens`` in batches of ``batch_size``.
+    number of items per set (per skill/file for utility). ``skill_pool``: the skills' problem
+    pool (``test`` or ``validation``); ``mmlu``: number of MMLU questions (0: skip). Generation
+    is greedy with ``max_new_tokens`` in batches of ``batch_size``.
     """
 
     harmful: str = "harmbench"
@@ -77,8 +86,15 @@ class EvalConfig:
     seed: int = 0
     harmful_field: str | None = None
     benign_field: str | None = None
+    skill_pool: str = "test"
+    mmlu: int = 0
 
     def __post_init__(self) -> None:
+        Pool.parse("skill_pool", self.skill_pool)
+        if self.skill_pool == Pool.TRAIN:
+            raise SSTError("EvalConfig.skill_pool must be test or validation, not train")
+        if self.mmlu < 0:
+            raise SSTError(f"EvalConfig.mmlu must be >= 0, got {self.mmlu}")
         for name in ("n_harmful", "n_benign", "n_utility", "n_truefalse"):
             if getattr(self, name) < 1:
                 raise SSTError(f"EvalConfig.{name} must be >= 1, got {getattr(self, name)}")
@@ -114,6 +130,7 @@ class EvalData:
     benign: PromptSelection
     utility: dict[str, tuple[TaskItem, ...]] = field(default_factory=dict)
     truefalse: tuple[tuple[str, str], ...] = ()
+    mmlu: tuple = ()
 
 
 def select_subset(items: Sequence[T], keys: Sequence[str], n: int, seed: int) -> list[T]:
@@ -130,9 +147,10 @@ def _select_prompts(source: str, field_name: str | None, n: int, seed: int) -> P
     return PromptSelection(prompt_set.name, tuple(prompts))
 
 
-def _utility_items(spec: str, n: int, seed: int) -> tuple[str, tuple[TaskItem, ...]]:
+def _utility_items(spec: str, n: int, seed: int, pool: str) -> tuple[str, tuple[TaskItem, ...]]:
     if spec in SKILLS:
-        return spec, tuple(skill_splits(spec, 0, n, seed)[1])
+        chosen = Pool(pool)
+        return spec, tuple(draw_items(spec, {chosen: n}, seed)[chosen])
     path = Path(spec)
     if path.suffix.lower() != ".jsonl":
         raise SSTError(
@@ -149,7 +167,7 @@ def prepare_eval_data(config: EvalConfig) -> EvalData:
     benign = _select_prompts(config.benign, config.benign_field, config.n_benign, config.seed)
     utility: dict[str, tuple[TaskItem, ...]] = {}
     for spec in config.utility:
-        name, items = _utility_items(spec, config.n_utility, config.seed)
+        name, items = _utility_items(spec, config.n_utility, config.seed, config.skill_pool)
         if name in utility:
             raise SSTError(f"two utility entries are both named {name!r}; rename one of the files")
         utility[name] = items
@@ -158,7 +176,12 @@ def prepare_eval_data(config: EvalConfig) -> EvalData:
         pairs = load_statement_pairs(config.truefalse)
         keys = [f"{true}\0{false}" for true, false in pairs]
         truefalse = tuple(select_subset(pairs, keys, config.n_truefalse, config.seed))
-    return EvalData(harmful, benign, utility, truefalse)
+    mmlu: tuple = ()
+    if config.mmlu:
+        from sst_merge_plugin.data.mmlu import mmlu_subset
+
+        mmlu = tuple(mmlu_subset(config.mmlu, config.seed))
+    return EvalData(harmful, benign, utility, truefalse, mmlu)
 
 
 def evaluate_model(
@@ -177,7 +200,10 @@ def evaluate_model(
     ``n_benign``, ``n_utility`` ({name: n}), ``n_truefalse``, ``harmful_rules``/``benign_rules``
     (judge rule counts), ``truefalse_margin`` (mean per-token LL margin), ``examples``,
     ``data`` (sources and sha256 of the prompts used), ``config``, ``seconds`` (total) and
-    ``seconds_by_part``.
+    ``seconds_by_part``; ``mmlu_accuracy``, ``mmlu_logprob`` and ``n_mmlu`` (``None``/0 when
+    skipped); ``items`` — every item's outcome in data order, for paired comparisons:
+    ``{"harmful": [{"response", "refused"}], "benign": [...], "utility": {name: [bool]},
+    "mmlu": [bool]}``.
     """
     data = data if data is not None else prepare_eval_data(config)
     started = time.perf_counter()
@@ -209,6 +235,13 @@ def evaluate_model(
             model, tokenizer, data.truefalse, batch_size=config.batch_size, progress=progress
         )
         timed("truefalse", begin)
+    mmlu = None
+    if data.mmlu:
+        begin = time.perf_counter()
+        mmlu = mmlu_accuracy(
+            model, tokenizer, data.mmlu, batch_size=config.batch_size, progress=progress
+        )
+        timed("mmlu", begin)
     accuracies = {name: result.accuracy for name, result in utility.items()}
     return {
         "harmful_refusal": harmful.rate,
@@ -232,7 +265,23 @@ def evaluate_model(
             "harmful": data.harmful.describe(),
             "benign": data.benign.describe(),
         },
+        "mmlu_accuracy": mmlu.accuracy if mmlu else None,
+        "mmlu_logprob": mmlu.mean_logprob if mmlu else None,
+        "n_mmlu": mmlu.n if mmlu else 0,
+        "items": {
+            "harmful": _refusal_items(harmful),
+            "benign": _refusal_items(benign),
+            "utility": {name: result.correct for name, result in utility.items()},
+            "mmlu": mmlu.correct if mmlu else [],
+        },
         "config": asdict(config),
         "seconds": round(time.perf_counter() - started, 3),
         "seconds_by_part": timings,
     }
+
+
+def _refusal_items(result) -> list[dict[str, object]]:
+    return [
+        {"response": response, "refused": refused}
+        for response, refused in zip(result.responses, result.verdicts, strict=True)
+    ]

@@ -12,6 +12,10 @@ from thin SVDs of ``B`` and ``Aᵀ``, keeping singular directions with
 ``σ > RANK_RTOL · σ_max`` (so a rank-deficient factor gives ``r < rank``; a zero factor — an
 untrained adapter has ``B = 0`` — is an error). Each column's sign is fixed so that its
 largest-magnitude entry is positive, so the same adapter always yields the same bases.
+
+:func:`sort_adapter_config` makes the ``adapter_config.json`` that PEFT writes reproducible (PEFT
+stores ``target_modules`` as a set and writes it in ``hash()`` order, which changes with every
+interpreter); the plugin's adapter writers call it.
 """
 
 from __future__ import annotations
@@ -53,6 +57,19 @@ class LoRAAdapter:
             name: (int(lora_b.shape[0]), int(lora_a.shape[1]))
             for name, (lora_a, lora_b) in self.layers.items()
         }
+
+
+def sort_adapter_config(folder: str | os.PathLike[str], config: object) -> None:
+    """Rewrite ``folder/adapter_config.json``, as PEFT's ``save_pretrained`` of ``config`` (a
+    ``PeftConfig``) wrote it, with every set-valued field (``target_modules``, ...) as a sorted
+    list instead of PEFT's ``hash()``-ordered one; PEFT's own format otherwise (indented JSON,
+    sorted keys)."""
+    path = Path(folder) / CONFIG_FILE
+    written = json.loads(path.read_text(encoding="utf-8"))
+    for key, value in vars(config).items():
+        if isinstance(value, set | frozenset) and isinstance(written.get(key), list):
+            written[key] = sorted(written[key], key=str)
+    path.write_text(json.dumps(written, indent=2, sort_keys=True), encoding="utf-8")
 
 
 def _file_sha256(path: Path) -> str:
@@ -142,17 +159,31 @@ def orthonormal_range(matrix: Tensor, what: str) -> Tensor:
     return basis * signs
 
 
-def adapter_subspaces(adapter: LoRAAdapter) -> dict[str, tuple[Tensor, Tensor]]:
-    """Dense weight name → ``(U, V)``, the adapter's column and row spaces (module doc)."""
-    if adapter.use_dora:
-        raise SSTError(
-            f"adapter {str(adapter.path)!r} is a DoRA adapter: its update is not confined to "
-            "span(B) ⊗ span(Aᵀ), so it cannot define a lora Fisher subspace"
+def adapter_subspaces(*adapters: LoRAAdapter) -> dict[str, tuple[Tensor, Tensor]]:
+    """Dense weight name → ``(U, V)``: the column and row spaces of the adapters' updates on
+    that weight (module doc). With several adapters, the *joint* spans
+    ``U = orth[B_1, B_2, …]``, ``V = orth[A_1ᵀ, A_2ᵀ, …]`` of the adapters that adapt the
+    weight, so one ``lora`` Fisher holds every adapter's update exactly (the dual projection of
+    each utility adapter, ``docs/design.md`` §1.6)."""
+    if not adapters:
+        raise SSTError("adapter_subspaces needs at least one adapter")
+    for adapter in adapters:
+        if adapter.use_dora:
+            raise SSTError(
+                f"adapter {str(adapter.path)!r} is a DoRA adapter: its update is not confined "
+                "to span(B) ⊗ span(Aᵀ), so it cannot define a lora Fisher subspace"
+            )
+    names = sorted({name for adapter in adapters for name in adapter.layers})
+    paths = ", ".join(repr(str(adapter.path)) for adapter in adapters)
+    subspaces = {}
+    for name in names:
+        pairs = [adapter.layers[name] for adapter in adapters if name in adapter.layers]
+        subspaces[name] = (
+            orthonormal_range(
+                torch.cat([b for _, b in pairs], dim=1), f"{name}: lora_B of {paths}"
+            ),
+            orthonormal_range(
+                torch.cat([a.T for a, _ in pairs], dim=1), f"{name}: lora_A of {paths}"
+            ),
         )
-    return {
-        name: (
-            orthonormal_range(lora_b, f"{name}: lora_B of {str(adapter.path)!r}"),
-            orthonormal_range(lora_a.T, f"{name}: lora_A of {str(adapter.path)!r}"),
-        )
-        for name, (lora_a, lora_b) in adapter.layers.items()
-    }
+    return subspaces

@@ -7,7 +7,7 @@ function ``sst-merge fisher`` calls — reused from a cache folder when the *con
 matches:
 
     sha256 of JSON { model_fingerprint of the model folder,
-                     sha256 of the adapter files (adapter, restrict_to),
+                     sha256 of the adapter files (adapter, every restrict_to adapter),
                      sha256 of the selected data items (after split / max_examples),
                      objective, kind, every option except device (and response_field at its
                      default) }
@@ -15,7 +15,9 @@ matches:
 so a changed checkpoint, adapter, prompt file or option gives a new file, and the same inputs
 on another machine give the same name. The file is ``<cache>/<label>-<objective>-<kind>-<key
 prefix>.safetensors``; the default cache is ``<sst-merge cache root>/fisher``
-(:func:`sst_merge_plugin.data.assets.cache_root`).
+(:func:`sst_merge_plugin.data.assets.cache_root`). Processes sharing a cache folder collect
+each file once: the file is checked and, if missing, collected under its lock
+(:func:`~sst_merge_plugin.atomic.make_once`); the others wait and reuse it.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import logging
 import os
 from pathlib import Path
 
+from sst_merge_plugin.atomic import make_once
 from sst_merge_plugin.core.errors import SSTError
 from sst_merge_plugin.data.assets import cache_root, sha256_file
 from sst_merge_plugin.fisher.fingerprint import checkpoint_fingerprint
@@ -54,6 +57,13 @@ def _adapter_digest(folder: str | None) -> str | None:
     ).hexdigest()
 
 
+def _restriction_digest(folders: tuple[str, ...]) -> str | None:
+    """One adapter: its digest (as before joint spans existed); several: the digest of theirs."""
+    if len(folders) <= 1:
+        return _adapter_digest(folders[0] if folders else None)
+    return hashlib.sha256("".join(_adapter_digest(f) or "" for f in folders).encode()).hexdigest()
+
+
 def content_key(request: FisherRequest) -> str:
     """The hex content key of ``request`` (module doc); reads the data, not the model weights."""
     items, _ = request.select_data()
@@ -67,7 +77,7 @@ def content_key(request: FisherRequest) -> str:
     payload = {
         "model_fingerprint": checkpoint_fingerprint(request.model),
         "adapter": _adapter_digest(request.adapter),
-        "restrict_to": _adapter_digest(request.restrict_to),
+        "restrict_to": _restriction_digest(request.restrict_to),
         "data": hashlib.sha256(json.dumps(items, sort_keys=True).encode()).hexdigest(),
         "objective": request.objective,
         "kind": request.kind,
@@ -83,17 +93,19 @@ def cached_fisher_file(
 
     ``label`` names the file's role (``harm``, ``benign``, a model name) in the file name;
     ``cache_dir=None`` is ``<cache root>/fisher``. Every input error is an :class:`SSTError`
-    raised before collection starts; the file is written atomically by the collector.
+    raised before collection starts; the file is written atomically by the collector, once
+    (under its lock: a concurrent caller waits for it).
     """
     from sst_merge_plugin.fisher.collect import collect_fisher_file
 
     folder = Path(cache_dir).expanduser() if cache_dir is not None else cache_root() / "fisher"
     key = content_key(request)
     path = folder / f"{label}-{request.objective}-{request.kind}-{key[:24]}.safetensors"
-    if path.is_file():
+
+    def collect(entry: Path) -> None:
+        log.info("Fisher file %s: collecting into %s", label, entry)
+        collect_fisher_file(request, entry)
+
+    if not make_once(path, collect, Path.is_file):
         log.info("Fisher file %s: reusing %s", label, path)
-        return path
-    folder.mkdir(parents=True, exist_ok=True)
-    log.info("Fisher file %s: collecting into %s", label, path)
-    collect_fisher_file(request, path)
     return path

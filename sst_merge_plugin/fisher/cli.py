@@ -39,7 +39,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--restrict-to",
         metavar="ADAPTER",
-        help="LoRA adapter folder whose column/row spaces restrict a --kind lora Fisher",
+        nargs="+",
+        default=(),
+        help="LoRA adapter folder(s) whose column/row spaces (several: their joint span) "
+        "restrict a --kind lora Fisher",
     )
     parser.add_argument(
         "--targets",

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from sst_merge_plugin.atomic import check_writable
 from sst_merge_plugin.core.errors import SSTError
 from sst_merge_plugin.core.fisher import Fisher
 from sst_merge_plugin.core.kinds import get_kind
@@ -293,17 +294,30 @@ def pad_token_id(tokenizer: Any) -> int:
 
 
 def resolve_subspaces(
-    restrict_to: str | os.PathLike[str] | LoRAAdapter | Subspaces | None,
+    restrict_to: str
+    | os.PathLike[str]
+    | LoRAAdapter
+    | Sequence[LoRAAdapter | str | os.PathLike[str]]
+    | Subspaces
+    | None,
 ) -> tuple[Subspaces | None, dict[str, str]]:
-    """``restrict_to`` as subspaces, plus metadata naming its source (path and digest)."""
-    if restrict_to is None:
+    """``restrict_to`` as subspaces, plus metadata naming its source: the adapter folder(s) and
+    digest(s), ``;``-separated for a joint span of several adapters."""
+    if restrict_to is None or (isinstance(restrict_to, Sequence) and not restrict_to):
         return None, {}
-    if isinstance(restrict_to, (str, os.PathLike)):
-        restrict_to = read_lora_adapter(restrict_to)
-    if isinstance(restrict_to, LoRAAdapter):
-        info = {"restrict_to": str(restrict_to.path), "restrict_to_sha256": restrict_to.sha256}
-        return adapter_subspaces(restrict_to), info
-    return dict(restrict_to), {"restrict_to": "(subspaces given in Python)"}
+    if isinstance(restrict_to, Mapping):
+        return dict(restrict_to), {"restrict_to": "(subspaces given in Python)"}
+    many = (
+        restrict_to
+        if isinstance(restrict_to, Sequence) and not isinstance(restrict_to, str)
+        else [restrict_to]
+    )
+    adapters = [a if isinstance(a, LoRAAdapter) else read_lora_adapter(a) for a in many]
+    info = {
+        "restrict_to": ";".join(str(a.path) for a in adapters),
+        "restrict_to_sha256": ";".join(a.sha256 for a in adapters),
+    }
+    return adapter_subspaces(*adapters), info
 
 
 def collect_fisher(
@@ -313,7 +327,12 @@ def collect_fisher(
     *,
     kind: str,
     targets: str | None = None,
-    restrict_to: str | os.PathLike[str] | LoRAAdapter | Subspaces | None = None,
+    restrict_to: str
+    | os.PathLike[str]
+    | LoRAAdapter
+    | Sequence[LoRAAdapter | str | os.PathLike[str]]
+    | Subspaces
+    | None = None,
     batch_size: int = 8,
     model_fingerprint: str | None = None,
     extra: Mapping[str, str] | None = None,
@@ -370,7 +389,7 @@ def collect_fisher_file(
 ) -> Path:
     """Collect ``request`` and write the Fisher file ``out`` atomically; returns its path.
 
-    Order of work: the output path, the data, the adapters and ``targets`` are checked first
+    Order of work: the output path (writable, its folder creatable), the data, the adapters and ``targets`` are checked first
     (the targets and adapter shapes against a weightless meta-device copy of the model built
     from its ``config.json``), then the tokenizer encodes the data; only then is the model
     loaded, the ``kl`` responses sampled, the statistics collected and the file written. Any
@@ -382,22 +401,21 @@ def collect_fisher_file(
     from sst_merge_plugin.fisher.targets import meta_model
 
     out = Path(out)
-    if out.is_dir():
-        raise SSTError(f"--out {str(out)!r} is a directory; give a file name")
+    check_writable(out, "--out")
     if request.device == "cuda" and not torch.cuda.is_available():
         raise SSTError("--device cuda was requested but no CUDA device is available")
     model_dir = Path(request.model).expanduser()
     checkpoint_files(model_dir)
     data_arguments, extra = request.select_data()
     adapter = read_lora_adapter(request.adapter) if request.adapter else None
-    restrict = read_lora_adapter(request.restrict_to) if request.restrict_to else None
+    restrict = [read_lora_adapter(path) for path in request.restrict_to]
     skeleton = meta_model(model_dir)
     shapes = {name: layer_shape(module) for name, module in linear_candidates(skeleton).items()}
-    for lora_adapter in (adapter, restrict):
+    for lora_adapter in (adapter, *restrict):
         if lora_adapter is not None:
             check_adapter_matches(lora_adapter, shapes, str(model_dir))
     resolve_layers(
-        skeleton, request.kind, request.targets, adapter_subspaces(restrict) if restrict else None
+        skeleton, request.kind, request.targets, adapter_subspaces(*restrict) if restrict else None
     )
     del skeleton
 
@@ -430,7 +448,7 @@ def collect_fisher_file(
         data,
         kind=request.kind,
         targets=request.targets,
-        restrict_to=restrict,
+        restrict_to=restrict or None,
         batch_size=request.batch_size,
         model_fingerprint=fingerprint,
         extra=extra,

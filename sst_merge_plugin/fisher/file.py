@@ -14,16 +14,21 @@ Header metadata (``__metadata__``, all strings): ``format`` (``sst-fisher/1``), 
 ``objective``, ``n_tokens``, ``n_examples``, ``model_fingerprint`` (may be empty),
 ``data_sha256``, ``tool_version``; writers may add more string entries (dataset name, seed, ...).
 
-:func:`write_fisher_file` validates every container and writes atomically.
-:class:`FisherFile` reads the header and the key layout eagerly (so a missing or misspelt entry
-is reported before any merge starts) and the factors lazily by weight name, memory-mapped,
-through a thread-safe cache of validated containers. Nothing here depends on a particular kind:
-entries, shapes and containers come from the kind registry (:mod:`sst_merge_plugin.core.kinds`).
+:func:`write_fisher_file` validates every container and writes atomically, byte for byte
+reproducibly (:func:`write_safetensors`: the standard layout with a canonical header, so equal
+contents give equal sha256 digests). :class:`FisherFile` reads the header and the key layout
+eagerly (so a missing or misspelt entry is reported before any merge starts) and the factors
+lazily by weight name, memory-mapped, through a thread-safe cache of validated containers.
+Nothing here depends on a particular kind: entries, shapes and containers come from the kind
+registry (:mod:`sst_merge_plugin.core.kinds`).
 """
 
 from __future__ import annotations
 
+import json
 import os
+import struct
+import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -32,7 +37,6 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
 from sst_merge_plugin import __version__
 from sst_merge_plugin.atomic import atomic_path
@@ -116,7 +120,67 @@ def write_fisher_file(
             tensors[f"{name}{SEPARATOR}{suffix}"] = stored.detach().cpu().contiguous()
     header = metadata.as_header()
     with atomic_path(path) as temporary:
-        save_file(tensors, str(temporary), metadata=header)
+        write_safetensors(temporary, tensors, header)
+
+
+#: torch dtype → safetensors dtype tag, in the order of safetensors' ``Dtype`` enum (the data
+#: section is sorted by it, descending, then by name; element sizes never decrease along it)
+_DTYPE_TAGS = {
+    torch.bool: "BOOL",
+    torch.uint8: "U8",
+    torch.int8: "I8",
+    torch.int16: "I16",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int32: "I32",
+    torch.float32: "F32",
+    torch.float64: "F64",
+    torch.int64: "I64",
+}
+_DTYPE_RANK = {dtype: rank for rank, dtype in enumerate(_DTYPE_TAGS)}
+
+
+def write_safetensors(
+    path: str | os.PathLike[str], tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]
+) -> None:
+    """Write ``tensors`` and the string ``metadata`` to ``path`` as a safetensors file whose
+    bytes depend only on the content.
+
+    ``safetensors.torch.save_file`` serialises the metadata from a Rust ``HashMap``, so its
+    order, hence the file's bytes and sha256, changes from run to run. This writer produces the
+    standard layout with a canonical header: an 8-byte little-endian header length; the compact
+    JSON header (``__metadata__`` with sorted keys first, then the tensor entries in data order)
+    padded with spaces to a multiple of 8 bytes; the tensors' little-endian bytes, ordered by
+    dtype (safetensors' dtype order, largest first) and then name — the order ``save_file``
+    uses, so every tensor is aligned to its element size. With at most one metadata entry the
+    bytes equal ``save_file``'s.
+    """
+    if sys.byteorder != "little":  # pragma: no cover - torch's big-endian hosts are exotic
+        raise FisherFileError("writing safetensors files needs a little-endian machine")
+    for name, tensor in tensors.items():
+        if tensor.dtype not in _DTYPE_TAGS:
+            raise FisherFileError(f"{name}: cannot store dtype {tensor.dtype} in safetensors")
+    order = sorted(tensors, key=lambda name: (-_DTYPE_RANK[tensors[name].dtype], name))
+    entries: dict[str, dict[str, object]] = {}
+    offset = 0
+    for name in order:
+        tensor = tensors[name]
+        size = tensor.numel() * tensor.element_size()
+        entries[name] = {
+            "dtype": _DTYPE_TAGS[tensor.dtype],
+            "shape": list(tensor.shape),
+            "data_offsets": [offset, offset + size],
+        }
+        offset += size
+    header = {"__metadata__": dict(sorted(metadata.items())), **entries} if metadata else entries
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    with open(path, "wb") as handle:
+        handle.write(struct.pack("<Q", len(text)))
+        handle.write(text)
+        for name in order:
+            flat = tensors[name].detach().cpu().contiguous().reshape(-1)
+            handle.write(flat.view(torch.uint8).numpy().data)
 
 
 class FisherFile:
@@ -138,7 +202,9 @@ class FisherFile:
             raise FisherFileError(
                 f"{str(self.path)!r} is not a readable safetensors file ({error})"
             ) from None
-        self.metadata: dict[str, str] = dict(header)
+        #: the header's string entries, sorted by key (``safe_open`` returns them in a
+        #: different order on every call; reports list them in this order)
+        self.metadata: dict[str, str] = dict(sorted(header.items()))
         missing = [key for key in REQUIRED_METADATA if key not in header]
         if missing:
             raise FisherFileError(

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,7 +61,9 @@ class FisherRequest:
     ``model`` — the BASE model's Hugging Face folder (its fingerprint goes into the file);
     ``data`` — a registered prompt set or a prompt file (for objective ``lm`` a file of
     prompt/response records); ``adapter`` — a PEFT LoRA folder applied before collecting;
-    ``restrict_to`` — the adapter whose subspaces restrict a restricted kind (``lora``);
+    ``restrict_to`` — the adapter(s) whose subspaces restrict a restricted kind (``lora``;
+    several adapters: their joint span, :func:`~sst_merge_plugin.fisher.adapter.
+    adapter_subspaces`);
     ``field`` / ``response_field`` — the record fields; ``targets`` — Linear layers (names or a
     regex; default every Linear inside the decoder blocks); ``max_examples``, ``batch_size``,
     ``max_length`` (tokens per example), ``response_tokens`` (``kl``: tokens sampled per
@@ -72,7 +75,7 @@ class FisherRequest:
     objective: Objective
     kind: str
     adapter: str | None = None
-    restrict_to: str | None = None
+    restrict_to: tuple[str, ...] = ()
     field: str | None = None
     response_field: str = "response"
     targets: str | None = None
@@ -85,6 +88,9 @@ class FisherRequest:
     split: Split = Split.TRAIN
 
     def __post_init__(self) -> None:
+        restrict = self.restrict_to
+        restrict = (restrict,) if isinstance(restrict, str | os.PathLike) else tuple(restrict or ())
+        object.__setattr__(self, "restrict_to", tuple(str(path) for path in restrict))
         object.__setattr__(self, "objective", Objective.parse("objective", self.objective))
         object.__setattr__(self, "split", Split.parse("split", self.split))
         object.__setattr__(self, "device", Device.parse("device", self.device))
@@ -118,7 +124,7 @@ class FisherRequest:
         kind: str,
         *,
         adapter: str | None = None,
-        restrict_to: str | None = None,
+        restrict_to: tuple[str, ...] = (),
         options: Mapping[str, Any] | None = None,
     ) -> FisherRequest:
         """A request with ``options`` (keys of :data:`OPTIONS`; ``None`` values take the

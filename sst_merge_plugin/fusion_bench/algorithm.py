@@ -20,13 +20,24 @@ are mergekit's (``null`` = the default):
 * per-model parameters (:data:`PER_MODEL`): ``weight`` and ``density`` — one number for every
   input or a mapping ``{model name: value}`` (models left out take 1.0); the ``role: safety``
   input is the pool model named by ``safety_model``, every other model is a utility input;
-  ``fisher`` — ``sst_fisher_merge``: mapping ``{model name: diagonal Fisher file}``.
+  ``fisher`` — ``sst_fisher_merge``: mapping ``{model name: diagonal Fisher file}``;
+  ``gain_fisher`` — ``sst_merge`` with ``project: utility | both``: mapping ``{utility model
+  name: its task Fisher file}`` (every utility model needs one; with ``cost_fisher``, §1.6).
 * ``fisher_collection`` — collect the Fisher files a method needs and that are not given
   (:mod:`.collection`), with ``sst-merge fisher`` semantics, cached by content.
 
 Before any model is loaded: every setting is validated, Fisher files are collected or opened
-and checked together (kind, fingerprints), and each file's ``model_fingerprint`` is compared
-with the ``_pretrained_`` folder's (unless ``check_fingerprint: false``). Errors are
+and checked together (kind, fingerprints), each file's ``model_fingerprint`` is compared
+with the ``_pretrained_`` folder's (unless ``check_fingerprint: false``), every entry of
+every file is checked for shapes that fit together and finite values, and a restricted
+(lora-kind) file's recorded adapter digest is compared with the ``adapter_path`` of each pool
+entry whose delta it projects (``harm_fisher``/``benign_fisher``: the ``safety_model``;
+``cost_fisher``: every utility model; a ``gain_fisher``: its model;
+:func:`~sst_merge_plugin.method.checks.adapter_problem`), and the settings
+and Fisher pair are sanity-checked (:func:`~sst_merge_plugin.method.checks.sanity_findings`:
+errors, or :class:`~sst_merge_plugin.method.checks.SSTCheckWarning` s). While merging, a
+restricted projection that would drop more of a projected delta than rounding explains is an
+error (:func:`~sst_merge_plugin.method.tensor_merge.merge_tensor`). Errors are
 :class:`~sst_merge_plugin.core.SSTError`\\ s and nothing is returned (so FusionBench saves
 nothing). After the merge the report (``sst_merge_report.json``: settings, Fisher files,
 per-tensor diagnostics, summary; :mod:`sst_merge_plugin.method.report`) is kept in
@@ -61,16 +72,26 @@ from sst_merge_plugin.fusion_bench.collection import (
     plain,
     plan_collection,
 )
-from sst_merge_plugin.method.checks import fingerprint_outcome
+from sst_merge_plugin.method.checks import (
+    adapter_problem,
+    cannot_run,
+    fingerprint_outcome,
+    fisher_entry_problems,
+    sanity_findings,
+    warn_findings,
+)
 from sst_merge_plugin.method.fisher_sources import FisherSources, describe_fisher
 from sst_merge_plugin.method.report import REPORT_NAME, build_report
 from sst_merge_plugin.method.session import MergeSession
 from sst_merge_plugin.method.settings import (
     FINGERPRINT_NOT_CHECKED,
     PARAMETERS,
+    PROJECTING,
     WITH_ROLES,
     InputSettings,
     Method,
+    ProjectSide,
+    Role,
     SharedSettings,
     check_type,
     method_parameters,
@@ -214,7 +235,9 @@ class SSTMergeAlgorithm(SimpleProfilerMixin, BaseAlgorithm):
         inputs = self._input_values(names)
         # validate everything but the Fisher paths before collecting any Fisher file
         pending = "(to be collected)"
-        parse_shared(method, {"harm_fisher": pending, "benign_fisher": pending, **shared})
+        side = ProjectSide.parse("project", shared.get("project", ProjectSide.SAFETY))
+        collected = ("harm_fisher", "benign_fisher") if side.safety else ()
+        parse_shared(method, {**dict.fromkeys(collected, pending), **shared})
         parse_inputs(method, {n: {"fisher": pending, **v} for n, v in inputs.items()})
         collection = collection_settings(self.fisher_collection)
         planned = plan_collection(method, modelpool, collection, self.safety_model, shared, inputs)
@@ -230,7 +253,41 @@ class SSTMergeAlgorithm(SimpleProfilerMixin, BaseAlgorithm):
             checks = dict.fromkeys(fishers.labelled(), FINGERPRINT_NOT_CHECKED)
         else:
             checks = self._check_fingerprints(modelpool, fishers)
+        problems = [
+            problem
+            for label, opened in fishers.labelled().items()
+            for problem in fisher_entry_problems(label, opened, opened.weight_names())
+        ]
+        findings = sanity_findings(settings, parsed, fishers)
+        problems.extend(f.message for f in findings if f.fatal)
+        if method in PROJECTING and not problems:
+            problems.extend(self._adapter_problems(modelpool, parsed, fishers))
+        if problems:
+            raise cannot_run(method, problems)
+        warn_findings(findings)
         return PreparedMerge(settings, parsed, fishers, checks)
+
+    @staticmethod
+    def _adapter_problems(
+        modelpool: BaseModelPool, inputs: Mapping[str, InputSettings], fishers: FisherSources
+    ) -> list[str]:
+        """Each restricted file against the local adapter folder of every pool model whose
+        delta it projects (:meth:`FisherSources.inputs_of`), where that model has one."""
+        problems = []
+        labelled = fishers.labelled()
+        for label, models in fishers.inputs_of(inputs).items():
+            for model in models:
+                try:
+                    _, adapter = model_source(modelpool, str(model))
+                except SSTError:
+                    continue
+                if adapter is None or not Path(adapter).is_dir():
+                    continue
+                role = "safety" if inputs[model].role == Role.SAFETY else "utility"
+                whose = f"the {role} input {model}"
+                if (problem := adapter_problem(label, labelled[label], adapter, whose)) is not None:
+                    problems.append(problem)
+        return problems
 
     def _check_fingerprints(
         self, modelpool: BaseModelPool, fishers: FisherSources

@@ -31,7 +31,7 @@ from sst_merge_plugin.core.errors import SSTError
 from sst_merge_plugin.core.kinds import get_kind
 from sst_merge_plugin.fisher import Objective
 from sst_merge_plugin.fisher.request import OPTIONS, FisherRequest
-from sst_merge_plugin.method.settings import PROJECTING, Method
+from sst_merge_plugin.method.settings import PROJECTING, Method, ProjectSide
 
 #: keys of ``fisher_collection`` besides the collection options
 COLLECTION_KEYS = (
@@ -108,11 +108,12 @@ def plan_collection(
     options = {key: collection[key] for key in OPTIONS if key in collection}
     planned: dict[str, PlannedFisher] = {}
     needed: list[tuple[str, str, str]] = []  # (parameter, data key, objective)
-    if method in PROJECTING and "harm_fisher" not in shared:
+    projects_safety = ProjectSide.parse("project", shared.get("project", "safety")).safety
+    if method in PROJECTING and projects_safety and "harm_fisher" not in shared:
         needed.append(
             ("harm_fisher", "harm_data", collection.get("harm_objective", Objective.REFUSAL))
         )
-    if method == Method.SST_MERGE and "benign_fisher" not in shared:
+    if method == Method.SST_MERGE and projects_safety and "benign_fisher" not in shared:
         needed.append(
             ("benign_fisher", "benign_data", collection.get("benign_objective", Objective.KL))
         )
@@ -142,7 +143,7 @@ def plan_collection(
                     str(collection[data_key]),
                     objective,
                     kind,
-                    restrict_to=restrict,
+                    restrict_to=restrict or (),
                     options=options,
                 ),
             )

@@ -2,7 +2,7 @@
 
 mergekit creates the output directory when its ``TensorWriterTask`` first runs, i.e. after
 planning; the planner hook (:mod:`.registration`) calls :func:`check_config_keys
-<sst_merge_plugin.mergekit.specs.check_config_keys>` on the raw configuration and then
+<sst_merge_plugin.mergekit.config_keys.check_config_keys>` on the raw configuration and then
 :func:`validate_planned_merge` on the planned per-tensor tasks, so a bad configuration fails
 with a specific :class:`~sst_merge_plugin.core.SSTError` and no output directory.
 
@@ -21,14 +21,27 @@ Checked up front, for every planned tensor (parameters as mergekit resolved them
 * the Fisher weight shape of every 2-D tensor with entries against the tensor's shape (read
   from the base checkpoint's safetensors header; skipped for ``.bin`` checkpoints);
 * a file that has entries for none of the merge's tensors (a naming mismatch);
-* ``missing_fisher: error``: 2-D tensors without entries whose safety delta (for
-  ``sst_fisher_merge``: any input's delta) is non-zero — this reads those tensors (only
-  those) from the base and the inputs.
+* the sanity of the settings and the Fisher pair
+  (:func:`~sst_merge_plugin.method.checks.sanity_findings`: one file as both Fishers, the pair
+  swapped, a negative safety factor are errors; a zero safety factor and unexpected objectives
+  are :class:`~sst_merge_plugin.method.checks.SSTCheckWarning` s);
+* ``missing_fisher: error``: 2-D tensors without entries in a file whose projected delta
+  (the safety delta for ``harm_fisher``/``benign_fisher``, any utility delta for
+  ``cost_fisher``, that input's for a ``gain_fisher``; for ``sst_fisher_merge`` any input's
+  delta) is non-zero — this reads those tensors (only those) from the base and the inputs.
 
-Checked only per tensor, during the merge: the factor *values* (finite, symmetric, PSD,
-orthonormal ``U``/``V``, identical lora subspaces of the two files), which would otherwise
-mean reading every factor twice. A failure there aborts the merge; the ``run_merge`` hook then
-removes the output directory if the merge created it.
+* every entry of every 2-D tensor the merge uses: shapes that fit together and finite values
+  (:func:`~sst_merge_plugin.method.checks.fisher_entry_problems`, one read through
+  ``safe_open``);
+* restricted (lora-kind) Fishers: the recorded adapter digest against the ``base+lora``
+  adapter of each input whose delta the file projects, then the part of each projected delta
+  (the safety patch; with ``project: utility | both`` each utility delta) outside the Fisher's
+  subspace for a sample of tensors (:func:`_patch_problems`).
+
+Checked only per tensor, during the merge: the rest of the factor *values* (symmetric, PSD,
+orthonormal ``U``/``V``, identical lora subspaces of the two files). A failure there aborts
+the merge; the ``run_merge`` hook merges into a temporary sibling folder, so the output folder
+is then left as it was (absent, or the previous merge's).
 """
 
 from __future__ import annotations
@@ -38,11 +51,22 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+import torch
 from safetensors import safe_open
 
 from sst_merge_plugin.core.errors import SSTError
 from sst_merge_plugin.fisher.file import FisherFile
-from sst_merge_plugin.method.checks import fingerprint_outcome
+from sst_merge_plugin.method.checks import (
+    SUBSPACE_HINT,
+    Finding,
+    adapter_problem,
+    cannot_run,
+    fingerprint_outcome,
+    fisher_entry_problems,
+    sanity_findings,
+    subspace_problem,
+    warn_findings,
+)
 from sst_merge_plugin.method.fisher_sources import FisherSources, describe_fisher
 from sst_merge_plugin.method.session import MergeSession
 from sst_merge_plugin.method.settings import (
@@ -57,9 +81,6 @@ from sst_merge_plugin.method.settings import (
     parse_shared,
     safety_input,
 )
-
-#: at most this many problems are listed in one error message
-MAX_PROBLEMS = 20
 
 
 @functools.lru_cache(maxsize=64)
@@ -103,39 +124,45 @@ def validate_planned_merge(method: str, planned: Sequence[tuple[Any, Any]]) -> M
 
     Returns the :class:`MergeSession` for the run, with ``settings`` and ``checks`` (Fisher
     file descriptions with sha256, fingerprint results) filled in. Raises :class:`SSTError`
-    listing up to :data:`MAX_PROBLEMS` problems.
+    listing the problems (:func:`~sst_merge_plugin.method.checks.cannot_run`).
     """
     session = MergeSession(method)
     problems: list[str] = []
     # (label, path) -> [file, models whose folders may match its fingerprint, tensors matched]
     files: dict[tuple[str, str], list[Any]] = {}
     check_fingerprints = True  # the shared check_fingerprint (same for every tensor)
+    restricted: list[tuple[str, Any, dict[Any, InputSettings], FisherSources]] = []
+    findings: dict[str, Finding] = {}
     for weight, task in planned:
+        models = [m for m in task.model_order if m != task.base_model]
         try:
             settings = parse_shared(method, dict(task.parameters.items()))
-            models = [m for m in task.model_order if m != task.base_model]
             inputs = parse_inputs(
                 method, {m: dict(task.input_parameters[m].items()) for m in models}
             )
             fishers = FisherSources.open(settings, inputs)
         except SSTError as error:
-            raise SSTError(f"{method}, tensor {weight.name}: {error}") from None
+            raise _configuration_error(method, weight.name, task, planned, error) from None
         if settings.as_dict() not in session.settings:
             session.settings.append(settings.as_dict())
+        for finding in sanity_findings(settings, inputs, fishers):
+            findings.setdefault(finding.message, finding)
         check_fingerprints = settings.check_fingerprint is not False
-        if (
-            settings.write_adapter not in (None, AdapterMode.NONE)
-            and not fishers.harm.kind_spec.restricted
+        reference = fishers.reference
+        if settings.write_adapter not in (None, AdapterMode.NONE) and (
+            not reference.kind_spec.restricted
         ):
             raise SSTError(
                 f"write_adapter: {settings.write_adapter} needs lora-kind Fisher files; "
-                f"harm_fisher is {fishers.harm.kind!r}"
+                f"{reference.path.name} is {reference.kind!r}"
             )
         for label, opened in fishers.labelled().items():
             own = [m for m in models if label == f"{m}: fisher"]
-            files.setdefault((label, str(opened.path)), [opened, [task.base_model, *own], 0])
+            files.setdefault((label, str(opened.path)), [opened, [task.base_model, *own], set()])
         for label, opened in _check_tensor(weight.name, task, settings, inputs, fishers, problems):
-            files[(label, str(opened.path))][2] += 1
+            files[(label, str(opened.path))][2].add(weight.name)
+        if settings.method in PROJECTING and reference.kind_spec.restricted:
+            restricted.append((weight.name, task, inputs, fishers))
     labels = [label for label, _ in files]
 
     def key(label: str, path: str) -> str:
@@ -143,7 +170,7 @@ def validate_planned_merge(method: str, planned: Sequence[tuple[Any, Any]]) -> M
 
     checks: dict[str, Any] = {"fisher_files": {}, "fingerprints": {}}
     for (label, path), (opened, models, matched) in files.items():
-        if matched == 0 and planned:
+        if not matched and planned:
             problems.append(
                 f"{label} {path!r} has Fisher entries for none of the merged tensors (file: "
                 f"{opened.weight_names()[0]!r}, …; model: {planned[0][0].name!r}, …) — was it "
@@ -154,17 +181,38 @@ def validate_planned_merge(method: str, planned: Sequence[tuple[Any, Any]]) -> M
             if check_fingerprints
             else FINGERPRINT_NOT_CHECKED
         )
+        problems.extend(fisher_entry_problems(label, opened, matched))
+    problems.extend(f.message for f in findings.values() if f.fatal)
+    if not problems:
+        problems.extend(_patch_problems(restricted))
     if problems:
-        more = len(problems) - MAX_PROBLEMS
-        raise SSTError(
-            f"{method}: the merge cannot run:\n  "
-            + "\n  ".join(problems[:MAX_PROBLEMS])
-            + (f"\n  … and {more} more" if more > 0 else "")
-        )
+        raise cannot_run(method, problems)
+    warn_findings(findings.values())
     for (label, path), (opened, _, _) in files.items():
         checks["fisher_files"][key(label, path)] = describe_fisher(opened)
     session.checks = checks
     return session
+
+
+def _resolved(task: Any) -> tuple[Any, ...]:
+    """The parameters mergekit resolved for one planned tensor (shared, then per input)."""
+    per_input = tuple((str(m), dict(p.items())) for m, p in task.input_parameters.items())
+    return dict(task.parameters.items()), per_input, tuple(map(str, task.model_order))
+
+
+def _configuration_error(
+    method: str, name: str, task: Any, planned: Sequence[tuple[Any, Any]], error: SSTError
+) -> SSTError:
+    """``error`` (settings or Fisher files) as a configuration error when every planned tensor
+    resolves to the same parameters and inputs, else as one of tensor ``name`` (mergekit's
+    filters and gradients resolve parameters per tensor)."""
+    mine = _resolved(task)
+    if all(_resolved(other) == mine for _, other in planned):
+        return SSTError(f"{method}: invalid merge configuration: {error}")
+    return SSTError(
+        f"{method}: invalid parameters for tensor {name} (as mergekit resolved them for this "
+        f"tensor): {error}"
+    )
 
 
 def _check_tensor(
@@ -195,11 +243,12 @@ def _check_tensor(
     lacking = [label for label in labelled if label not in dict(present)]
     if not lacking or settings.missing_fisher != MissingFisher.ERROR:
         return present
-    if settings.method == Method.SST_FISHER_MERGE:
-        changed = any(_differs(loads[m], base) for m in inputs)
-    else:
-        changed = settings.method in PROJECTING and _differs(loads[safety_input(inputs)], base)
-    if changed:
+    if settings.method == Method.SST_FISHER_MERGE:  # a missing file fails the whole tensor
+        deltas = list(inputs)
+    else:  # the inputs whose deltas the lacking files project
+        whose = fishers.inputs_of(inputs)
+        deltas = list(dict.fromkeys(m for label in lacking for m in whose[label]))
+    if any(_differs(loads[m], base) for m in deltas):
         where = ", ".join(f"{label} {str(labelled[label].path)!r}" for label in lacking)
         problems.append(
             f"{name}: {where} has no Fisher entries for this tensor, but its delta is "
@@ -207,6 +256,73 @@ def _check_tensor(
             "leaves it out)"
         )
     return present
+
+
+#: tensors whose safety patch is checked against a restricted Fisher's subspace up front
+#: (spread evenly over the planned ones; ``merge_tensor`` checks every projection again)
+RESIDUAL_SAMPLE = 8
+
+
+def _patch_problems(
+    restricted: Sequence[tuple[str, Any, dict[Any, InputSettings], FisherSources]],
+) -> list[str]:
+    """The projected deltas against restricted (lora-kind) Fishers: first each file's recorded
+    adapter digest against the ``base+lora`` adapter of every input whose delta it projects
+    (:meth:`FisherSources.inputs_of`, :func:`~sst_merge_plugin.method.checks.adapter_problem`);
+    when those pass, the part of each projected delta — as mergekit will read it, e.g. from its
+    LoRA merge cache — outside the subspace of the file that projects it (``harm_fisher`` for
+    the safety patch, ``cost_fisher`` for a utility delta;
+    :func:`~sst_merge_plugin.method.checks.subspace_problem`) for :data:`RESIDUAL_SAMPLE`
+    tensors spread over the merge. A stale cache or another adapter's Fishers affect every
+    tensor alike; each projection is checked again while merging (at no extra cost), and a
+    failure there leaves no output (the ``run_merge`` hook)."""
+    problems: list[str] = []
+    seen: set[tuple[str, str]] = set()
+    for _, _, inputs, fishers in restricted:
+        labelled = fishers.labelled()
+        for label, models in fishers.inputs_of(inputs).items():
+            for model in models:
+                lora = getattr(model, "lora", None)
+                key = (str(labelled[label].path), getattr(lora, "path", ""))
+                if lora is None or not os.path.isdir(lora.path) or key in seen:
+                    continue
+                seen.add(key)
+                problem = adapter_problem(label, labelled[label], lora.path, _whose(model, inputs))
+                if problem is not None:
+                    problems.append(problem)
+    if problems:
+        return problems
+    outside: list[str] = []
+    planned = [entry for entry in restricted if entry[0] in entry[3].reference]
+    count = min(len(planned), RESIDUAL_SAMPLE)
+    picked = sorted({round(i * (len(planned) - 1) / max(count - 1, 1)) for i in range(count)})
+    for name, task, inputs, fishers in (planned[i] for i in picked):
+        loads = _load_tasks(task)
+        base = loads[task.base_model].execute()
+        whose = fishers.inputs_of(inputs)
+        for label in ("harm_fisher", "cost_fisher"):
+            opened = fishers.labelled().get(label)
+            for model in whose.get(label, ()) if opened is not None and name in opened else ():
+                tensor = loads[model].execute()
+                if base is None or tensor is None or tensor.shape != base.shape:
+                    continue
+                if torch.equal(base, tensor):
+                    continue
+                try:
+                    residual = opened.get(name).subspace_residual(tensor.double() - base.double())
+                except SSTError as error:
+                    problems.append(f"{name}: {error}")
+                    continue
+                what = "the safety patch" if label == "harm_fisher" else f"{model}'s delta"
+                problem = subspace_problem(name, residual, base, tensor, label, opened, what)
+                if problem is not None:
+                    outside.append(problem)
+    return problems + outside + ([SUBSPACE_HINT] if outside else [])
+
+
+def _whose(model: Any, inputs: dict[Any, InputSettings]) -> str:
+    """``the safety input`` or ``the utility input <model>``, for messages."""
+    return "the safety input" if model == safety_input(inputs) else f"the utility input {model}"
 
 
 def _check_fingerprint(

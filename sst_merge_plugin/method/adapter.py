@@ -29,6 +29,7 @@ from torch import Tensor
 
 from sst_merge_plugin.atomic import atomic_path
 from sst_merge_plugin.core.errors import SSTError
+from sst_merge_plugin.fisher.adapter import sort_adapter_config
 
 #: relative singular-value threshold of :func:`exact_factors`
 RANK_RTOL = 1e-6
@@ -59,7 +60,8 @@ def write_peft_adapter(
 ) -> dict[str, Any]:
     """Write ``factors`` (weight name → ``(B, A)``) as a PEFT LoRA adapter folder, atomically.
 
-    Returns a summary for the report: folder, module count and rank per module.
+    Returns a summary for the report: the folder's name (relative to the merge output, which
+    may have been written under a temporary name), module count and rank per module.
     """
     from peft import LoraConfig
 
@@ -87,5 +89,6 @@ def write_peft_adapter(
     )
     with atomic_path(path, directory=True) as temporary:
         config.save_pretrained(str(temporary))
+        sort_adapter_config(temporary, config)
         save_file(tensors, str(Path(temporary) / "adapter_model.safetensors"))
-    return {"path": str(path), "n_modules": len(ranks), "ranks": ranks}
+    return {"path": Path(path).name, "n_modules": len(ranks), "ranks": ranks}

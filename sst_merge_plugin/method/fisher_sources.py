@@ -21,7 +21,7 @@ from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 
 from sst_merge_plugin.fisher.file import FisherFile, FisherFileError
-from sst_merge_plugin.method.settings import InputSettings, SharedSettings
+from sst_merge_plugin.method.settings import InputSettings, Method, Role, SharedSettings
 
 _OPENED: dict[tuple[str, int, int], FisherFile] = {}
 _DIGESTS: dict[tuple[str, int, int], str] = {}
@@ -78,12 +78,15 @@ class FisherSources:
 
     ``harm``/``benign`` — the shared ``harm_fisher``/``benign_fisher`` files (``None`` when the
     method does not take them); ``per_input`` — ``sst_fisher_merge``'s ``fisher`` file of each
-    input, keyed like the inputs.
+    input, keyed like the inputs; ``cost`` and ``gain`` — the dual projection's cost Fisher
+    ``C`` and each utility input's gain Fisher ``G_i`` (``project: utility`` or ``both``).
     """
 
     harm: FisherFile | None = None
     benign: FisherFile | None = None
     per_input: Mapping[Hashable, FisherFile] = field(default_factory=dict)
+    cost: FisherFile | None = None
+    gain: Mapping[Hashable, FisherFile] = field(default_factory=dict)
 
     @classmethod
     def open(
@@ -92,7 +95,9 @@ class FisherSources:
         """Open (or reuse) the files named by ``settings``/``inputs`` and check them together.
 
         Raises :class:`FisherFileError` for a missing or corrupted file, two shared files of
-        different kinds or model fingerprints, and per-input files that are not ``diag``.
+        different kinds or model fingerprints, per-input files that are not ``diag``, a utility
+        input without its ``gain_fisher`` when utility deltas are projected (or with one when
+        they are not), and gain and cost files of different kinds or models.
         """
         harm = open_fisher(settings.harm_fisher, "harm_fisher") if settings.harm_fisher else None
         benign = (
@@ -116,17 +121,71 @@ class FisherSources:
                     f"{model}: fisher {str(opened.path)!r} is a {opened.kind!r} Fisher file; "
                     "Fisher-weighted merging needs kind 'diag'"
                 )
-        return cls(harm, benign, per_input)
+        cost = open_fisher(settings.cost_fisher, "cost_fisher") if settings.cost_fisher else None
+        gain = {}
+        projects_utility = settings.project is not None and settings.project.utility
+        for model, given in inputs.items():
+            needed = (
+                projects_utility
+                and given.role == Role.UTILITY
+                and settings.method == (Method.SST_MERGE)
+            )
+            if needed and given.gain_fisher is None:
+                raise FisherFileError(
+                    f"{model}: a utility input needs its gain_fisher (project: {settings.project})"
+                )
+            if not needed and given.gain_fisher is not None:
+                raise FisherFileError(
+                    f"{model}: gain_fisher only applies to utility inputs of sst_merge with "
+                    "project: utility or both"
+                )
+            if needed:
+                gain[model] = open_fisher(given.gain_fisher, f"{model}: gain_fisher")
+        for model, opened in gain.items():
+            try:
+                opened.check_compatible(cost)
+            except FisherFileError as error:
+                raise FisherFileError(
+                    f"{model}: gain_fisher {str(opened.path)!r} vs cost_fisher "
+                    f"{str(cost.path)!r}: {error}"
+                ) from None
+        return cls(harm, benign, per_input, cost, gain)
+
+    def _files(self) -> list[tuple[str, FisherFile, Role | None, Hashable]]:
+        """``(label, file, role, model)``: a shared file projects the deltas of the inputs with
+        ``role``; a per-input file (``role`` ``None``) those of ``model``."""
+        files: list[tuple[str, FisherFile, Role | None, Hashable]] = []
+        if self.harm is not None:
+            files.append(("harm_fisher", self.harm, Role.SAFETY, None))
+        if self.benign is not None:
+            files.append(("benign_fisher", self.benign, Role.SAFETY, None))
+        files.extend((f"{m}: fisher", opened, None, m) for m, opened in self.per_input.items())
+        if self.cost is not None:
+            files.append(("cost_fisher", self.cost, Role.UTILITY, None))
+        files.extend((f"{m}: gain_fisher", opened, None, m) for m, opened in self.gain.items())
+        return files
 
     def labelled(self) -> dict[str, FisherFile]:
         """Every file under the name of the parameter that set it (for reports and checks)."""
-        out: dict[str, FisherFile] = {}
-        if self.harm is not None:
-            out["harm_fisher"] = self.harm
-        if self.benign is not None:
-            out["benign_fisher"] = self.benign
-        out.update({f"{model}: fisher": opened for model, opened in self.per_input.items()})
-        return out
+        return {label: opened for label, opened, _, _ in self._files()}
+
+    def inputs_of(
+        self, inputs: Mapping[Hashable, InputSettings]
+    ) -> dict[str, tuple[Hashable, ...]]:
+        """For each file of :meth:`labelled`, the inputs whose deltas it projects or weights:
+        ``harm_fisher``/``benign_fisher`` — the safety input; ``cost_fisher`` — every utility
+        input; ``<model>: gain_fisher`` and ``<model>: fisher`` — that input."""
+        return {
+            label: (model,)
+            if role is None
+            else tuple(m for m, s in inputs.items() if s.role == role)
+            for label, _, role, model in self._files()
+        }
+
+    @property
+    def reference(self) -> FisherFile | None:
+        """The file whose kind the projection uses: ``harm_fisher``, else ``cost_fisher``."""
+        return self.harm if self.harm is not None else self.cost
 
 
 def describe_fisher(opened: FisherFile) -> dict[str, object]:

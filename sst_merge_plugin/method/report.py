@@ -110,6 +110,20 @@ def card_section(session: MergeSession) -> str:
             f"{summary['mean_cost_kept_fraction']:.4f}; kept coordinates "
             f"{summary['kept_coordinates']:.0f} of {summary['n_coordinates']}.",
         ]
+    if summary.get("utility"):
+        lines += [
+            "",
+            "Utility deltas projected with (gain Fisher G_i, cost Fisher C):",
+            "",
+            "| utility input | tensors | utility gain kept | safety disturbance removed |",
+            "|---|---:|---:|---:|",
+        ]
+        lines += [
+            f"| {key} | {item.get('n_projected', 0)} | "
+            f"{item.get('pooled_gain_kept_fraction', 0.0):.4f} | "
+            f"{item.get('safety_disturbance_removed', 0.0):.4f} |"
+            for key, item in summary["utility"].items()
+        ]
     files = session.checks.get("fisher_files", {})
     if files:
         lines += ["", "| Fisher file | kind | sha256 |", "|---|---|---|"]

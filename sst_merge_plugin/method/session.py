@@ -85,30 +85,49 @@ class MergeSession:
             return dict(sorted(self.records.items()))
 
     def summary(self) -> dict[str, Any]:
-        """Counts per action and the kept gain/cost fractions over the projected tensors.
-
-        ``mean_*`` average the per-tensor fractions; ``pooled_*`` divide the summed kept
-        gain/cost by the summed totals (each tensor in its own Fishers' units).
-        """
+        """Counts per action; the kept gain/cost fractions over the tensors whose safety patch
+        was projected (:func:`projection_summary`); with the dual projection, the same per
+        utility input under ``utility`` plus ``safety_disturbance_removed`` (``1 −`` its pooled
+        kept fraction of the cost Fisher ``C``)."""
         records = self.snapshot()
         actions = Counter(
             "utility_only" if record is None else record["action"] for record in records.values()
         )
-        projected = [r for r in records.values() if r is not None and r["action"] == "projected"]
         out: dict[str, Any] = {"n_tensors": len(records), "actions": dict(sorted(actions.items()))}
-        if projected:
-
-            def total(key: str) -> float:
-                return sum(float(r[key]) for r in projected)
-
-            out.update(
-                n_projected=len(projected),
-                mean_gain_kept_fraction=total("gain_kept_fraction") / len(projected),
-                mean_cost_kept_fraction=total("cost_kept_fraction") / len(projected),
-                pooled_gain_kept_fraction=total("gain_kept") / max(total("gain_total"), 1e-300),
-                pooled_cost_kept_fraction=total("cost_kept") / max(total("cost_total"), 1e-300),
-                kept_coordinates=total("kept"),
-                n_coordinates=int(total("n_coordinates")),
-                lambda_max=max(float(r["lambda_max"]) for r in projected),
-            )
+        out.update(projection_summary([r for r in records.values() if r is not None]))
+        per_input: dict[str, list[dict[str, Any]]] = {}
+        for record in records.values():
+            for key, diagnostics in ((record or {}).get("utility") or {}).items():
+                per_input.setdefault(key, []).append(diagnostics)
+        if per_input:
+            out["utility"] = {}
+            for key, diagnostics in sorted(per_input.items()):
+                summary = projection_summary(diagnostics)
+                if summary:
+                    summary["safety_disturbance_removed"] = 1 - summary["pooled_cost_kept_fraction"]
+                out["utility"][key] = summary
         return out
+
+
+def projection_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Over the records whose ``action`` is ``projected``: their count, the mean of the
+    per-tensor kept gain/cost fractions, the pooled fractions (summed kept ÷ summed totals,
+    each tensor in its own Fishers' units), kept coordinates and the largest λ; ``{}`` when
+    none was projected."""
+    projected = [r for r in records if r.get("action") == "projected"]
+    if not projected:
+        return {}
+
+    def total(key: str) -> float:
+        return sum(float(r[key]) for r in projected)
+
+    return {
+        "n_projected": len(projected),
+        "mean_gain_kept_fraction": total("gain_kept_fraction") / len(projected),
+        "mean_cost_kept_fraction": total("cost_kept_fraction") / len(projected),
+        "pooled_gain_kept_fraction": total("gain_kept") / max(total("gain_total"), 1e-300),
+        "pooled_cost_kept_fraction": total("cost_kept") / max(total("cost_total"), 1e-300),
+        "kept_coordinates": total("kept"),
+        "n_coordinates": int(total("n_coordinates")),
+        "lambda_max": max(float(r["lambda_max"]) for r in projected),
+    }

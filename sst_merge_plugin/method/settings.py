@@ -62,6 +62,25 @@ WITH_ROLES = frozenset({Method.SST_MERGE, Method.SST_SINGLE_FISHER, Method.SST_S
 READING_FISHERS = PROJECTING | {Method.SST_FISHER_MERGE}
 
 
+class ProjectSide(Choice):
+    """Which deltas the projecting methods project (``docs/design.md`` §1.6)."""
+
+    #: the safety patch, with (F_harm, F_benign) — the original SST-Merge
+    SAFETY = "safety"
+    #: each utility delta, with (its gain Fisher G_i, the cost Fisher C) — the dual
+    UTILITY = "utility"
+    #: both
+    BOTH = "both"
+
+    @property
+    def safety(self) -> bool:
+        return self in (ProjectSide.SAFETY, ProjectSide.BOTH)
+
+    @property
+    def utility(self) -> bool:
+        return self in (ProjectSide.UTILITY, ProjectSide.BOTH)
+
+
 class UtilityMerge(Choice):
     """mergekit's built-in combiner run on the utility inputs (``W_U``)."""
 
@@ -151,8 +170,34 @@ ALL_METHODS = frozenset(Method)
 
 #: every parameter of every method, declared once
 PARAMETERS: tuple[Parameter, ...] = (
-    _p("harm_fisher", str, PROJECTING, help="F_harm file (refusal-loss Fisher on harmful prompts)"),
-    _p("benign_fisher", str, {Method.SST_MERGE}, help="F_benign file (same kind as F_harm)"),
+    _p(
+        "project",
+        str,
+        PROJECTING,
+        "safety",
+        f"which deltas to project: {', '.join(ProjectSide.values())}",
+    ),
+    _p(
+        "harm_fisher",
+        str | None,
+        PROJECTING,
+        None,
+        "F_harm file (refusal-loss Fisher on harmful prompts); project: safety or both",
+    ),
+    _p(
+        "benign_fisher",
+        str | None,
+        {Method.SST_MERGE},
+        None,
+        "F_benign file (same kind as F_harm); project: safety or both",
+    ),
+    _p(
+        "cost_fisher",
+        str | None,
+        PROJECTING,
+        None,
+        "C: the Fisher of the safety behaviour (project: utility or both)",
+    ),
     _p("select", str, PROJECTING, "energy", f"selection mode: {', '.join(SELECT_MODES)}"),
     *_selection_parameters(),
     _p("damping", float, PROJECTING, DEFAULT_DAMPING, "relative damping ε of F + ε·(tr F/d)·I"),
@@ -214,6 +259,14 @@ PARAMETERS: tuple[Parameter, ...] = (
         help="this input's diagonal Fisher file",
         per_model=True,
     ),
+    _p(
+        "gain_fisher",
+        str | None,
+        {Method.SST_MERGE},
+        None,
+        "G_i: a utility input's task Fisher (project: utility or both)",
+        per_model=True,
+    ),
 )
 
 
@@ -238,8 +291,10 @@ class SharedSettings:
     """Validated shared parameters of one method (fields a method does not take are ``None``)."""
 
     method: Method
+    project: ProjectSide | None = None
     harm_fisher: str | None = None
     benign_fisher: str | None = None
+    cost_fisher: str | None = None
     selection: Selection | None = None
     damping: float | None = None
     solver: Solver | None = None
@@ -269,6 +324,7 @@ class InputSettings:
     density: float = 1.0
     role: Role = Role.UTILITY
     fisher: str | None = None
+    gain_fisher: str | None = None
 
 
 def _finite(name: str, value: float, minimum: float | None = None) -> float:
@@ -326,13 +382,26 @@ def parse_shared(method: str, values: Mapping[str, Any]) -> SharedSettings:
             resolved[parameter.name] = parameter.default
     fields: dict[str, Any] = {"method": method}
     if method in PROJECTING:
-        fields["harm_fisher"] = str(resolved["harm_fisher"])
+        side = ProjectSide.parse("project", resolved["project"])
+        fields["project"] = side
+        files = {"harm_fisher": side.safety, "cost_fisher": side.utility}
         if method == Method.SST_MERGE:
-            fields["benign_fisher"] = str(resolved["benign_fisher"])
+            files["benign_fisher"] = side.safety
+        for name, needed in files.items():
+            if needed and resolved[name] is None:
+                raise SSTError(f"{method} needs the parameter '{name}' (project: {side})")
+            if not needed and resolved[name] is not None:
+                raise SSTError(f"{name} does not apply with project: {side}")
+            fields[name] = None if resolved[name] is None else str(resolved[name])
         fields["selection"] = _selection(resolved)
         fields["damping"] = _finite("damping", resolved["damping"], 0.0)
         fields["solver"] = Solver.parse("solver", resolved["solver"])
         fields["write_adapter"] = AdapterMode.parse("write_adapter", resolved["write_adapter"])
+        if fields["write_adapter"] == AdapterMode.SAFETY and not side.safety:
+            raise SSTError(
+                f"write_adapter: safety writes the projected safety patch; project: {side} "
+                "does not project it (use write_adapter: merged)"
+            )
     if method in WITH_ROLES:
         fields["scale"] = _finite("scale", resolved["scale"])
         fields["utility_merge"] = UtilityMerge.parse("utility_merge", resolved["utility_merge"])
@@ -363,6 +432,8 @@ def parse_inputs(
         if method in WITH_ROLES:
             fields["density"] = _finite(f"{model}: density", params.get("density", 1.0), 0.0)
             fields["role"] = Role.parse(f"{model}: role", params.get("role", "utility"))
+            if params.get("gain_fisher") is not None:
+                fields["gain_fisher"] = str(params["gain_fisher"])
         else:
             if params.get("fisher") is None:
                 raise SSTError(f"{method}: input {model} needs the parameter 'fisher'")

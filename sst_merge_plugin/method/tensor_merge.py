@@ -40,7 +40,11 @@ Special cases (the methods with a safety input):
 * non-2-D tensors (norms, biases): ``W_U + s·w_s·ΔW_s`` (the raw safety delta; these have no
   Linear-layer Fisher);
 * a 2-D tensor without Fisher entries: ``missing_fisher: error`` raises (naming the tensor and
-  the file), ``keep`` adds the unprojected ``s·w_s·ΔW_s``, ``drop`` adds nothing.
+  the file), ``keep`` adds the unprojected ``s·w_s·ΔW_s``, ``drop`` adds nothing;
+* a restricted (lora-kind) projection that would drop more of ``ΔW_s`` (or, projecting the
+  utility side, of a ``ΔW_i``) than rounding explains
+  (:func:`~sst_merge_plugin.method.checks.subspace_problem`) raises: the Fishers belong to
+  another adapter than that input's weights.
 
 The correction is computed in float64 and added to ``W_U`` in float64; the result has the dtype
 of ``base``.
@@ -66,6 +70,7 @@ from sst_merge_plugin.core import (
 )
 from sst_merge_plugin.core.errors import SSTError
 from sst_merge_plugin.fisher.file import FisherFile, FisherFileError
+from sst_merge_plugin.method.checks import SUBSPACE_HINT, subspace_problem
 from sst_merge_plugin.method.fisher_sources import FisherSources
 from sst_merge_plugin.method.settings import (
     Gate,
@@ -169,20 +174,29 @@ def merge_tensor(
         return _fisher_merge(name, base, tensors, inputs, settings, fishers)
     safety = safety_input(inputs)
     utility_ids = [key for key in tensors if key != safety]
+    common = {"damping": settings.damping, "solver": settings.solver, "cache": cache, "name": name}
+    utility_records: dict[str, Any] = {}
+    if settings.project is not None and settings.project.utility and base.ndim == 2:
+        tensors, utility_records = _project_utilities(
+            name, base, tensors, utility_ids, settings, fishers, common
+        )
     merged = utility_merge(
         base,
         {key: tensors[key] for key in utility_ids},
         {key: inputs[key] for key in utility_ids},
         settings.utility_merge,
     )
+    extra = {"utility": utility_records} if utility_records else {}
     if torch.equal(tensors[safety], base):
-        return MergedTensor(merged, None)
+        return MergedTensor(merged, {"action": "utility_only", **extra} if extra else None)
     safety_delta = tensors[safety].double() - base.double()
     factor = settings.scale * inputs[safety].weight
     if settings.method == Method.SST_SAFE_LORA:
         return _safe_lora(base, merged, safety_delta, factor, settings)
     if base.ndim != 2:
         return _add(merged, factor * safety_delta, {"action": "raw_delta_not_2d"})
+    if not settings.project.safety:
+        return _add(merged, factor * safety_delta, {"action": "safety_unprojected", **extra})
     missing = [
         (label, opened)
         for label, opened in (("harm_fisher", fishers.harm), ("benign_fisher", fishers.benign))
@@ -191,24 +205,32 @@ def merge_tensor(
     if missing:
         return _missing_fisher(name, merged, factor * safety_delta, settings, missing)
     harm = fishers.harm.get(name, device=base.device)
-    common = {
-        "damping": settings.damping,
-        "solver": settings.solver,
-        "cache": cache,
-        "name": name,
-        "rounding": stored_rounding(tensors[safety]),
-    }
+    rounding = stored_rounding(tensors[safety])
     if settings.method == Method.SST_MERGE:
         benign = fishers.benign.get(name, device=base.device)
-        result = project_patch(safety_delta, harm, benign, settings.selection, **common)
+        result = project_patch(
+            safety_delta, harm, benign, settings.selection, rounding=rounding, **common
+        )
     elif settings.method == Method.SST_SINGLE_FISHER:
-        result = project_single_fisher(safety_delta, harm, settings.selection, **common)
+        result = project_single_fisher(
+            safety_delta, harm, settings.selection, rounding=rounding, **common
+        )
     else:  # pragma: no cover - parse_shared admits no other method
         raise SSTError(f"unknown SST method {settings.method!r}")
+    problem = subspace_problem(
+        name,
+        result.diagnostics.subspace_residual,
+        base,
+        tensors[safety],
+        "harm_fisher",
+        fishers.harm,
+    )
+    if problem is not None:
+        raise SSTError(f"{problem}: {SUBSPACE_HINT}")
     factors = None
     if result.factors is not None:
         factors = (factor * result.factors[0], result.factors[1])
-    record = {"action": "projected", **result.diagnostics.as_dict()}
+    record = {"action": "projected", **result.diagnostics.as_dict(), **extra}
     return _add(merged, factor * result.patch, record, factors)
 
 
@@ -218,6 +240,53 @@ def stored_rounding(weight: Tensor) -> float:
     update when ``W_s`` is an update merged into ``W0`` and stored."""
     unit_roundoff = torch.finfo(weight.dtype).eps / 2
     return unit_roundoff * float(torch.linalg.vector_norm(weight, dtype=torch.float64))
+
+
+def _project_utilities(
+    name: str,
+    base: Tensor,
+    tensors: Mapping[Hashable, Tensor],
+    utility_ids: list[Hashable],
+    settings: SharedSettings,
+    fishers: FisherSources,
+    common: Mapping[str, Any],
+) -> tuple[dict[Hashable, Tensor], dict[str, Any]]:
+    """The dual projection (``docs/design.md`` §1.6): each utility input's delta
+    ``ΔW_i = W_i − W0`` replaced by ``P_i(ΔW_i)``, projected with its gain Fisher ``G_i`` (for
+    ``sst_single_fisher`` the identity: keep the directions ``C`` penalises least) and the cost
+    Fisher ``C``. Returns the inputs' new full weights and one record per projected input."""
+    projected = dict(tensors)
+    records: dict[str, Any] = {}
+    cost_file = fishers.cost
+    for key in utility_ids:
+        if torch.equal(tensors[key], base):
+            continue
+        delta = tensors[key].double() - base.double()
+        gain_file = fishers.gain.get(key)
+        lacking = [
+            (label, opened)
+            for label, opened in (("cost_fisher", cost_file), (f"{key}: gain_fisher", gain_file))
+            if opened is not None and name not in opened
+        ]
+        if lacking:
+            outcome = _missing_fisher(name, base, delta, settings, lacking, f"{key}'s delta")
+            projected[key] = outcome.tensor
+            records[str(key)] = outcome.diagnostics
+            continue
+        cost = cost_file.get(name, device=base.device)
+        gain = (
+            cost.identity_like() if gain_file is None else gain_file.get(name, device=base.device)
+        )
+        result = project_patch(delta, gain, cost, settings.selection, **common)
+        residual = result.diagnostics.subspace_residual
+        problem = subspace_problem(
+            name, residual, base, tensors[key], "cost_fisher", cost_file, f"{key}'s delta"
+        )
+        if problem is not None:
+            raise SSTError(f"{problem}: {SUBSPACE_HINT}")
+        projected[key] = (base.double() + result.patch).to(base.dtype)
+        records[str(key)] = {"action": "projected", **result.diagnostics.as_dict()}
+    return projected, records
 
 
 def _add(
@@ -237,13 +306,16 @@ def _missing_fisher(
     correction: Tensor,
     settings: SharedSettings,
     missing: list[tuple[str, FisherFile]],
+    what: str = "the safety delta",
 ) -> MergedTensor:
+    """``missing_fisher`` for ``what`` (a non-zero delta whose ``missing`` files lack ``name``):
+    an error, ``merged + correction`` (``keep``) or ``merged`` (``drop``)."""
     files = ", ".join(f"{label} {str(opened.path)!r}" for label, opened in missing)
     if settings.missing_fisher == MissingFisher.ERROR:
         raise FisherFileError(
-            f"{name}: the safety delta is non-zero but {files} has no Fisher entries for this "
-            "tensor (missing_fisher: error; use 'keep' to add the unprojected safety delta or "
-            "'drop' to leave it out)"
+            f"{name}: {what} is non-zero but {files} has no Fisher entries for this tensor "
+            f"(missing_fisher: error; use 'keep' to add the unprojected delta or 'drop' to "
+            "leave it out)"
         )
     if settings.missing_fisher == MissingFisher.KEEP:
         return _add(merged, correction, {"action": "missing_fisher_keep"})

@@ -85,6 +85,13 @@ class KFACFisher(FisherBase):
     def weight_shape_of(cls, shapes: Mapping[str, Sequence[int]]) -> tuple[int, int]:
         return int(shapes["G"][0]), int(shapes["A"][0])
 
+    @classmethod
+    def entry_shape_problem(cls, shapes: Mapping[str, Sequence[int]]) -> str | None:
+        a, g = tuple(shapes["A"]), tuple(shapes["G"])
+        if a[0] == a[1] and g[0] == g[1]:
+            return None
+        return f"the entries do not fit together: A {a}, G {g} (expected square factors)"
+
     def identity_like(self) -> KFACFisher:
         """``I_{d_in} ⊗ I_{d_out}``."""
         eye = torch.eye

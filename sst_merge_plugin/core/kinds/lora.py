@@ -165,6 +165,25 @@ class LoRAFisher(FisherBase):
     def weight_shape_of(cls, shapes: Mapping[str, Sequence[int]]) -> tuple[int, int]:
         return int(shapes["U"][0]), int(shapes["V"][0])
 
+    def subspace_residual(self, patch: Tensor) -> float:
+        """``‖ΔW − U UᵀΔW V Vᵀ‖_F / ‖ΔW‖_F`` (:func:`subspace_coordinates`)."""
+        check_patch(patch, self.weight_shape)
+        device = patch.device
+        return subspace_coordinates(patch, self.U.double().to(device), self.V.double().to(device))[
+            1
+        ]
+
+    @classmethod
+    def entry_shape_problem(cls, shapes: Mapping[str, Sequence[int]]) -> str | None:
+        u, v, a_r, g_r = (tuple(shapes[entry]) for entry in cls.required_entries)
+        r_out, r_in = u[1], v[1]
+        if r_out <= u[0] and r_in <= v[0] and a_r == (r_in, r_in) and g_r == (r_out, r_out):
+            return None
+        return (
+            f"the entries do not fit together: U {u}, V {v}, A_r {a_r}, G_r {g_r} (expected "
+            "U d_out×r_out, V d_in×r_in with r ≤ d, A_r r_in×r_in, G_r r_out×r_out)"
+        )
+
     def identity_like(self) -> LoRAFisher:
         """``UᵀIU = I_r``, ``VᵀIV = I_r`` with full-space traces ``d_in`` and ``d_out``."""
         d_out, d_in = self.weight_shape
