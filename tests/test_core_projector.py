@@ -654,9 +654,9 @@ def test_blockwise_rules_keep_every_unknown_coordinate_they_depend_on():
 
 def test_a_lora_update_merged_into_stored_weights_is_projected_as_the_low_rank_patch():
     """``ΔW = fl32(W0 + B A) − W0`` is rank r only up to the rounding of the stored weights
-    (``u·‖W_s‖_F``, relative to ``W``, not to ``ΔW``): with that ``rounding`` the kfac kind
-    projects the low-rank part, which is the projection of ``B A`` itself up to that rounding;
-    without it, or for a full-rank patch, nothing is factored."""
+    (``u·‖W_s‖_F``, relative to ``W``, not to ``ΔW``): with that ``rounding`` the low-rank part
+    is projected, which is the projection of ``B A`` itself up to that rounding; without it,
+    or for a full-rank patch, nothing is factored."""
     from sst_merge_plugin.core.projector import low_rank_factors
     from sst_merge_plugin.method.tensor_merge import stored_rounding
 

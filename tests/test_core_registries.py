@@ -75,10 +75,10 @@ class KDiagFisher(FisherBase):
     def identity_like(self) -> KDiagFisher:
         return KDiagFisher(torch.ones_like(self.a), torch.ones_like(self.g))
 
-    def project(self, patch, benign, selection, trace_ratio, cache, solver, rounding):
+    def project(self, patch, benign, selection, trace_ratio, cache, solver):
         # elementwise, so the diag kind's projection on the dense diagonals is exact
         return DiagFisher(self.dense()).project(
-            patch, DiagFisher(benign.dense()), selection, trace_ratio, cache, solver, rounding
+            patch, DiagFisher(benign.dense()), selection, trace_ratio, cache, solver
         )
 
 

@@ -281,15 +281,11 @@ class FisherBase(ABC):
         trace_ratio: float,
         cache: GEVPCache,
         solver: SolverName,
-        rounding: float,
     ) -> tuple[Tensor, ProjectionDiagnostics, tuple[Tensor, Tensor] | None]:
         """Project ``patch`` with ``self`` as the (damped, float64) ``F_harm`` and ``benign``.
 
-        ``rounding`` bounds the error the patch carries from the weights it was taken from
-        (:func:`~sst_merge_plugin.core.projector.project_patch`); kinds that factor a low-rank
-        patch may leave a residual up to it out. Returns the projected patch in the patch's
-        dtype, the diagnostics and, for kinds whose output is low-rank, float64 factors
-        ``(left, right)`` of it (else ``None``).
+        Returns the projected patch in the patch's dtype, the diagnostics and, for kinds whose
+        output is low-rank, float64 factors ``(left, right)`` of it (else ``None``).
         """
 
 

@@ -139,9 +139,9 @@ def project_patch(
     ``rounding`` bounds the Frobenius norm of the error the patch carries from the weights it
     was computed from: ``ΔW = W_s − W0`` of weights stored with unit roundoff ``u`` differs
     from the exact update by at most ``u·‖W_s‖_F``, so a LoRA update merged into stored weights
-    is low-rank only up to that. The ``kfac`` kind factors such a patch (:func:`low_rank_factors`
-    with this allowance), projects the low-rank part and leaves the residual — rounding — out;
-    the ``diag`` and ``lora`` kinds need no factors and ignore it.
+    is low-rank only up to that. When the patch has rank ``≤ LOW_RANK_MAX`` up to ``rounding``
+    (:func:`low_rank_factors`), that low-rank part is projected and the residual — rounding —
+    is left out.
     """
     check_compatible(harm_fisher, benign_fisher, name)
     if tuple(patch.shape) != harm_fisher.weight_shape:
@@ -155,14 +155,16 @@ def project_patch(
         raise FisherValidationError(f"damping must be >= 0, got {damping}")
     if rounding < 0:
         raise FisherValidationError(f"rounding must be >= 0, got {rounding}")
+    if rounding > 0:
+        left, right = low_rank_factors(patch, rounding=rounding)
+        if right is not None:
+            patch = product(left, right, patch.dtype)
     device = patch.device
     harm = harm_fisher.to(device=device).damped(damping, dtype=torch.float64)
     benign = benign_fisher.to(device=device).damped(damping, dtype=torch.float64)
     trace_ratio = harm.trace() / benign.trace()
     cache = cache if cache is not None else GEVPCache()
-    out, diag, factors = harm.project(
-        patch, benign, selection, trace_ratio, cache, solver, rounding
-    )
+    out, diag, factors = harm.project(patch, benign, selection, trace_ratio, cache, solver)
     if factors is not None:
         factors = (factors[0].to(patch.dtype), factors[1].to(patch.dtype))
     return ProjectionResult(out, diag, factors)

@@ -89,11 +89,9 @@ class DiagFisher(FisherBase):
         trace_ratio: float,
         cache: GEVPCache,
         solver: SolverName,
-        rounding: float,
     ) -> tuple[Tensor, ProjectionDiagnostics, None]:
         """Elementwise GEVP: ``λ_p = F_h[p]/F_b[p]``, coordinates ``√F_b ⊙ ΔW``, result
-        ``M ⊙ ΔW`` (computed in float64, returned in the patch's dtype; nothing is factored,
-        so ``rounding`` plays no part)."""
+        ``M ⊙ ΔW`` (computed in float64, returned in the patch's dtype)."""
         assert isinstance(benign, DiagFisher)
         if float(benign.diag.min()) <= 0:
             raise SolverError(

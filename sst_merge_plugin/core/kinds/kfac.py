@@ -108,12 +108,10 @@ class KFACFisher(FisherBase):
         trace_ratio: float,
         cache: GEVPCache,
         solver: SolverName,
-        rounding: float,
     ) -> tuple[Tensor, ProjectionDiagnostics, None]:
-        """``Q (M ⊙ C) Pᵀ`` (:func:`~sst_merge_plugin.core.projector.project_kronecker`) of the
-        patch, factored first when it is low-rank up to its precision and ``rounding``."""
+        """``Q (M ⊙ C) Pᵀ`` (:func:`~sst_merge_plugin.core.projector.project_kronecker`)."""
         assert isinstance(benign, KFACFisher)
-        left, right = low_rank_factors(patch, rounding=rounding)
+        left, right = low_rank_factors(patch)
         out_left, out_right, diagnostics = project_kronecker(
             left, right, self.A, self.G, benign.A, benign.G, selection, trace_ratio, cache, solver,
             kind="kfac",

@@ -222,10 +222,8 @@ class LoRAFisher(FisherBase):
         trace_ratio: float,
         cache: GEVPCache,
         solver: SolverName,
-        rounding: float,
     ) -> tuple[Tensor, ProjectionDiagnostics, tuple[Tensor, Tensor]]:
-        """``U Q (M⊙C) Pᵀ Vᵀ`` with ``X = Uᵀ ΔW V``; factors ``(U Q (M⊙C), Pᵀ Vᵀ)`` (the
-        subspace is the factorisation, so ``rounding`` plays no part)."""
+        """``U Q (M⊙C) Pᵀ Vᵀ`` with ``X = Uᵀ ΔW V``; factors ``(U Q (M⊙C), Pᵀ Vᵀ)``."""
         assert isinstance(benign, LoRAFisher)
         u, v = self.U, self.V
         coords, residual = subspace_coordinates(patch, u, v)
