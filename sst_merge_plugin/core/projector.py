@@ -127,7 +127,6 @@ def project_patch(
     solver: SolverName = "auto",
     cache: GEVPCache | None = None,
     name: str = "weight",
-    rounding: float = 0.0,
 ) -> ProjectionResult:
     """Project ``patch`` onto the selected generalized eigen-directions of ``(F_harm, F_benign)``.
 
@@ -135,13 +134,6 @@ def project_patch(
     float64 and hands over to the kind's own :meth:`~.fisher.FisherBase.project`. ``name``
     only labels error messages. Raises :class:`~.errors.SSTError` subclasses for mismatched
     shapes/kinds, non-finite patches and a singular benign Fisher (``damping=0``).
-
-    ``rounding`` bounds the Frobenius norm of the error the patch carries from the weights it
-    was computed from: ``ΔW = W_s − W0`` of weights stored with unit roundoff ``u`` differs
-    from the exact update by at most ``u·‖W_s‖_F``, so a LoRA update merged into stored weights
-    is low-rank only up to that. When the patch has rank ``≤ LOW_RANK_MAX`` up to ``rounding``
-    (:func:`low_rank_factors`), that low-rank part is projected and the residual — rounding —
-    is left out.
     """
     check_compatible(harm_fisher, benign_fisher, name)
     if tuple(patch.shape) != harm_fisher.weight_shape:
@@ -153,12 +145,6 @@ def project_patch(
         raise FisherValidationError(f"{name}: the patch contains NaN/Inf")
     if damping < 0:
         raise FisherValidationError(f"damping must be >= 0, got {damping}")
-    if rounding < 0:
-        raise FisherValidationError(f"rounding must be >= 0, got {rounding}")
-    if rounding > 0:
-        left, right = low_rank_factors(patch, rounding=rounding)
-        if right is not None:
-            patch = product(left, right, patch.dtype)
     device = patch.device
     harm = harm_fisher.to(device=device).damped(damping, dtype=torch.float64)
     benign = benign_fisher.to(device=device).damped(damping, dtype=torch.float64)
@@ -190,19 +176,16 @@ def product(left: Tensor, right: Tensor, dtype: torch.dtype) -> Tensor:
     return out
 
 
-def low_rank_factors(
-    patch: Tensor, max_rank: int = LOW_RANK_MAX, rounding: float = 0.0
-) -> tuple[Tensor, Tensor | None]:
-    """``(L, R)`` in float64 with ``patch = L @ R`` up to the patch's own precision (and
-    ``rounding``), when ``rank ≤ max_rank``.
+def low_rank_factors(patch: Tensor, max_rank: int = LOW_RANK_MAX) -> tuple[Tensor, Tensor | None]:
+    """``(L, R)`` in float64 with ``patch = L @ R`` up to the patch's own precision, when
+    ``rank ≤ max_rank``.
 
     A seeded randomised range finder on ``P = float64(patch)``: ``Y = P Ω`` (``Ω`` is
     ``d_in × (max_rank + 8)``), ``L = orth(Y)``, ``R = Lᵀ P``; accepted when
-    ``‖P − L R‖_F ≤ tol · ‖P‖_F + rounding`` with ``tol = 1e-9`` for a float64 patch and
-    ``LOW_RANK_EPS[dtype] · eps`` (the machine epsilon of its dtype) for a narrower one, whose
-    rounding keeps a low-rank product from being exactly low-rank; ``rounding`` is an absolute
-    allowance for error the patch carries from elsewhere (see :func:`project_patch`).
-    Otherwise returns ``(P, None)`` where ``None`` stands for the identity.
+    ``‖P − L R‖_F ≤ tol · ‖P‖_F`` with ``tol = 1e-9`` for a float64 patch and
+    ``LOW_RANK_EPS[dtype] · eps`` (the machine epsilon of its dtype) for a narrower one, whose rounding
+    keeps a low-rank product from being exactly low-rank. Otherwise returns ``(P, None)`` where
+    ``None`` stands for the identity.
     """
     if patch.dtype == torch.float64:
         tol = 1e-9
@@ -219,7 +202,7 @@ def low_rank_factors(
     right = basis.T @ patch
     norm = float(torch.linalg.matrix_norm(patch))
     residual = float(torch.linalg.matrix_norm(torch.addmm(patch, basis, right, alpha=-1)))
-    if residual <= tol * max(norm, 1e-300) + rounding:
+    if residual <= tol * max(norm, 1e-300):
         return basis, right
     return patch, None
 

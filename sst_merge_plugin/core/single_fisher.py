@@ -26,7 +26,6 @@ def project_single_fisher(
     solver: SolverName = "auto",
     cache: GEVPCache | None = None,
     name: str = "weight",
-    rounding: float = 0.0,
 ) -> ProjectionResult:
     """``project_patch(patch, F_h, I, selection)``: keep the patch along top eigenvectors of F_h
     (``I`` in ``F_h``'s structure, :meth:`~.fisher.FisherBase.identity_like`).
@@ -42,5 +41,4 @@ def project_single_fisher(
         solver=solver,
         cache=cache,
         name=name,
-        rounding=rounding,
     )

@@ -17,9 +17,7 @@ Per weight ``W`` (name ``name``) with base ``W0``, safety input ``s`` and utilit
   in the tensors' dtype, exactly as the built-in does, so it equals the built-in bit for bit.
 * ``sst_merge`` — ``W = W_U + s·w_s·P(ΔW_s)``, ``ΔW_s = W_s − W0`` (float64), ``P`` =
   :func:`~sst_merge_plugin.core.project_patch` with the ``harm_fisher``/``benign_fisher``
-  factors of ``name`` (read lazily, moved to the tensor's device; one shared ``GEVPCache``),
-  told that ``ΔW_s`` carries the rounding of the stored ``W_s`` (:func:`stored_rounding`): a
-  LoRA update merged into stored weights is projected as the low-rank patch it is.
+  factors of ``name`` (read lazily, moved to the tensor's device; one shared ``GEVPCache``).
 * ``sst_single_fisher`` — the same with :func:`~sst_merge_plugin.core.project_single_fisher`.
 * ``sst_safe_lora`` — on the merged utility delta ``U = W_U − W0`` and the alignment matrix
   ``ΔW_s``: ``gate: project`` → Safe LoRA (:func:`~sst_merge_plugin.core.safe_lora_project`):
@@ -205,16 +203,11 @@ def merge_tensor(
     if missing:
         return _missing_fisher(name, merged, factor * safety_delta, settings, missing)
     harm = fishers.harm.get(name, device=base.device)
-    rounding = stored_rounding(tensors[safety])
     if settings.method == Method.SST_MERGE:
         benign = fishers.benign.get(name, device=base.device)
-        result = project_patch(
-            safety_delta, harm, benign, settings.selection, rounding=rounding, **common
-        )
+        result = project_patch(safety_delta, harm, benign, settings.selection, **common)
     elif settings.method == Method.SST_SINGLE_FISHER:
-        result = project_single_fisher(
-            safety_delta, harm, settings.selection, rounding=rounding, **common
-        )
+        result = project_single_fisher(safety_delta, harm, settings.selection, **common)
     else:  # pragma: no cover - parse_shared admits no other method
         raise SSTError(f"unknown SST method {settings.method!r}")
     problem = subspace_problem(
@@ -232,14 +225,6 @@ def merge_tensor(
         factors = (factor * result.factors[0], result.factors[1])
     record = {"action": "projected", **result.diagnostics.as_dict(), **extra}
     return _add(merged, factor * result.patch, record, factors)
-
-
-def stored_rounding(weight: Tensor) -> float:
-    """``u·‖W‖_F``: a bound on the Frobenius norm of the rounding error of a weight stored in
-    its dtype (``u`` = half the dtype's machine epsilon), so of ``W_s − W0`` against the exact
-    update when ``W_s`` is an update merged into ``W0`` and stored."""
-    unit_roundoff = torch.finfo(weight.dtype).eps / 2
-    return unit_roundoff * float(torch.linalg.vector_norm(weight, dtype=torch.float64))
 
 
 def _project_utilities(
