@@ -143,12 +143,13 @@ class ReducedPencil:
         _check_pencil(gain, cost)
         if gain.device.type != "cpu":
             raise SolverError(f"the reduced dense solver runs on the CPU, got {gain.device}")
-        upper, info = torch.linalg.cholesky_ex(cost.double(), upper=True)  # cost = L Lᵀ, U = Lᵀ
+        lower, info = torch.linalg.cholesky_ex(cost.double())
         if int(info) != 0:
             raise _singular_cost_error(cost.shape[0])
-        # LAPACK takes Fortran-ordered arrays: the transposed view of the row-major U is L, that
-        # of the symmetric gain is gain itself (no copies; sygst copies gain before overwriting)
-        whitened, info = lapack.dsygst(gain.double().numpy().T, upper.numpy().T, 1, 1)
+        # LAPACK reads the lower triangles of Fortran-ordered arrays; gain is symmetric
+        whitened, info = lapack.dsygst(
+            np.asfortranarray(gain.double().numpy()), np.asfortranarray(lower.numpy()), 1, 1
+        )
         _check_info("sygst", info)
         dim = gain.shape[0]
         work, info = lapack.dsytrd_lwork(dim, lower=1)
@@ -165,7 +166,7 @@ class ReducedPencil:
         ascending, info = lapack.dsterf(self._diagonal, self._offdiagonal)
         _check_info("sterf", info)
         self.spectrum: Tensor = torch.from_numpy(ascending[::-1].copy())
-        self._upper = upper
+        self._lower = lower
         self._pairs: dict[int, GeneralizedEigenpairs] = {}
         self._lock = threading.Lock()
 
@@ -206,7 +207,7 @@ class ReducedPencil:
             )  # fmt: skip
             _check_info("ormqr", info)
         whitened = torch.from_numpy(np.array(rotated, order="C"))
-        vectors = torch.linalg.solve_triangular(self._upper, whitened, upper=True)  # L⁻ᵀ y
+        vectors = torch.linalg.solve_triangular(self._lower.T, whitened, upper=True)
         values = torch.from_numpy(values[:k][::-1].copy())
         return GeneralizedEigenpairs(values, vectors, complete=k == dim)
 
@@ -217,7 +218,7 @@ class ReducedPencil:
         with self._lock:
             pairs = list(self._pairs.values())
         return (
-            self._upper.untyped_storage().nbytes()
+            self._lower.untyped_storage().nbytes()
             + self.spectrum.untyped_storage().nbytes()
             + sum(a.nbytes for a in arrays)
             + sum(p.nbytes for p in pairs)
