@@ -48,8 +48,8 @@ def t(array: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(array))
 
 
-def make_pair():
-    """Random SPD factors of a ``D_OUT × D_IN`` weight and a patch."""
+@pytest.fixture
+def pair():
     rng = np.random.default_rng(0)
     factors = {
         "A_h": spd(D_IN, rng),
@@ -59,11 +59,6 @@ def make_pair():
     }
     patch = rng.standard_normal((D_OUT, D_IN))
     return factors, patch
-
-
-@pytest.fixture
-def pair():
-    return make_pair()
 
 
 def dense_pencil(factors: dict[str, np.ndarray], eps: float) -> tuple[np.ndarray, np.ndarray]:
@@ -509,144 +504,3 @@ def test_krylov_restarts_reach_the_scipy_pairs(depth):
     x = pairs.vectors.numpy()
     np.testing.assert_allclose(x.T @ cost @ x, np.eye(4), atol=1e-9)
     np.testing.assert_allclose(gain @ x, cost @ x * pairs.values.numpy(), atol=1e-7 * ref[0])
-
-
-def test_reduced_pencil_gives_every_eigenvalue_and_leading_pairs_on_demand():
-    """``ReducedPencil``: the whole spectrum of the pencil at once, and for each ``k`` the ``k``
-    leading ``cost``-orthonormal eigenvectors, computed on their own (the same whatever was
-    asked before)."""
-    from sst_merge_plugin.core.gevp import ReducedPencil
-
-    rng = np.random.default_rng(11)
-    gain, cost = spd(60, rng), spd(60, rng)
-    pencil = ReducedPencil(t(gain), t(cost))
-    ref = scipy.linalg.eigh(gain, cost, eigvals_only=True)[::-1]
-    np.testing.assert_allclose(pencil.spectrum.numpy(), ref, rtol=1e-10)
-    for k in (1, 7, 60):
-        pairs = pencil.leading(k)
-        assert pairs.complete == (k == 60) and pairs.vectors.shape == (60, k)
-        x, lam = pairs.vectors.numpy(), pairs.values.numpy()
-        np.testing.assert_allclose(lam, ref[:k], rtol=1e-10)
-        np.testing.assert_allclose(x.T @ cost @ x, np.eye(k), atol=1e-10)
-        np.testing.assert_allclose(gain @ x, cost @ x * lam, atol=1e-9 * ref[0])
-    fresh = ReducedPencil(t(gain), t(cost)).leading(7)
-    assert torch.equal(pencil.leading(7).vectors, fresh.vectors)
-    with pytest.raises(SolverError, match="singular"):
-        ReducedPencil(t(gain), t(np.zeros_like(cost)))
-
-
-@pytest.fixture
-def reduced_everywhere(monkeypatch):
-    """Force the reduced dense solver at the tests' small sizes, starting from 2 × 2 blocks (so
-    that blocks must grow), and record the block sides every projection computed."""
-    import sst_merge_plugin.core.gevp as gevp
-    import sst_merge_plugin.core.projector as projector
-
-    monkeypatch.setattr(gevp, "REDUCED_MIN_DIM", 1)
-    monkeypatch.setattr(projector, "LEADING_BLOCK", 2)
-    sides: list[int] = []
-    leading = gevp.ReducedPencil.leading
-
-    def recording(self, k):
-        sides.append(int(k))
-        return leading(self, k)
-
-    monkeypatch.setattr(gevp.ReducedPencil, "leading", recording)
-    return sides
-
-
-@pytest.mark.parametrize(
-    "selection",
-    [
-        Selection.create("energy", energy=0.5),
-        Selection.create("energy", energy=0.99),
-        Selection.create("ratio", ratio=1.0),
-        Selection.create("ratio", ratio=4.0),
-        Selection.create("top_k", k=3),
-    ],
-    ids=lambda s: f"{s.mode}-{s.value}",
-)
-def test_blockwise_selection_on_leading_blocks_equals_the_full_spectrum(
-    reduced_everywhere, monkeypatch, selection
-):
-    """Growing leading blocks with unknown coordinates outside keep exactly the coordinates a
-    selection on every coordinate keeps: same patch, kept count, gain and λ statistics."""
-    import sst_merge_plugin.core.projector as projector
-
-    rng = np.random.default_rng(12)
-    d_out, d_in = 40, 24
-    factors = {"A_h": spd(d_in, rng, 6), "G_h": spd(d_out, rng, 8),
-               "A_b": spd(d_in, rng), "G_b": spd(d_out, rng)}  # fmt: skip
-    patch = t(rng.standard_normal((d_out, d_in)))
-    harm, benign = kfac(factors, "h"), kfac(factors, "b")
-    blockwise = project_patch(patch, harm, benign, selection)
-    assert reduced_everywhere, "the reduced solver was not used"
-    assert min(reduced_everywhere) == (selection.leading_pairs() or 2)  # the first block
-    full = project_patch(patch, harm, benign, Selection("all"))  # whole spectrum: dense path
-    monkeypatch.setattr(projector, "LEADING_BLOCK", d_out)  # one block: every coordinate
-    reference = project_patch(patch, harm, benign, selection, cache=GEVPCache())
-    np.testing.assert_allclose(blockwise.patch.numpy(), reference.patch.numpy(), atol=1e-9)
-    b, r = blockwise.diagnostics, reference.diagnostics
-    assert b.kept == r.kept and 0 < b.kept < d_out * d_in
-    assert b.n_coordinates == full.diagnostics.n_coordinates == d_out * d_in
-    for field in ("gain_total", "gain_kept", "cost_kept", "lambda_max", "lambda_median",
-                  "lambda_min", "lambda_min_kept"):  # fmt: skip
-        assert getattr(b, field) == pytest.approx(getattr(r, field), rel=1e-9)
-
-
-def test_blockwise_reference_is_the_dense_scipy_projection(reduced_everywhere):
-    """The same path against the reference built without the plugin's solver (ratio mode)."""
-    factors, patch = make_pair()
-    f_h, f_b = dense_pencil(factors, 1e-2)
-    ref, _ = dense_ratio_projection(patch, f_h, f_b, 1.0)
-    res = project_patch(
-        t(patch), kfac(factors, "h"), kfac(factors, "b"), Selection.create("ratio", ratio=1.0)
-    )
-    np.testing.assert_allclose(res.patch.numpy(), ref, atol=1e-10)
-    assert set(reduced_everywhere) >= {2}  # started from 2 × 2 blocks
-
-
-def test_leading_blocks_grow_only_as_far_as_the_selection_needs(reduced_everywhere):
-    """``top_k`` needs its ``k × k`` block at once; ``ratio`` with a high threshold stops at the
-    first block; a selection that keeps every coordinate grows to the whole factors."""
-    rng = np.random.default_rng(13)
-    d_out, d_in = 40, 24
-    factors = {"A_h": spd(d_in, rng), "G_h": spd(d_out, rng),
-               "A_b": spd(d_in, rng), "G_b": spd(d_out, rng)}  # fmt: skip
-    patch = t(rng.standard_normal((d_out, d_in)))
-    harm, benign = kfac(factors, "h"), kfac(factors, "b")
-
-    def sides(selection):
-        reduced_everywhere.clear()
-        result = project_patch(patch, harm, benign, selection, cache=GEVPCache())
-        return sorted(set(reduced_everywhere)), result.diagnostics
-
-    assert sides(Selection.create("top_k", k=5))[0] == [5]
-    grid = sides(Selection.create("ratio", ratio=0.0))  # λ ≥ 0 everywhere: all kept
-    assert grid[0] == [2, 8, d_in, d_out] and grid[1].kept == d_out * d_in
-    lam_max = grid[1].lambda_max
-    high, diagnostics = sides(Selection.create("ratio", ratio=0.999 * lam_max))
-    assert high == [2] and diagnostics.kept == 1
-
-
-def test_blockwise_rules_keep_every_unknown_coordinate_they_depend_on():
-    """The ``blockwise`` contract of the built-in rules, with NaN for unknown coordinates."""
-    from sst_merge_plugin.core.selection import SELECT_MODES, selection_weights
-
-    lam = torch.tensor([[8.0, 4.0], [2.0, 1.0]])
-    coords = torch.tensor([[1.0, 1.0], [1.0, 1.0]])
-    total = float((lam * coords**2).sum())  # 15
-    unknown_late = coords.clone()
-    unknown_late[1, 1] = float("nan")  # λ = 1 comes last in λ order
-    energy = Selection.create("energy", energy=0.7)  # 8 + 4 ≥ 10.5: two coordinates
-    expected = selection_weights(lam, coords, energy, total)
-    assert torch.equal(selection_weights(lam, unknown_late, energy, total), expected)
-    unknown_early = coords.clone()
-    unknown_early[0, 1] = float("nan")  # λ = 4 is needed before the threshold is reached
-    kept = selection_weights(lam, unknown_early, energy, total)
-    assert kept[0, 1] > 0  # kept, so the caller computes it
-    assert {name for name, mode in SELECT_MODES.items() if mode.blockwise} == {
-        "top_k",
-        "energy",
-        "ratio",
-    }

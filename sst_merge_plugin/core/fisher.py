@@ -142,8 +142,7 @@ def _checked_symmetric_psd(name: str, factor: Tensor) -> Tensor:
             f"{name}: is zero (trace {trace:.3g}); no statistics were collected"
         )
     if sym.shape[0] <= PSD_CHECK_MAX_DIM:
-        shifted = sym.to(torch.float64, copy=True)
-        shifted.diagonal().add_(PSD_TOL * trace)
+        shifted = sym.double() + PSD_TOL * trace * torch.eye(sym.shape[0], dtype=torch.float64)
         _, info = torch.linalg.cholesky_ex(shifted)
         if int(info) != 0:
             min_eig = float(torch.linalg.eigvalsh(sym.double()).min())

@@ -6,11 +6,7 @@ eigenvectors can be chosen ``cost``-orthonormal: ``Xᵀ · cost · X = I``, ``X�
 Two solvers:
 
 * **dense** — Cholesky whitening in float64: ``cost = L Lᵀ``, ``S = L⁻¹ gain L⁻ᵀ``,
-  ``S = Y diag(λ) Yᵀ``, ``X = L⁻ᵀ Y``. Two forms: :func:`solve_dense` computes every pair at
-  once (``torch.linalg.eigh``); :class:`ReducedPencil` reduces ``S`` to tridiagonal form once
-  (LAPACK ``sytrd``), which gives every eigenvalue at ``O(d²)`` more, and computes the
-  eigenvectors of only the leading pairs a selection needs, on demand — the eigenvector part of
-  a full ``eigh`` (about two thirds of its time) is skipped when few are needed.
+  ``S = Y diag(λ) Yᵀ`` (``torch.linalg.eigh``), ``X = L⁻ᵀ Y``. Gives the whole spectrum.
 * **krylov** — the ``k`` leading pairs only (restarted block Krylov on the Cholesky-whitened
   operator, see :func:`solve_top_k`), for factors too large for a dense ``eigh`` (``d`` of
   several thousand). Used for ``top_k`` selection.
@@ -26,9 +22,7 @@ import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 
-import numpy as np
 import torch
-from scipy.linalg import lapack
 from torch import Tensor
 
 from sst_merge_plugin.choice import Choice
@@ -50,10 +44,6 @@ SolverName = Solver | str
 #: ``auto`` uses the dense solver up to this dimension, the Krylov solver above it (when only the top ``k``
 #: pairs are needed).
 DENSE_MAX_DIM = 4096
-#: :meth:`GEVPCache.spectrum` reduces pencils of at least this dimension (on the CPU) to
-#: tridiagonal form (:class:`ReducedPencil`); smaller ones get one full ``eigh``
-#: (:func:`solve_dense`), which costs milliseconds there
-REDUCED_MIN_DIM = 256
 
 
 @dataclass(frozen=True)
@@ -71,22 +61,6 @@ class GeneralizedEigenpairs:
     @property
     def dim(self) -> int:
         return int(self.vectors.shape[0])
-
-    @property
-    def spectrum(self) -> Tensor:
-        """Every eigenvalue, descending (complete solutions only)."""
-        if not self.complete:
-            raise SolverError("an incomplete solution does not hold the whole spectrum")
-        return self.values
-
-    def leading(self, k: int) -> GeneralizedEigenpairs:
-        """The ``k`` leading pairs."""
-        return _truncate(self, k)
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes of the tensor storage this solution keeps alive."""
-        return sum(t.untyped_storage().nbytes() for t in (self.values, self.vectors))
 
 
 def _check_pencil(gain: Tensor, cost: Tensor) -> None:
@@ -123,111 +97,6 @@ def solve_dense(gain: Tensor, cost: Tensor) -> GeneralizedEigenpairs:
     vectors = torch.linalg.solve_triangular(lower.T, eigvecs, upper=True)
     order = torch.argsort(values, descending=True, stable=True)
     return GeneralizedEigenpairs(values[order], vectors[:, order], complete=True)
-
-
-class ReducedPencil:
-    """``gain x = λ cost x`` reduced once: every eigenvalue now, leading eigenvectors on demand.
-
-    On construction (float64, CPU; LAPACK through ``scipy.linalg.lapack``): ``cost = L Lᵀ``
-    (Cholesky), ``S = L⁻¹ gain L⁻ᵀ`` (``sygst``), ``S = H T Hᵀ`` with ``T`` tridiagonal and
-    ``H = H_1 ⋯ H_{d−1}`` Householder reflectors (``sytrd``), and all eigenvalues of ``T`` —
-    those of the pencil — by ``sterf`` (:attr:`spectrum`, descending). :meth:`leading` then
-    computes the eigenvectors ``z`` of ``T`` for the ``k`` largest eigenvalues (``stemr``,
-    MRRR), ``y = H z`` (``ormqr``) and ``x = L⁻ᵀ y`` (``cost``-orthonormal): ``O(d²k)`` instead
-    of the ``O(d³)`` eigenvector part of a full ``eigh``. Each ``k`` is computed on its own
-    (never cut from a larger one), so the pairs a caller gets depend only on the ``k`` it asks
-    for, not on what was asked before.
-    """
-
-    def __init__(self, gain: Tensor, cost: Tensor) -> None:
-        _check_pencil(gain, cost)
-        if gain.device.type != "cpu":
-            raise SolverError(f"the reduced dense solver runs on the CPU, got {gain.device}")
-        lower, info = torch.linalg.cholesky_ex(cost.double())
-        if int(info) != 0:
-            raise _singular_cost_error(cost.shape[0])
-        # LAPACK reads the lower triangles of Fortran-ordered arrays; gain is symmetric
-        whitened, info = lapack.dsygst(
-            np.asfortranarray(gain.double().numpy()), np.asfortranarray(lower.numpy()), 1, 1
-        )
-        _check_info("sygst", info)
-        dim = gain.shape[0]
-        work, info = lapack.dsytrd_lwork(dim, lower=1)
-        _check_info("sytrd_lwork", info)
-        reduced, self._diagonal, self._offdiagonal, tau, info = lapack.dsytrd(
-            whitened, lower=1, lwork=int(work), overwrite_a=1
-        )
-        _check_info("sytrd", info)
-        # H acts on rows 2..d as the QR-style reflectors stored below the subdiagonal (what
-        # LAPACK's ormtr hands to ormqr for uplo = 'L'); kept contiguous for ormqr
-        self._reflectors = np.asfortranarray(reduced[1:, : dim - 1])
-        self._tau = tau[: dim - 1]
-        del reduced
-        ascending, info = lapack.dsterf(self._diagonal, self._offdiagonal)
-        _check_info("sterf", info)
-        self.spectrum: Tensor = torch.from_numpy(ascending[::-1].copy())
-        self._lower = lower
-        self._pairs: dict[int, GeneralizedEigenpairs] = {}
-        self._lock = threading.Lock()
-
-    @property
-    def dim(self) -> int:
-        return int(self.spectrum.numel())
-
-    def leading(self, k: int) -> GeneralizedEigenpairs:
-        """The ``k`` leading pairs (memoised per ``k``); ``complete`` when ``k = d``."""
-        k = max(1, min(int(k), self.dim))
-        with self._lock:
-            cached = self._pairs.get(k)
-        if cached is None:
-            cached = self._solve_leading(k)
-            with self._lock:
-                self._pairs[k] = cached
-        return cached
-
-    def _solve_leading(self, k: int) -> GeneralizedEigenpairs:
-        dim = self.dim
-        offdiagonal = np.append(self._offdiagonal, 0.0)  # stemr's e has length d
-        lwork, liwork, info = lapack.dstemr_lwork(
-            self._diagonal, offdiagonal, 3, 0.0, 0.0, dim - k + 1, dim
-        )
-        _check_info("stemr_lwork", info)
-        found, values, tridiagonal, info = lapack.dstemr(
-            self._diagonal, offdiagonal, 3, 0.0, 0.0, dim - k + 1, dim,
-            lwork=int(lwork), liwork=int(liwork),
-        )  # fmt: skip
-        _check_info("stemr", info)
-        if found != k:
-            raise SolverError(f"stemr returned {found} eigenpairs instead of {k}")
-        rotated = np.array(tridiagonal[:, k - 1 :: -1], order="F")  # ascending → descending
-        if dim > 1:  # y = H z
-            rotated[1:], _, info = lapack.dormqr(
-                "L", "N", self._reflectors, self._tau, np.asfortranarray(rotated[1:]),
-                max(1, 64 * k),
-            )  # fmt: skip
-            _check_info("ormqr", info)
-        whitened = torch.from_numpy(np.array(rotated, order="C"))
-        vectors = torch.linalg.solve_triangular(self._lower.T, whitened, upper=True)
-        values = torch.from_numpy(values[:k][::-1].copy())
-        return GeneralizedEigenpairs(values, vectors, complete=k == dim)
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes kept alive: the Cholesky factor, the reduced form and every computed ``k``."""
-        arrays = (self._reflectors, self._diagonal, self._offdiagonal, self._tau)
-        with self._lock:
-            pairs = list(self._pairs.values())
-        return (
-            self._lower.untyped_storage().nbytes()
-            + self.spectrum.untyped_storage().nbytes()
-            + sum(a.nbytes for a in arrays)
-            + sum(p.nbytes for p in pairs)
-        )
-
-
-def _check_info(routine: str, info: int) -> None:
-    if int(info) != 0:
-        raise SolverError(f"LAPACK {routine} failed (info = {int(info)})")
 
 
 def _whitened_operator(gain: Tensor, lower: Tensor):
@@ -314,15 +183,6 @@ def solve_top_k(
     return GeneralizedEigenpairs(theta[:k], vectors, complete=False)
 
 
-def uses_krylov(solver: SolverName, top_k: int | None, dim: int) -> bool:
-    """Whether ``solver`` runs the Krylov solver on a pencil of dimension ``dim``: ``krylov``,
-    or ``auto`` when only the ``top_k`` leading pairs are needed and ``dim`` exceeds
-    :data:`DENSE_MAX_DIM`. Raises :class:`SolverError` for an unknown solver."""
-    if solver not in Solver.values():
-        raise SolverError(f"unknown solver '{solver}' (expected auto, dense or krylov)")
-    return solver == "krylov" or (solver == "auto" and top_k is not None and dim > DENSE_MAX_DIM)
-
-
 def solve(
     gain: Tensor, cost: Tensor, *, top_k: int | None = None, solver: SolverName = "auto"
 ) -> GeneralizedEigenpairs:
@@ -331,7 +191,12 @@ def solve(
     ``auto`` picks the Krylov solver only when ``top_k`` is given and the dimension exceeds
     :data:`DENSE_MAX_DIM`; otherwise the dense float64 solver.
     """
-    if uses_krylov(solver, top_k, gain.shape[0]):
+    if solver not in Solver.values():
+        raise SolverError(f"unknown solver '{solver}' (expected auto, dense or krylov)")
+    use_krylov = solver == "krylov" or (
+        solver == "auto" and top_k is not None and gain.shape[0] > DENSE_MAX_DIM
+    )
+    if use_krylov:
         if top_k is None:
             raise SolverError("the krylov solver computes the top-k pairs only: pass top_k")
         return solve_top_k(gain, cost, min(top_k, gain.shape[0]))
@@ -339,20 +204,16 @@ def solve(
 
 
 class GEVPCache:
-    """Thread-safe LRU memo of the solvers, keyed by the content of ``(gain, cost)``.
+    """Thread-safe LRU memo of :func:`solve` keyed by the content of ``(gain, cost)``.
 
-    Keys hash the matrices' bytes (:func:`content_key`), so equal factors stored under different weight
-    names — q/k/v projections share their input — are solved once. :meth:`solve` memoises
-    :func:`solve` (a request for fewer pairs than a cached solution holds is served by
-    truncating it); :meth:`spectrum` memoises the dense solver's every-eigenvalue form.
-    ``hits``/``misses`` count both; each new entry is passed to :meth:`added`.
+    Keys hash the matrices' bytes (:func:`content_key`), so equal factors stored under different
+    weight names — q/k/v projections share their input — are solved once. A request for fewer
+    pairs than a cached solution holds is served by truncating it.
     """
 
     def __init__(self, max_entries: int = 64) -> None:
         self.max_entries = max_entries
-        self._entries: OrderedDict[tuple[object, ...], GeneralizedEigenpairs | ReducedPencil] = (
-            OrderedDict()
-        )
+        self._entries: OrderedDict[tuple[object, ...], GeneralizedEigenpairs] = OrderedDict()
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
@@ -360,49 +221,23 @@ class GEVPCache:
     def solve(
         self, gain: Tensor, cost: Tensor, *, top_k: int | None = None, solver: SolverName = "auto"
     ) -> GeneralizedEigenpairs:
-        """:func:`solve`, memoised."""
         key = (content_key(gain), content_key(cost), solver, str(gain.device))
-
-        def usable(cached: GeneralizedEigenpairs) -> bool:
-            return cached.complete or (top_k is not None and top_k <= cached.values.numel())
-
-        pairs = self._lookup(key, usable, lambda: solve(gain, cost, top_k=top_k, solver=solver))
-        return _truncate(pairs, top_k)
-
-    def spectrum(self, gain: Tensor, cost: Tensor) -> GeneralizedEigenpairs | ReducedPencil:
-        """The dense solver's every-eigenvalue form: ``.spectrum`` (all λ, descending) and
-        ``.leading(k)`` (the ``k`` leading pairs).
-
-        A :class:`ReducedPencil` on the CPU from :data:`REDUCED_MIN_DIM` on, otherwise the
-        complete :func:`solve_dense` solution (shared with :meth:`solve` ``(solver="dense")``).
-        """
-        if gain.device.type != "cpu" or gain.shape[0] < REDUCED_MIN_DIM:
-            key = (content_key(gain), content_key(cost), Solver.DENSE.value, str(gain.device))
-            return self._lookup(
-                key, lambda cached: cached.complete, lambda: solve_dense(gain, cost)
-            )
-        key = (content_key(gain), content_key(cost), "reduced", str(gain.device))
-        return self._lookup(key, lambda cached: True, lambda: ReducedPencil(gain, cost))
-
-    def _lookup(self, key, usable, compute):
         with self._lock:
             cached = self._entries.get(key)
-            if cached is not None and usable(cached):
+            if cached is not None and (
+                cached.complete or (top_k is not None and top_k <= cached.values.numel())
+            ):
                 self._entries.move_to_end(key)
                 self.hits += 1
-                return cached
-        entry = compute()
+                return _truncate(cached, top_k)
+        pairs = solve(gain, cost, top_k=top_k, solver=solver)
         with self._lock:
             self.misses += 1
-            self._entries[key] = entry
+            self._entries[key] = pairs
             self._entries.move_to_end(key)
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
-        self.added(entry)
-        return entry
-
-    def added(self, entry: GeneralizedEigenpairs | ReducedPencil) -> None:
-        """Called with every new entry (a hook for measurements; does nothing here)."""
+        return pairs
 
 
 def _truncate(pairs: GeneralizedEigenpairs, top_k: int | None) -> GeneralizedEigenpairs:

@@ -26,7 +26,6 @@ All arithmetic is float64.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
@@ -34,13 +33,7 @@ from torch import Tensor
 
 from sst_merge_plugin.core.errors import FisherValidationError
 from sst_merge_plugin.core.fisher import Fisher, all_finite, check_compatible
-from sst_merge_plugin.core.gevp import (
-    GeneralizedEigenpairs,
-    GEVPCache,
-    ReducedPencil,
-    SolverName,
-    uses_krylov,
-)
+from sst_merge_plugin.core.gevp import GEVPCache, SolverName
 from sst_merge_plugin.core.selection import Selection, selection_weights
 
 #: default relative damping ε of ``F + ε·(tr F/d)·I``
@@ -54,12 +47,6 @@ LOW_RANK_MAX = 64
 LOW_RANK_EPS = {torch.float32: 8, torch.bfloat16: 2, torch.float16: 2}
 #: entries per row block when the patch is streamed (8 MiB of float64)
 BLOCK_ENTRIES = 2**20
-#: the side of the first leading block of eigenpairs a blockwise selection is tried on (its
-#: eigenvectors cost ``O(d²·128)``, a few percent of the reduction's ``O(d³)`` at d ≈ 1500);
-#: a side that is too small grows ``LEADING_GROWTH``-fold, to the whole factor once past half
-#: of it (:func:`_leading_blocks`)
-LEADING_BLOCK = 128
-LEADING_GROWTH = 4
 
 
 @dataclass(frozen=True)
@@ -223,16 +210,11 @@ def project_kronecker(
     """Kronecker projection of the patch ``left @ right`` (``right=None`` is the identity).
 
     Returns ``(Q (M⊙C), Pᵀ)`` whose product is the projected patch, and the diagnostics.
-
-    With the dense solver and a ``blockwise`` selection mode (``top_k``, ``energy``, ``ratio``)
-    only the leading pairs the selection keeps are computed: every eigenvalue of both factors
-    gives the whole λ grid, coordinates are computed on a leading ``r × c`` block of it
-    (``r = c = k`` for ``top_k``, else :data:`LEADING_BLOCK` at first), the mode's rule runs on
-    the whole grid with the coordinates outside the block unknown, and the block grows along
-    each side where the rule keeps an unknown coordinate (:func:`_leading_blocks`). The kept
-    coordinates, and so the result, are those of the full computation.
     """
     top_k = selection.leading_pairs()
+    g_pairs = cache.solve(harm_g, benign_g, top_k=top_k, solver=solver)
+    a_pairs = cache.solve(harm_a, benign_a, top_k=top_k, solver=solver)
+    q, p = g_pairs.vectors, a_pairs.vectors
 
     def times_right(matrix: Tensor) -> Tensor:  # right @ matrix
         return matrix if right is None else right @ matrix
@@ -242,31 +224,13 @@ def project_kronecker(
         outer = a if right is None else right @ a @ right.T
         return float((inner * outer).sum())
 
-    def coordinates(q: Tensor, p: Tensor) -> Tensor:  # C = Qᵀ G_b ΔW A_b P
-        return (q.T @ benign_g @ left) @ times_right(benign_a @ p)
-
+    coords = (q.T @ benign_g @ left) @ times_right(benign_a @ p)
+    lam = torch.outer(g_pairs.values, a_pairs.values)
+    normalised = lam / trace_ratio
     gain_total = quadratic(harm_a, harm_g)
-    dims = (harm_g.shape[0], harm_a.shape[0])
-    if selection.spec.blockwise and not any(uses_krylov(solver, top_k, d) for d in dims):
-        g_solution = cache.spectrum(harm_g, benign_g)
-        a_solution = cache.spectrum(harm_a, benign_a)
-        lam = torch.outer(g_solution.spectrum, a_solution.spectrum)
-        g_pairs, a_pairs, coords, weights = _leading_blocks(
-            g_solution, a_solution, coordinates, lam / trace_ratio, selection,
-            gain_total / trace_ratio, start=top_k or LEADING_BLOCK,
-        )  # fmt: skip
-        block = (slice(0, coords.shape[0]), slice(0, coords.shape[1]))
-        weights_grid, weights = weights, weights[block]
-        lam_grid, lam = lam, lam[block]
-    else:
-        g_pairs = cache.solve(harm_g, benign_g, top_k=top_k, solver=solver)
-        a_pairs = cache.solve(harm_a, benign_a, top_k=top_k, solver=solver)
-        coords = coordinates(g_pairs.vectors, a_pairs.vectors)
-        lam = lam_grid = torch.outer(g_pairs.values, a_pairs.values)
-        weights = weights_grid = selection_weights(
-            lam / trace_ratio, coords, selection, gain_total / trace_ratio
-        )
+    weights = selection_weights(normalised, coords, selection, gain_total / trace_ratio)
     kept = weights * coords
+    kept_mask = weights > 0
     diag = ProjectionDiagnostics(
         kind=kind,
         gain_total=gain_total,
@@ -274,55 +238,11 @@ def project_kronecker(
         gain_kept=float((lam * kept**2).sum()),
         cost_kept=float((kept**2).sum()),
         kept=float(weights.sum()),
-        n_coordinates=int(lam_grid.numel()),
+        n_coordinates=int(lam.numel()),
         trace_ratio=trace_ratio,
-        **lambda_summary(lam_grid / trace_ratio, weights_grid > 0),
+        **lambda_summary(normalised, kept_mask),
     )
-    return g_pairs.vectors @ kept, a_pairs.vectors.T, diag
-
-
-def _leading_blocks(
-    g_solution: GeneralizedEigenpairs | ReducedPencil,
-    a_solution: GeneralizedEigenpairs | ReducedPencil,
-    coordinates: Callable[[Tensor, Tensor], Tensor],
-    normalised: Tensor,
-    selection: Selection,
-    total_gain: float,
-    start: int,
-) -> tuple[GeneralizedEigenpairs, GeneralizedEigenpairs, Tensor, Tensor]:
-    """A leading block whose coordinates determine the selection.
-
-    ``normalised`` is the whole normalised λ grid (``d_out × d_in``). Starting from
-    ``start × start`` (clipped to the grid), the leading ``r`` pairs of the ``G`` pencil and
-    ``c`` of the ``A`` pencil give the block's coordinates; the mode's rule (``blockwise``, see
-    :class:`~.selection.SelectMode`) runs on the grid with NaN outside the block; if it keeps a
-    NaN coordinate in a row ``≥ r``, ``r`` grows :data:`LEADING_GROWTH`-fold (to ``d_out`` once
-    that passes ``d_out/2``), ``c`` likewise for columns. Returns the pairs, the block's
-    coordinates (``r × c``) and the weights on the whole grid (zero outside the block).
-    """
-    n_rows, n_cols = normalised.shape
-    rows, cols = min(n_rows, start), min(n_cols, start)
-    while True:
-        g_pairs, a_pairs = g_solution.leading(rows), a_solution.leading(cols)
-        block = coordinates(g_pairs.vectors, a_pairs.vectors)
-        known = block
-        if (rows, cols) != (n_rows, n_cols):
-            known = torch.full((n_rows, n_cols), float("nan"), dtype=block.dtype)
-            known[:rows, :cols] = block
-        weights = selection_weights(normalised, known, selection, total_gain)
-        needed = (weights > 0) & torch.isnan(known)
-        if not bool(needed.any()):
-            return g_pairs, a_pairs, block, weights
-        if bool(needed[rows:].any()):
-            rows = _grown(rows, n_rows)
-        if bool(needed[:, cols:].any()):
-            cols = _grown(cols, n_cols)
-
-
-def _grown(size: int, limit: int) -> int:
-    """``LEADING_GROWTH · size``, or ``limit`` once that passes ``limit / 2``."""
-    size *= LEADING_GROWTH
-    return limit if 2 * size > limit else size
+    return q @ kept, p.T, diag
 
 
 def lambda_summary(normalised: Tensor, kept_mask: Tensor) -> dict[str, float]:

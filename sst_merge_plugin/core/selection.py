@@ -46,10 +46,7 @@ class SelectMode:
     ``check`` — returns an error text for a bad value, else ``None``; ``weights`` — the rule;
     ``leading`` — for modes that only need the leading pairs of each eigenproblem, how many for
     a given parameter value (``None``: the full spectrum); ``integer`` — whether the parameter
-    is an integer (else a float); ``blockwise`` — the rule may be given NaN for coordinates
-    not computed (those outside a leading block of pairs) and then keeps (``M > 0``) every NaN
-    coordinate its result could depend on, so that a result with ``M = 0`` on all of them is
-    the result for the true coordinates (the projector grows the block until it is).
+    is an integer (else a float).
     """
 
     name: str
@@ -60,7 +57,6 @@ class SelectMode:
     leading: Callable[[Any], int] | None = None
     integer: bool = False
     doc: str = ""
-    blockwise: bool = False
 
 
 _MODES: dict[str, SelectMode] = {}
@@ -100,8 +96,6 @@ def _top_k(normalised: Tensor, coords: Tensor, k: Any, total_gain: float) -> Ten
 
 
 def _energy(normalised: Tensor, coords: Tensor, energy: Any, total_gain: float) -> Tensor:
-    # blockwise: a NaN coordinate makes the running gain NaN from there on, so the threshold
-    # counts as reached only on known coordinates; otherwise every coordinate is kept
     lam = normalised.reshape(-1)
     order = torch.argsort(lam, descending=True, stable=True)
     gains = (lam * coords.reshape(-1).to(lam.dtype) ** 2)[order]
@@ -135,7 +129,7 @@ def _non_negative_int(value: Any) -> str | None:
 register_select_mode(
     SelectMode(
         "top_k", "k", None, _non_negative_int, _top_k, lambda k: max(int(k), 1), integer=True,
-        doc="the k largest-λ coordinates", blockwise=True,
+        doc="the k largest-λ coordinates",
     )
 )  # fmt: skip
 register_select_mode(
@@ -143,13 +137,12 @@ register_select_mode(
         "energy", "energy", 0.9,
         lambda v: None if 0.0 < float(v) <= 1.0 else f"energy must be in (0, 1], got {v}",
         _energy, doc="the fewest largest-λ coordinates holding this fraction of the gain",
-        blockwise=True,
     )
 )  # fmt: skip
 register_select_mode(
     SelectMode(
         "ratio", "ratio", 1.0, lambda v: None if float(v) >= 0.0 else f"ratio must be >= 0, got {v}",
-        _ratio, doc="coordinates with normalised λ ≥ τ", blockwise=True,
+        _ratio, doc="coordinates with normalised λ ≥ τ",
     )
 )  # fmt: skip
 register_select_mode(
