@@ -62,6 +62,11 @@ class GeneralizedEigenpairs:
     def dim(self) -> int:
         return int(self.vectors.shape[0])
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the tensor storage this solution keeps alive."""
+        return sum(t.untyped_storage().nbytes() for t in (self.values, self.vectors))
+
 
 def _check_pencil(gain: Tensor, cost: Tensor) -> None:
     for name, matrix in (("gain", gain), ("cost", cost)):
@@ -208,7 +213,8 @@ class GEVPCache:
 
     Keys hash the matrices' bytes (:func:`content_key`), so equal factors stored under different
     weight names — q/k/v projections share their input — are solved once. A request for fewer
-    pairs than a cached solution holds is served by truncating it.
+    pairs than a cached solution holds is served by truncating it. Each new entry is passed to
+    :meth:`added`.
     """
 
     def __init__(self, max_entries: int = 64) -> None:
@@ -237,7 +243,11 @@ class GEVPCache:
             self._entries.move_to_end(key)
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
+        self.added(pairs)
         return pairs
+
+    def added(self, entry: GeneralizedEigenpairs) -> None:
+        """Called with every new entry (a hook for measurements; does nothing here)."""
 
 
 def _truncate(pairs: GeneralizedEigenpairs, top_k: int | None) -> GeneralizedEigenpairs:
