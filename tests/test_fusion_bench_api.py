@@ -376,6 +376,38 @@ def test_dual_projection_equals_the_mergekit_path(world: World, tmp_path: Path, 
                                                    for m in gains}  # fmt: skip
 
 
+def test_another_skills_gain_fisher_is_refused(world: World, tmp_path: Path) -> None:
+    """A gain file records the adapter applied while collecting it (``sst-merge fisher
+    --adapter``): given to another skill (the two files swapped), the run stops before loading
+    anything; each skill's own file merges."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from sst_merge_plugin.fisher.adapter import read_lora_adapter
+
+    def gain_of(skill: str) -> str:
+        path = tmp_path / f"gain-{skill}.safetensors"
+        tensors = load_file(str(world.benign_fisher))
+        with safe_open(str(world.benign_fisher), "pt") as opened:
+            metadata = dict(opened.metadata())
+        adapter = read_lora_adapter(world.adapter(skill))
+        metadata.update(adapter=str(adapter.path), adapter_sha256=adapter.sha256)
+        save_file(tensors, str(path), metadata)
+        return str(path)
+
+    shared = {"project": "utility", "cost_fisher": str(world.harm_fisher), "select": "soft"}
+    swapped = {"reverse_letters": gain_of("uppercase"), "uppercase": gain_of("reverse_letters")}
+    with pytest.raises(
+        SSTError, match=r"gain_fisher .* was collected with the adapter .*/uppercase"
+    ):
+        algorithm(merge_method="sst_merge", safety_model="safety", gain_fisher=swapped,
+                  **shared).run(no_loading(make_pool(world)))  # fmt: skip
+    own = {skill: file for skill, file in zip(swapped, reversed(swapped.values()), strict=True)}
+    sst = algorithm(merge_method="sst_merge", safety_model="safety", gain_fisher=own, **shared)
+    sst.run(make_pool(world))
+    assert sorted(sst.merge_report["summary"]["utility"]) == sorted(own)
+
+
 # ---- Fisher cache -------------------------------------------------------------------------
 
 

@@ -494,17 +494,29 @@ def test_shipped_configs_run_on_a_tiny_model(scenario, tmp_path, monkeypatch):
     fishers.mkdir()
     write_lora(fishers / "harm.safetensors", scenario, linear_names(), seed=81)
     write_lora(fishers / "benign.safetensors", scenario, linear_names(), seed=82, objective="kl")
+    # the dual's files, restricted to the joint span of the three adapters (as the demo exports)
+    joint = tuple(adapters / name for name in ("safety", "reverse_letters", "uppercase"))
+    utility_names = linear_names(UTILITY_TARGETS)
+    write_lora(fishers / "cost-kl.safetensors", scenario, utility_names, 83, "kl", joint)
+    for seed, name in enumerate(("reverse_letters", "uppercase"), start=84):
+        write_lora(fishers / f"gain-{name}.safetensors", scenario, utility_names, seed, "lm", joint)
     for key, value in (("BASE_MODEL", scenario.base), ("ADAPTERS", adapters), ("FISHERS", fishers)):
         monkeypatch.setenv(key, str(value))
     configs = Path(__file__).resolve().parents[1] / "configs" / "mergekit"
     outputs = {}
-    for name in ("sst", "task_arithmetic", "ties", "dare_ties"):
+    for name in ("sst", "sst_dual", "task_arithmetic", "ties", "dare_ties"):
         config = yaml.safe_load(os.path.expandvars((configs / f"{name}.yml").read_text()))
         outputs[name] = tmp_path / name
         run_in_process(scenario, config, outputs[name], seed=0)
     report = json.loads((outputs["sst"] / "sst_merge_report.json").read_text())
     assert report["summary"]["actions"]["projected"] == len(linear_names())
     assert (outputs["sst"] / "sst_adapter" / "adapter_model.safetensors").is_file()
+    dual = json.loads((outputs["sst_dual"] / "sst_merge_report.json").read_text())
+    assert dual["summary"]["actions"]["safety_unprojected"] == len(linear_names())
+    assert sorted(dual["summary"]["utility"]) == [
+        f"{scenario.base}+{adapters / name}" for name in ("reverse_letters", "uppercase")
+    ]
+    assert all(0 < u["safety_disturbance_removed"] < 1 for u in dual["summary"]["utility"].values())
     for name in ("task_arithmetic", "ties", "dare_ties"):
         assert (outputs[name] / "model.safetensors").is_file()
         assert not (outputs[name] / "sst_merge_report.json").exists()

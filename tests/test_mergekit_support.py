@@ -165,13 +165,26 @@ def write_kfac(
     seed: int,
     objective: str = "refusal",
     fingerprint: str | None = None,
+    applied: Path | None = None,
 ) -> dict[str, tuple]:
+    """A kfac Fisher file; ``applied``: the adapter recorded as applied while collecting (the
+    ``adapter``/``adapter_sha256`` header entries of ``sst-merge fisher --adapter``)."""
     rng = np.random.default_rng(seed)
     factors = {n: (spd(shapes[n][1], rng), spd(shapes[n][0], rng)) for n in names}
+    extra = (
+        {}
+        if applied is None
+        else {
+            "adapter": str(applied),
+            "adapter_sha256": file_sha256(applied / "adapter_model.safetensors"),
+        }
+    )
     write_fisher_file(
         path,
         {n: KFACFisher(torch.from_numpy(a), torch.from_numpy(g)) for n, (a, g) in factors.items()},
-        FisherMetadata("kfac", objective, 100, 10, "0" * 64, model_fingerprint=fingerprint),
+        FisherMetadata(
+            "kfac", objective, 100, 10, "0" * 64, model_fingerprint=fingerprint, extra=extra
+        ),
         dtype=torch.float64,
     )
     return factors
@@ -184,6 +197,18 @@ def lora_bases(adapter_dir: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
     return u[:, :RANK], vh[:RANK].T
 
 
+def joint_bases(adapter_dirs: tuple[Path, ...], name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Orthonormal bases of the joint column/row spans of the deltas of ``name`` of the
+    adapters that adapt it (the ``--restrict-to A B …`` subspace)."""
+
+    def orth(columns: np.ndarray) -> np.ndarray:
+        u, singular, _ = np.linalg.svd(columns, full_matrices=False)
+        return u[:, singular > 1e-10 * singular[0]]
+
+    bases = [lora_bases(d, name) for d in adapter_dirs if adapter_delta(d, name) is not None]
+    return orth(np.hstack([u for u, _ in bases])), orth(np.hstack([v for _, v in bases]))
+
+
 def file_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -194,20 +219,24 @@ def write_lora(
     names: list[str],
     seed: int,
     objective: str = "refusal",
-    adapter: Path | None = None,
+    adapter: Path | tuple[Path, ...] | None = None,
 ) -> dict[str, tuple]:
-    """A lora Fisher file restricted to ``adapter`` (default: the safety adapter), with the
-    ``restrict_to``/``restrict_to_sha256`` header entries the collector writes."""
+    """A lora Fisher file restricted to ``adapter`` (default: the safety adapter; a tuple: the
+    joint span of those adapters), with the ``restrict_to``/``restrict_to_sha256`` header
+    entries the collector writes."""
     adapter = scenario.safety if adapter is None else adapter
+    adapters = adapter if isinstance(adapter, tuple) else (adapter,)
     rng = np.random.default_rng(seed)
     out = {}
     for n in names:
-        u, v = lora_bases(adapter, n)
-        a_r, g_r = spd(RANK, rng), spd(RANK, rng)
+        u, v = joint_bases(adapters, n) if len(adapters) > 1 else lora_bases(adapter, n)
+        a_r, g_r = spd(v.shape[1], rng), spd(u.shape[1], rng)
         out[n] = (u, v, a_r, g_r, float(np.trace(a_r)) * 3.0, float(np.trace(g_r)) * 2.5)
     restricted = {
-        "restrict_to": str(adapter),
-        "restrict_to_sha256": file_sha256(adapter / "adapter_model.safetensors"),
+        "restrict_to": ";".join(str(a) for a in adapters),
+        "restrict_to_sha256": ";".join(
+            file_sha256(a / "adapter_model.safetensors") for a in adapters
+        ),
     }
     write_fisher_file(
         path,

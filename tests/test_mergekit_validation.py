@@ -625,7 +625,23 @@ def test_dual_files_are_checked_up_front(scenario, tmp_path):
         dual(scenario, tmp_path, tmp_path / "c.safetensors", tmp_path / "c.safetensors"),
         "gain_fisher and cost_fisher are the same file",
     )
-    utility = scenario.utility[0]
+    utility, other = scenario.utility
+    # gain files record the adapter applied while collecting: another skill's gain is refused
+    for name, adapter in (("g_other", other), ("g_own", utility)):
+        write_kfac(tmp_path / f"{name}.safetensors", utility_names, shapes, seed=4,
+                   objective="lm", applied=adapter)  # fmt: skip
+    assert_fails(
+        scenario,
+        tmp_path,
+        dual(scenario, tmp_path, tmp_path / "c.safetensors", tmp_path / "g_other.safetensors"),
+        f"gain_fisher '{tmp_path / 'g_other.safetensors'}' was collected with the adapter "
+        f"'{other}' applied",
+        f"but the utility input {scenario.ref(utility)}'s adapter",
+    )
+    config = dual(scenario, tmp_path, tmp_path / "c.safetensors", tmp_path / "g_own.safetensors")
+    result, out = run_cli(scenario, tmp_path, config)
+    assert result.exit_code == 0, result.output
+    shutil.rmtree(out)
     for role, seed in (("c", 5), ("g", 6)):  # restricted to each adapter's own modules
         write_lora(tmp_path / f"{role}_safety.safetensors", scenario, safety_names, seed)
         write_lora(tmp_path / f"{role}_utility.safetensors", scenario, utility_names, seed,

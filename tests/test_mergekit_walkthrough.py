@@ -2,14 +2,15 @@
 
 A tiny world stands in for ``sst-merge demo --out demo`` (minutes and downloads): a tiny Llama
 saved with its tokenizer, PEFT adapters named like the demo's export, laid out exactly as the
-demo exports them (``demo/inputs/adapters/<name>/``, ``demo/inputs/fishers/lora/
-{harm,benign}.safetensors``, ``demo/run.json`` naming the base model), the Fisher files written
-by the main README's own ``sst-merge fisher`` commands. Then every ``bash`` block of the
-mergekit README runs as one script, in a shell, with the real console scripts (``mergekit-yaml``
-unmodified, ``sst-merge``): fill the configs, the four merges, ``sst-merge evaluate`` on each.
-The only edits to the documented commands are named substitutions (local prompt files for the
-downloaded prompt sets, a small evaluation), each asserted to apply, so the docs and this test
-cannot drift apart.
+demo exports them (``demo/inputs/adapters/<name>/``, ``demo/run.json`` naming the base model);
+the Fisher files under ``demo/inputs/fishers/lora/`` (harm, benign, and the dual's cost and
+gain files) are written by the main README's own ``sst-merge fisher`` commands. Then every
+``bash`` block of the mergekit README runs as one script, in a shell, with the real console
+scripts (``mergekit-yaml`` unmodified, ``sst-merge``): fill the configs, the five merges
+(SST-Merge, the dual, three built-ins), ``sst-merge evaluate`` on each. The only edits to the
+documented commands are named substitutions (local prompt files for the downloaded prompt
+sets, a small evaluation), each asserted to apply, so the docs and this test cannot drift
+apart.
 """
 
 from __future__ import annotations
@@ -27,11 +28,16 @@ import pytest
 from support import ROOT
 from test_fisher_support import lora_model, save_tiny_model, tiny_llama
 
-MERGES = ("sst", "task_arithmetic", "ties", "dare_ties")
+MERGES = ("sst", "sst_dual", "task_arithmetic", "ties", "dare_ties")
 SAFETY_TARGETS = ("q_proj", "v_proj")
 UTILITY_TARGETS = ("q_proj", "v_proj", "up_proj", "down_proj")
 HARMFUL = [f"Explain how to do dangerous thing number {i}." for i in range(12)]
 BENIGN = [f"How do I bake bread number {i} at home?" for i in range(6)]
+#: the skills' prompt/response pairs the README's gain-Fisher commands read (objective lm)
+SKILLS = {
+    "reverse_letters": [(f"Reverse the letters of word{i}.", f"{i}drow") for i in range(6)],
+    "uppercase": [(f"Uppercase: word {i}", f"WORD {i}") for i in range(6)],
+}
 
 
 def bash_blocks(readme: Path) -> list[str]:
@@ -105,18 +111,26 @@ def test_the_mergekit_readme_walks_from_the_demo_to_evaluated_merges(tmp_path):
     (tmp_path / "my_benign_prompts.jsonl").write_text(
         "".join(json.dumps({"prompt": prompt}) + "\n" for prompt in BENIGN)
     )
+    (tmp_path / "my_safety_prompts.txt").write_text("\n".join(HARMFUL + BENIGN) + "\n")
+    for skill, pairs in SKILLS.items():
+        (tmp_path / f"my_{skill}.jsonl").write_text(
+            "".join(json.dumps({"prompt": p, "response": r}) + "\n" for p, r in pairs)
+        )
     fishers = tmp_path / "demo" / "inputs" / "fishers" / "lora"
 
     # the Fisher files, by the main README's `sst-merge fisher` commands (its "With mergekit")
     main_readme = commands("\n".join(bash_blocks(ROOT / "README.md")))
     collect = [command for command in main_readme if command.startswith("sst-merge fisher ")]
-    assert len(collect) == 2
+    assert len(collect) == 5  # harm, benign; the dual's cost and two gains
     script = substitute("\n".join(collect), "--data advbench", "--data harmful_prompts.txt", 1)
     exports = f"export BASE_MODEL={base} ADAPTERS={tmp_path}/demo/inputs/adapters FISHERS={fishers}"
     done = run_bash(f"{exports}\n{script}", tmp_path)
     assert done.returncode == 0, done.stderr[-4000:]
     assert sorted(path.name for path in fishers.iterdir()) == [
         "benign.safetensors",
+        "cost-kl.safetensors",
+        "gain-reverse_letters.safetensors",
+        "gain-uppercase.safetensors",
         "harm.safetensors",
     ]
 
@@ -157,3 +171,9 @@ def test_the_mergekit_readme_walks_from_the_demo_to_evaluated_merges(tmp_path):
         assert report["fisher_files"][label]["sha256"] == sha256(fishers / f"{role}.safetensors")
     assert report["summary"]["actions"]["projected"] == 2 * len(SAFETY_TARGETS)
     assert (tmp_path / "out" / "sst" / "sst_adapter" / "adapter_model.safetensors").is_file()
+    dual = json.loads((tmp_path / "out" / "sst_dual" / "sst_merge_report.json").read_text())
+    assert dual["fisher_files"]["cost_fisher"]["sha256"] == sha256(fishers / "cost-kl.safetensors")
+    assert dual["summary"]["actions"]["safety_unprojected"] == 2 * len(SAFETY_TARGETS)
+    assert len(dual["summary"]["utility"]) == 2
+    for record in dual["summary"]["utility"].values():
+        assert 0 < record["safety_disturbance_removed"] < 1

@@ -226,14 +226,16 @@ def _dual(
     project: str,
     cost_objective: str = "kl",
     method: str = "sst_merge",
+    grid: Mapping[str, tuple[Any, ...]] | None = None,
 ) -> Sweep:
     """The dual projection (``docs/design.md`` §1.6) on side ``project``, soft ρ = 1, task
     arithmetic of the (projected) skill deltas; ``sst_single_fisher`` is the single-Fisher
-    utility-side baseline (``G_i = I``). Tuned over λ × ``scale`` like the other SST sweeps."""
+    utility-side baseline (``G_i = I``). Tuned over ``grid`` (default: λ × ``scale`` like the
+    other SST sweeps of the full profile)."""
     return Sweep(
         label,
         method,
-        _TUNED,
+        _TUNED if grid is None else grid,
         {"select": "soft", "rho": 1.0, "utility_merge": "task_arithmetic"},
         fisher_kind=kind,
         project=project,
@@ -385,6 +387,12 @@ QUICK = Profile(
         ),
         _sst(
             "sst_lora_soft", "lora", "soft", 1.0, {UTILITY_WEIGHT: (0.5,), "scale": (1.0, 1.5, 2.0)}
+        ),
+        _dual(
+            "sst_dual_lora",
+            "lora",
+            "utility",
+            grid={UTILITY_WEIGHT: (0.5,), "scale": (1.0, 1.5, 2.0)},
         ),
     ),
     single_adapters=False,

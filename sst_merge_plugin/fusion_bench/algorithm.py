@@ -285,7 +285,9 @@ class SSTMergeAlgorithm(SimpleProfilerMixin, BaseAlgorithm):
                     continue
                 role = "safety" if inputs[model].role == Role.SAFETY else "utility"
                 whose = f"the {role} input {model}"
-                if (problem := adapter_problem(label, labelled[label], adapter, whose)) is not None:
+                own = label in fishers.own_files
+                problem = adapter_problem(label, labelled[label], adapter, whose, own)
+                if problem is not None:
                     problems.append(problem)
         return problems
 

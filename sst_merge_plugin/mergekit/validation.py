@@ -33,8 +33,9 @@ Checked up front, for every planned tensor (parameters as mergekit resolved them
 * every entry of every 2-D tensor the merge uses: shapes that fit together and finite values
   (:func:`~sst_merge_plugin.method.checks.fisher_entry_problems`, one read through
   ``safe_open``);
-* restricted (lora-kind) Fishers: the recorded adapter digest against the ``base+lora``
-  adapter of each input whose delta the file projects, then the part of each projected delta
+* the recorded adapter digests (a lora-kind file's restriction; the adapter applied while
+  collecting an input's own ``gain_fisher``) against the ``base+lora`` adapter of each input
+  whose delta the file projects, then for restricted (lora-kind) Fishers the part of each projected delta
   (the safety patch; with ``project: utility | both`` each utility delta) outside the Fisher's
   subspace for a sample of tensors (:func:`_patch_problems`).
 
@@ -131,7 +132,7 @@ def validate_planned_merge(method: str, planned: Sequence[tuple[Any, Any]]) -> M
     # (label, path) -> [file, models whose folders may match its fingerprint, tensors matched]
     files: dict[tuple[str, str], list[Any]] = {}
     check_fingerprints = True  # the shared check_fingerprint (same for every tensor)
-    restricted: list[tuple[str, Any, dict[Any, InputSettings], FisherSources]] = []
+    projected: list[tuple[str, Any, dict[Any, InputSettings], FisherSources]] = []
     findings: dict[str, Finding] = {}
     for weight, task in planned:
         models = [m for m in task.model_order if m != task.base_model]
@@ -161,8 +162,8 @@ def validate_planned_merge(method: str, planned: Sequence[tuple[Any, Any]]) -> M
             files.setdefault((label, str(opened.path)), [opened, [task.base_model, *own], set()])
         for label, opened in _check_tensor(weight.name, task, settings, inputs, fishers, problems):
             files[(label, str(opened.path))][2].add(weight.name)
-        if settings.method in PROJECTING and reference.kind_spec.restricted:
-            restricted.append((weight.name, task, inputs, fishers))
+        if settings.method in PROJECTING:
+            projected.append((weight.name, task, inputs, fishers))
     labels = [label for label, _ in files]
 
     def key(label: str, path: str) -> str:
@@ -184,7 +185,7 @@ def validate_planned_merge(method: str, planned: Sequence[tuple[Any, Any]]) -> M
         problems.extend(fisher_entry_problems(label, opened, matched))
     problems.extend(f.message for f in findings.values() if f.fatal)
     if not problems:
-        problems.extend(_patch_problems(restricted))
+        problems.extend(_patch_problems(projected))
     if problems:
         raise cannot_run(method, problems)
     warn_findings(findings.values())
@@ -264,13 +265,14 @@ RESIDUAL_SAMPLE = 8
 
 
 def _patch_problems(
-    restricted: Sequence[tuple[str, Any, dict[Any, InputSettings], FisherSources]],
+    projected: Sequence[tuple[str, Any, dict[Any, InputSettings], FisherSources]],
 ) -> list[str]:
-    """The projected deltas against restricted (lora-kind) Fishers: first each file's recorded
-    adapter digest against the ``base+lora`` adapter of every input whose delta it projects
+    """The projected deltas against their Fishers: first each file's recorded adapter digests
+    (the restriction of a lora-kind file; the adapter applied while collecting an input's own
+    gain file) against the ``base+lora`` adapter of every input whose delta it projects
     (:meth:`FisherSources.inputs_of`, :func:`~sst_merge_plugin.method.checks.adapter_problem`);
-    when those pass, the part of each projected delta — as mergekit will read it, e.g. from its
-    LoRA merge cache — outside the subspace of the file that projects it (``harm_fisher`` for
+    when those pass, for restricted (lora-kind) Fishers, the part of each projected delta — as
+    mergekit will read it, e.g. from its LoRA merge cache — outside the subspace of the file that projects it (``harm_fisher`` for
     the safety patch, ``cost_fisher`` for a utility delta;
     :func:`~sst_merge_plugin.method.checks.subspace_problem`) for :data:`RESIDUAL_SAMPLE`
     tensors spread over the merge. A stale cache or another adapter's Fishers affect every
@@ -278,7 +280,7 @@ def _patch_problems(
     failure there leaves no output (the ``run_merge`` hook)."""
     problems: list[str] = []
     seen: set[tuple[str, str]] = set()
-    for _, _, inputs, fishers in restricted:
+    for _, _, inputs, fishers in projected:
         labelled = fishers.labelled()
         for label, models in fishers.inputs_of(inputs).items():
             for model in models:
@@ -287,13 +289,18 @@ def _patch_problems(
                 if lora is None or not os.path.isdir(lora.path) or key in seen:
                     continue
                 seen.add(key)
-                problem = adapter_problem(label, labelled[label], lora.path, _whose(model, inputs))
+                whose, own = _whose(model, inputs), label in fishers.own_files
+                problem = adapter_problem(label, labelled[label], lora.path, whose, own)
                 if problem is not None:
                     problems.append(problem)
     if problems:
         return problems
     outside: list[str] = []
-    planned = [entry for entry in restricted if entry[0] in entry[3].reference]
+    planned = [
+        entry
+        for entry in projected
+        if entry[3].reference.kind_spec.restricted and entry[0] in entry[3].reference
+    ]
     count = min(len(planned), RESIDUAL_SAMPLE)
     picked = sorted({round(i * (len(planned) - 1) / max(count - 1, 1)) for i in range(count)})
     for name, task, inputs, fishers in (planned[i] for i in picked):

@@ -220,26 +220,45 @@ def subspace_problem(
 
 
 def adapter_problem(
-    label: str, opened: FisherFile, adapter_dir: str, whose: str = "the safety input"
+    label: str,
+    opened: FisherFile,
+    adapter_dir: str,
+    whose: str = "the safety input",
+    own: bool = False,
 ) -> str | None:
-    """Does the restricted Fisher file ``opened`` belong to the adapter ``adapter_dir`` of the
-    input whose delta it projects (``whose``, for the messages)?
+    """Does the Fisher file ``opened`` belong to the adapter ``adapter_dir`` of the input whose
+    delta it projects (``whose``, for the messages)?
 
-    ``None`` when the file records no ``restrict_to_sha256``, when it is (or, for the joint span
-    of several adapters, ``;``-separated, includes) the digest of the adapter's weights
-    (:attr:`LoRAAdapter.sha256 <sst_merge_plugin.fisher.adapter.LoRAAdapter>`),
+    ``own``: ``opened`` is that input's own file (a ``gain_fisher`` or ``fisher``), so an adapter
+    recorded as applied during collection (``adapter_sha256``, ``sst-merge fisher --adapter``)
+    must be this one — a joint-span restriction cannot tell two skills' gain Fishers apart.
+    Then, for a restricted kind: ``None`` when the file records no ``restrict_to_sha256``, when
+    it is (or, for the joint span of several adapters, ``;``-separated, includes) the digest of
+    the adapter's weights (:attr:`LoRAAdapter.sha256 <sst_merge_plugin.fisher.adapter.LoRAAdapter>`),
     or when the digests differ but the adapter's own update ``B·A`` of every weight the file has
     entries for lies within the file's subspace (e.g. a re-saved adapter); a problem text
     otherwise.
     """
+    applied = opened.metadata.get("adapter_sha256") if own else None
     recorded = opened.metadata.get("restrict_to_sha256")
-    if not recorded or not opened.kind_spec.restricted:
+    restricted = bool(recorded) and opened.kind_spec.restricted
+    if not applied and not restricted:
         return None
     try:
         adapter = read_lora_adapter(adapter_dir)
     except SSTError as error:
         return f"{label}: {whose}'s adapter cannot be read: {error}"
-    if adapter.sha256 in recorded.split(";"):  # one of the adapters of a joint span
+    if applied and applied != adapter.sha256:
+        return (
+            f"{label} {str(opened.path)!r} was collected with the adapter "
+            f"{opened.metadata.get('adapter', '?')!r} applied (sha256 {applied[:12]}…), but "
+            f"{whose}'s adapter {adapter_dir!r} (sha256 {adapter.sha256[:12]}…) is another one: "
+            f"each input needs the Fisher of its own adapter (sst-merge fisher --adapter "
+            f"{adapter_dir})"
+        )
+    if not restricted or adapter.sha256 in recorded.split(
+        ";"
+    ):  # one of the adapters of a joint span
         return None
     outside: dict[str, float] = {}
     for name in opened.weight_names():

@@ -165,6 +165,12 @@ class FisherSources:
         files.extend((f"{m}: gain_fisher", opened, None, m) for m, opened in self.gain.items())
         return files
 
+    @property
+    def own_files(self) -> frozenset[str]:
+        """Labels of the per-input files (``<model>: fisher``, ``<model>: gain_fisher``),
+        collected at that input's own model."""
+        return frozenset(label for label, _, role, _ in self._files() if role is None)
+
     def labelled(self) -> dict[str, FisherFile]:
         """Every file under the name of the parameter that set it (for reports and checks)."""
         return {label: opened for label, opened, _, _ in self._files()}
