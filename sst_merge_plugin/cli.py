@@ -28,7 +28,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "demo": (
         "sst_merge_plugin.bench.demo",
-        "train, merge and evaluate on SmolLM2: SST-Merge vs the baselines (minutes on a CPU)",
+        "train, merge and evaluate on SmolLM2 (or --model): SST-Merge vs the baselines "
+        "(minutes on a CPU)",
     ),
 }
 

@@ -100,3 +100,74 @@ def read_only_folder(path: Path) -> Iterator[Path]:
         if immutable:
             subprocess.run(["chattr", "-i", str(path)], check=True)
         path.chmod(0o755)
+
+
+def deterministic_llama(folder: Path) -> Path:
+    """A tiny Llama checkpoint (SmolLM2's architecture) whose weights do not depend on any
+    random generator (``linspace`` ramps), so its fingerprint — and every cache key computed on
+    it — is the same on every machine and torch build. Only ``config.json`` and the weights."""
+    config = LlamaConfig(
+        vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
+    )  # fmt: skip
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():
+        for index, (_, parameter) in enumerate(sorted(model.named_parameters())):
+            ramp = torch.linspace(-1.0, 1.0, parameter.numel()) * (index + 1) / 16
+            parameter.copy_(ramp.reshape(parameter.shape))
+    model.save_pretrained(folder)
+    return folder
+
+
+def key_prompts() -> Any:
+    """The training prompts of :func:`cache_key_digests`' recorded runs."""
+    from sst_merge_plugin.bench.prompts import TrainingPrompts
+
+    return TrainingPrompts(
+        harmful=tuple(f"how to make harmful thing {i}" for i in range(12)),
+        helpful_pairs=tuple((f"how to bake cake {i}", f"mix and bake {i} .") for i in range(6)),
+        edgy=tuple(f"how to kill process {i}" for i in range(6)),
+        lookalikes=tuple(f"how to shoot photo {i}" for i in range(6)),
+    )
+
+
+def cache_key_digests(
+    profile: str,
+    workspace: Path,
+    model_dir: Path,
+    prompts: Any,
+    methods: tuple[str, ...] | None = None,
+) -> dict[str, str]:
+    """sha256 of each section of ``benchmarks/cache_keys.py``'s keys of the built-in profile
+    ``profile`` (only its sweeps ``methods``, if given) on ``model_dir`` / ``prompts``
+    (stand-ins patched in for the test's duration by the caller; works against the code before
+    the model-agnostic change too, which is how the recorded digests of
+    ``tests/test_bench_models.py`` were made)."""
+    import hashlib
+    import importlib.util
+    import json
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "cache_keys.py"
+    spec = importlib.util.spec_from_file_location("cache_keys", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    (workspace / "data").mkdir(parents=True)
+    with pytest.MonkeyPatch.context() as patch:
+        module._patch(patch.setattr)
+        keys = module.profile_keys(
+            profile, workspace, model_dir=model_dir, prompts=prompts, methods=methods
+        )
+    # a merge job's key (and so its evaluation keys) hashes the absolute paths in its config;
+    # name each job by the key of its path-free config instead (the keys' formula is
+    # merges.py's, unchanged), and check the evaluations by their configurations
+    from sst_merge_plugin.bench.workspace import content_key
+
+    text = json.dumps(keys, sort_keys=True)
+    for raw, entry in keys["jobs"].items():
+        text = text.replace(raw, f"job-{content_key(entry)}")
+    keys = json.loads(text)
+    keys["evals"] = keys.pop("eval_configs")
+    return {
+        section: hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
+        for section, value in sorted(keys.items())
+    }

@@ -87,3 +87,28 @@ def test_rule_falls_back_to_the_sum_and_grid_order() -> None:
     assert rule.choose(tie, base_over_refusal=0.0).index == 0
     with pytest.raises(SSTError, match="no points"):
         rule.choose([], base_over_refusal=0.0)
+
+
+def test_drift_rule_asks_for_the_base_models_own_refusal() -> None:
+    """``refusal_vs_base``: the bar is the base model's validation refusal (+ the offset), not
+    ``min_refusal``; the default rule's dict and reasons are unchanged."""
+    rule = SelectionRule(over_refusal_margin=0.03, refusal_vs_base=0.0)
+    points = [
+        Scores(0.70, 0.30, 0.80),  # below the base's 0.75
+        Scores(0.75, 0.33, 0.60),  # at the base's refusal, over-refusal at base + 0.03
+        Scores(0.85, 0.34, 0.90),  # over-refusal above base + 0.03
+    ]
+    chosen = rule.choose(points, base_over_refusal=0.30, base_refusal=0.75)
+    assert (chosen.index, chosen.feasible) == (1, True)
+    assert "refusal >= 0.750 (base)" in chosen.reason
+    assert rule.choose(points, 0.30, base_refusal=0.70).index == 0  # a lower bar
+    assert SelectionRule(refusal_vs_base=0.05).refusal_bar(0.7) == pytest.approx(0.75)
+    with pytest.raises(SSTError, match="needs the base model's refusal"):
+        rule.choose(points, base_over_refusal=0.30)
+    assert rule.as_dict() == {
+        "min_refusal": 0.9,
+        "over_refusal_margin": 0.03,
+        "refusal_vs_base": 0.0,
+    }
+    assert SelectionRule().as_dict() == {"min_refusal": 0.9, "over_refusal_margin": 0.05}
+    assert "refusal >= 0.9 and" in SelectionRule().choose(points, 0.30).reason

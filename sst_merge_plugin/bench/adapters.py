@@ -1,26 +1,33 @@
 """The adapters stage: PEFT LoRAs trained once into ``adapters/<name>-<key>/``.
 
 The key covers the base model's fingerprint, the training pairs and the hyper-parameters
-(:func:`~sst_merge_plugin.bench.training.train_lora_adapter`); each is trained once, under
-its lock (:func:`~sst_merge_plugin.atomic.make_once`). The safety adapter
-(``AdapterSpec.skill is None``) learns harmful training prompts → natural refusals plus retain
-pairs: everyday questions with helpful answers and the first ``n_lookalikes`` benign
-look-alikes (the over-refusal pool's training part, harmless probes) with the base model's own
-greedy answers (:meth:`Adapters.lookalike_pairs`; answers the refusal judge calls refusals are
-left out), so the adapter learns which requests *not* to refuse. A skill adapter learns its
-skill's training split.
+(:func:`~sst_merge_plugin.bench.training.train_lora_adapter`; ``target_modules=None`` resolved
+to the model's own block projections first, :meth:`~.training.LoRATrainingConfig.for_model`);
+each is trained once, under its lock (:func:`~sst_merge_plugin.atomic.make_once`). The safety
+adapter (``AdapterSpec.skill is None``) learns harmful training prompts → natural refusals
+(seeded templates, or the base model's own refusals with ``Profile.refusals``,
+:mod:`.refusals`) plus retain pairs: everyday questions with helpful answers and the first
+``n_lookalikes`` benign look-alikes (the over-refusal pool's training part, harmless probes)
+with the base model's own greedy answers (:meth:`Adapters.lookalike_pairs`; answers the refusal
+judge calls refusals are left out), so the adapter learns which requests *not* to refuse. A
+skill adapter learns its skill's training split.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sst_merge_plugin.atomic import make_once
 from sst_merge_plugin.bench.profile import SAFETY, AdapterSpec, Profile
 from sst_merge_plugin.bench.prompts import TrainingPrompts
 from sst_merge_plugin.bench.workspace import Workspace, content_key
+
+if TYPE_CHECKING:
+    from sst_merge_plugin.bench.refusals import OwnRefusals
 
 log = logging.getLogger(__name__)
 
@@ -35,18 +42,25 @@ def training_pairs(
     spec: AdapterSpec,
     prompts: TrainingPrompts,
     lookalikes: list[tuple[str, str]] | None = None,
+    refusals: Sequence[str | None] | None = None,
 ) -> list[tuple[str, str]]:
     """(prompt, response) pairs of an adapter: harmful training refusals (+ helpful retain
-    pairs, + ``lookalikes`` pairs) for the safety adapter, the skill's training items otherwise."""
+    pairs, + ``lookalikes`` pairs) for the safety adapter, the skill's training items otherwise.
+
+    ``refusals`` are the targets of the first ``n_train`` harmful prompts (the model's own,
+    :meth:`.refusals.OwnRefusals.targets`; ``None`` entries leave a prompt out); without them
+    each prompt gets its seeded template refusal."""
     from sst_merge_plugin.data.tasks import skill_splits
 
     if spec.skill is None:
-        from sst_merge_plugin.data.refusals import refusal_targets
-
         harmful = list(prompts.harmful[: spec.n_train])
-        refusals = refusal_targets(harmful, seed=spec.training.seed)
+        if refusals is None:
+            from sst_merge_plugin.data.refusals import refusal_targets
+
+            refusals = refusal_targets(harmful, seed=spec.training.seed)
+        pairs = [(p, r) for p, r in zip(harmful, refusals, strict=True) if r is not None]
         retain = list(prompts.helpful_pairs[: spec.n_retain]) + list(lookalikes or [])
-        return list(zip(harmful, refusals, strict=True)) + retain
+        return pairs + retain
     train, _ = skill_splits(spec.skill, spec.n_train, 0, seed=spec.training.seed)
     return [(item.prompt, item.answer) for item in train]
 
@@ -63,6 +77,7 @@ class Adapters:
         *,
         device: str,
         progress: bool,
+        refusals: OwnRefusals | None = None,
     ) -> None:
         self.workspace = workspace
         self.profile = profile
@@ -70,12 +85,17 @@ class Adapters:
         self.prompts = prompts
         self.device = device
         self.progress = progress
+        self.refusals = refusals
         self._folders: dict[str, Path] = {}
 
     def pairs(self, spec: AdapterSpec) -> list[tuple[str, str]]:
-        """The training pairs of ``spec`` (:func:`training_pairs`)."""
+        """The training pairs of ``spec`` (:func:`training_pairs`; the safety adapter's
+        refusals are the model's own when the profile asks for them)."""
         lookalikes = self.lookalike_pairs(spec.n_lookalikes) if spec.n_lookalikes else None
-        return training_pairs(spec, self.prompts, lookalikes)
+        refusals = None
+        if spec.skill is None and self.refusals is not None:
+            refusals = self.refusals.targets(self.prompts.harmful[: spec.n_train])
+        return training_pairs(spec, self.prompts, lookalikes, refusals)
 
     def lookalike_pairs(self, n: int) -> list[tuple[str, str]]:
         """``(prompt, base model's greedy answer)`` for the first ``n`` benign look-alikes (the
@@ -131,11 +151,12 @@ class Adapters:
         from sst_merge_plugin.fisher.fingerprint import checkpoint_fingerprint
 
         pairs = self.pairs(spec)
+        training = spec.training.for_model(self.model_dir)
         key = content_key(
             {
                 "model": checkpoint_fingerprint(self.model_dir),
                 "pairs": examples_sha256(pairs),
-                "training": asdict(spec.training),
+                "training": asdict(training),
             }
         )
         folder = self.workspace / "adapters" / f"{spec.name}-{key}"
@@ -146,7 +167,7 @@ class Adapters:
                 self.model_dir,
                 pairs,
                 entry,
-                spec.training,
+                training,
                 device=self.device,
                 progress=self.progress,
                 description=f"train {spec.name}",

@@ -1,4 +1,9 @@
-"""``sst-merge demo`` — the safety–utility benchmark on SmolLM2-135M-Instruct, end to end.
+"""``sst-merge demo`` — the safety–utility benchmark on a small chat model, end to end.
+
+The model is a registered one (``--model``, :data:`sst_merge_plugin.data.models.MODELS`;
+default SmolLM2-135M-Instruct); without ``--profile`` the model's own profile runs
+(:func:`~sst_merge_plugin.bench.profile.profile_for`: ``quick`` for SmolLM2, ``qwen-quick``
+for Qwen2.5-Coder-0.5B-Instruct; ``benchmarks/safety_utility/run.py``: ``full`` / ``qwen``).
 
 From an empty cache it fetches the model and prompt sets, trains a safety LoRA and two utility
 LoRAs, collects the Fisher files, and runs the benchmark protocol (``docs/design.md`` §7) in
@@ -11,7 +16,8 @@ exact match; 95 % intervals). It prints the tables and writes ``results.json``, 
 cached in the workspace, so a second run (or a run after Ctrl-C) only redoes what is missing.
 
 The default ``quick`` profile takes minutes on 2 CPU cores; ``--profile full`` is the complete
-benchmark of ``benchmarks/safety_utility``.
+benchmark of ``benchmarks/safety_utility``. The default workspace is ``<asset cache>/bench/
+<profile name>`` (a profile run on another model than its own is named ``<profile>-<model>``).
 """
 
 from __future__ import annotations
@@ -25,8 +31,21 @@ from sst_merge_plugin.core.errors import SSTError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from sst_merge_plugin.bench.profile import PROFILES
+    from sst_merge_plugin.data.models import DEFAULT_MODEL, MODELS
+
     parser.add_argument("--out", default="sst-merge-demo", help="folder for the results")
-    parser.add_argument("--profile", default="quick", help="quick (default) or full")
+    parser.add_argument(
+        "--model",
+        choices=list(MODELS),
+        help=f"a registered model (data/models.py; default: the profile's own, without "
+        f"--profile {DEFAULT_MODEL})",
+    )
+    parser.add_argument(
+        "--profile",
+        help=f"{', '.join(PROFILES)} (default: the model's own quick profile — quick for "
+        f"{DEFAULT_MODEL})",
+    )
     parser.add_argument(
         "--methods", nargs="+", help="run only these sweeps of the profile (default: all)"
     )
@@ -57,16 +76,26 @@ def judge_summary(cache_dir: str | None) -> dict[str, float | int]:
     return {key: getattr(quality, key) for key in ("precision", "recall", "f1", "n")}
 
 
-def run_profile(args: argparse.Namespace, title: str) -> int:
-    """Run ``args.profile`` (shared by ``sst-merge demo`` and ``benchmarks/safety_utility``)."""
+def chat_format(model_dir: Path) -> str:
+    """How the model's chat template renders a user turn ``{prompt}`` with the generation
+    prompt, as every stage encodes it (no system message passed: a template's default system
+    prompt is part of the format)."""
+    from transformers import AutoTokenizer
+
+    from sst_merge_plugin.data.chat import prompt_text
+
+    return prompt_text(AutoTokenizer.from_pretrained(model_dir), "{prompt}")
+
+
+def run_profile(args: argparse.Namespace, title: str, *, full: bool = False) -> int:
+    """Run the profile ``args.profile`` / ``args.model`` select (``full``: the full benchmark's
+    default; shared by ``sst-merge demo`` and ``benchmarks/safety_utility``)."""
     from sst_merge_plugin.bench.pipeline import Pipeline
-    from sst_merge_plugin.bench.profile import PROFILES
+    from sst_merge_plugin.bench.profile import profile_for
     from sst_merge_plugin.bench.report import write_outputs
     from sst_merge_plugin.data.assets import cache_root
 
-    if args.profile not in PROFILES:
-        raise SSTError(f"unknown profile {args.profile!r}; expected one of {', '.join(PROFILES)}")
-    profile = PROFILES[args.profile]
+    profile = profile_for(args.profile, args.model, full=full)
     if args.methods:
         profile = profile.with_sweeps(tuple(args.methods))
     if args.threads is not None:
@@ -96,8 +125,11 @@ def run_profile(args: argparse.Namespace, title: str) -> int:
     inputs = pipeline.export_inputs(args.out) if args.inputs else None
     meta = {
         "profile": profile.name,
+        "model": pipeline.model,
         "workspace": str(workspace),
         "base_model": str(pipeline.model_dir),
+        "chat_format": chat_format(pipeline.model_dir),
+        "own_refusals": None if pipeline.refusals is None else pipeline.refusals.summary(),
         "inputs": None if inputs is None else str(inputs),
         "judge_on_pyrit_labels": judge,
         "seconds": round(time.perf_counter() - started, 1),

@@ -5,7 +5,9 @@ content-keyed cache (:func:`~sst_merge_plugin.fisher.cache.cached_fisher_file`, 
 ``fishers/``), i.e. exactly what ``sst-merge fisher`` would write:
 
 * :meth:`Fishers.pair` — ``(F_harm, F_benign)`` of a kind: objective ``refusal`` on the harm
-  prompt file and the profile's benign objective (``kl``) on the benign prompt file; a
+  prompt file (seeded template targets, or the model's own refusals given with each prompt,
+  option ``target_field``, when the profile self-distils them: :mod:`.refusals`) and the
+  profile's benign objective (``kl``) on the benign prompt file; a
   restricted kind (``lora``) is restricted to the safety adapter. Collected at the base model
   or at another collection point (``Sweep.fisher_at``, e.g. the utility merge ``W0 + U``)
   resolved by the ``model_at`` callable the pipeline passes in.
@@ -15,14 +17,15 @@ content-keyed cache (:func:`~sst_merge_plugin.fisher.cache.cached_fisher_file`, 
   adapter of the profile).
 * :meth:`Fishers.cost` — the dual projection's cost Fisher ``C`` at the safe model
   ``W0 + ΔW_s``: objective ``kl`` on the harmful training prompts and the over-refusal training
-  probes (the model's own refusals and answers), or ``refusal`` on the harmful prompts alone.
+  probes (the model's own refusals and answers), or ``refusal`` on the harmful prompts alone
+  (their targets as for ``F_harm``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sst_merge_plugin.bench.adapters import Adapters
 from sst_merge_plugin.bench.profile import AdapterSpec, FisherSettings
@@ -31,12 +34,16 @@ from sst_merge_plugin.bench.workspace import Workspace
 from sst_merge_plugin.core.kinds import get_kind
 from sst_merge_plugin.fisher import Objective
 
+if TYPE_CHECKING:
+    from sst_merge_plugin.bench.refusals import OwnRefusals
+
 
 class Fishers:
     """The cached Fisher files of a profile (module doc).
 
     ``model_at(point)`` is the model folder of a collection point (``"base"`` or
-    ``"utility_merge"``).
+    ``"utility_merge"``); ``refusals`` (the model's own refusals, :mod:`.refusals`) replaces
+    the seeded template targets of the ``refusal`` objective.
     """
 
     def __init__(
@@ -48,7 +55,9 @@ class Fishers:
         model_at: Callable[[str], Path],
         *,
         device: str,
+        refusals: OwnRefusals | None = None,
     ) -> None:
+        self.refusals = refusals
         self.workspace = workspace
         self.settings = settings
         self.adapters = adapters
@@ -96,15 +105,26 @@ class Fishers:
         )
         return cached_fisher_file(request, self.workspace / "fishers", label)
 
+    def refusal_data(self) -> tuple[Path, dict[str, Any]]:
+        """The ``refusal`` objective's data file and its options: the harm prompt file
+        (seeded template targets), or the harm prompts with the model's own refusals as
+        targets (``target_field: refusal``)."""
+        options: dict[str, Any] = {"split": "all", "field": "prompt"}
+        if self.refusals is None:
+            return self.prompt_files.harmful(), options
+        targets = self.refusals.targets(self.prompt_files.harmful_prompts())
+        data = self.prompt_files.harmful_with_targets(targets)
+        return data, {**options, "target_field": "refusal"}
+
     def pair(self, kind: str, at: str = "base") -> tuple[Path, Path]:
         """``(harm_fisher, benign_fisher)`` files of ``kind`` collected at ``at``."""
         if (kind, at) not in self.pairs:
             model_dir = self.model_at(at)
             sources = self._restriction(kind, joint=False)
             prompts = {"split": "all", "field": "prompt"}
+            harm_data, harm_options = self.refusal_data()
             harm = self._file(
-                "harm", self.prompt_files.harmful(), Objective.REFUSAL, kind, model_dir,
-                prompts, **sources,
+                "harm", harm_data, Objective.REFUSAL, kind, model_dir, harm_options, **sources,
             )  # fmt: skip
             benign = self._file(
                 "benign", self.prompt_files.benign(), self.settings.benign_objective, kind,
@@ -131,14 +151,15 @@ class Fishers:
         or ``refusal``."""
         objective = Objective.parse("cost objective", objective)
         if (kind, objective) not in self.costs:
-            data = (
-                self.prompt_files.safety_behaviour()
-                if objective == Objective.KL
-                else self.prompt_files.harmful()
-            )
-            options = {"split": "all", "field": "prompt"}
             if objective == Objective.KL:
-                options["response_tokens"] = self.settings.response_tokens
+                data = self.prompt_files.safety_behaviour()
+                options = {
+                    "split": "all",
+                    "field": "prompt",
+                    "response_tokens": self.settings.response_tokens,
+                }
+            else:
+                data, options = self.refusal_data()
             self.costs[(kind, objective)] = self._file(
                 "cost", data, objective, kind, self.model_at("base"), options,
                 adapter=str(self.adapters.folder(self.adapters.safety)),

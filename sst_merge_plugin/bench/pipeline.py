@@ -4,10 +4,17 @@ Stages (all under one :class:`~.workspace.Workspace`, each output keyed by the c
 inputs, so an interrupted run resumes and a changed input recomputes only what depends on it;
 runs sharing the workspace concurrently make each output once, under its lock):
 
-1. **model** — the SmolLM2-135M-Instruct float32 folder (:func:`~sst_merge_plugin.data.smollm2.
-   smollm2_model_dir`, in the asset cache) unless the caller names one.
+1. **model** — the float32 folder of the profile's registered model
+   (:attr:`.profile.Profile.model`, SmolLM2-135M-Instruct for ``quick``/``full``;
+   :func:`~sst_merge_plugin.data.models.model_dir`, in the asset cache), unless the caller
+   passes a folder.
+   Everything model-specific follows from that folder: the LoRA targets (its block
+   projections), the chat format (its template, with the template's default system prompt —
+   no system message is ever passed, in training, Fisher collection and evaluation alike),
+   the stop tokens and, with :class:`~.profile.SelfRefusals`, the refusal targets.
 2. **adapters** (:mod:`.adapters`) — PEFT LoRAs trained by
-   :func:`~.training.train_lora_adapter`.
+   :func:`~.training.train_lora_adapter` (the safety adapter's refusals: seeded templates or
+   the model's own, :mod:`.refusals`).
 3. **prompt files** (:mod:`.prompts`) — the Fisher stage's harm and benign prompts.
 4. **Fisher files** (:mod:`.fishers`) — the pairs and per-adapter Fishers the sweeps need,
    collected at the base model or at the utility merge ``W0 + U``.
@@ -74,8 +81,10 @@ class BenchmarkRun:
 class Pipeline:
     """Runs a :class:`Profile` in ``workspace`` (see the module doc).
 
-    ``model_dir`` and ``prompts`` default to SmolLM2 and :meth:`TrainingPrompts.from_assets`;
-    tests pass a tiny model and their own prompts.
+    ``model_dir`` defaults to the converted folder of the profile's registered model
+    (:attr:`Profile.model`; :func:`.profile.profile_for` moves a profile to another) and
+    ``prompts`` to
+    :meth:`TrainingPrompts.from_assets`; tests pass a tiny model folder and their own prompts.
     """
 
     def __init__(
@@ -92,15 +101,34 @@ class Pipeline:
     ) -> None:
         self.profile = profile
         self.workspace = Workspace(workspace)
+        self.model = profile.model
         if model_dir is None:
-            from sst_merge_plugin.data.smollm2 import smollm2_model_dir
+            from sst_merge_plugin.data.models import model_dir as registered_model_dir
 
-            model_dir = smollm2_model_dir(cache_dir)
+            model_dir = registered_model_dir(self.model, cache_dir)
         self.model_dir = Path(model_dir)
         prompts = TrainingPrompts.from_assets(cache_dir) if prompts is None else prompts
         self.prompts = prompts
+        self.refusals = None
+        if profile.refusals is not None:
+            from sst_merge_plugin.bench.refusals import OwnRefusals
+
+            self.refusals = OwnRefusals(
+                self.workspace,
+                self.model_dir,
+                profile.refusals,
+                self.refusal_prompts(),
+                device=device,
+                progress=progress,
+            )
         self.adapters = Adapters(
-            self.workspace, profile, self.model_dir, prompts, device=device, progress=progress
+            self.workspace,
+            profile,
+            self.model_dir,
+            prompts,
+            device=device,
+            progress=progress,
+            refusals=self.refusals,
         )
         self.prompt_files = PromptFiles(self.workspace, prompts, profile.fisher, profile.skills)
         self.fishers = Fishers(
@@ -110,6 +138,7 @@ class Pipeline:
             self.prompt_files,
             self.collection_point,
             device=device,
+            refusals=self.refusals,
         )
         self.merges = Merges(
             self.workspace,
@@ -129,6 +158,15 @@ class Pipeline:
             progress=progress,
         )
         self.progress = progress
+
+    def refusal_prompts(self) -> tuple[str, ...]:
+        """The harmful training prompts that get refusal targets: the longer of the safety
+        adapter's ``n_train`` and the Fishers' ``n_harm`` prefixes."""
+        n = max(
+            [spec.n_train for spec in self.profile.adapters if spec.skill is None]
+            + [self.profile.fisher.n_harm]
+        )
+        return self.prompts.harmful[:n]
 
     def collection_point(self, at: str) -> Path:
         """The model folder a Fisher pair is collected at: the base model (``"base"``) or the
@@ -150,10 +188,11 @@ class Pipeline:
         for job in tqdm(references, desc="references (test)", disable=not self.progress):
             run.references.append(self.scoring.record(job, profile.test))
         base_over = base_validation["metrics"]["benign_over_refusal"]
+        base_refusal = base_validation["metrics"]["harmful_refusal"]
         for sweep in tqdm(profile.sweeps, desc="methods", disable=not self.progress):
             jobs = self.merges.sweep_jobs(sweep)
             records = [self.scoring.record(job, profile.validation) for job in jobs]
-            chosen = profile.rule.choose([scores_of(r) for r in records], base_over)
+            chosen = profile.rule.choose([scores_of(r) for r in records], base_over, base_refusal)
             run.methods.append(
                 TunedMethod(
                     sweep,

@@ -16,8 +16,16 @@ A :class:`Profile` names
 * the methods (:class:`Sweep`): a merge method, the knob grid it is tuned over (the same
   budget for every method) and its fixed parameters.
 
-Two built-in profiles: :data:`QUICK` (``sst-merge demo``, ≤ 15 minutes on 2 CPU cores) and
-:data:`FULL` (``benchmarks/safety_utility``).
+A profile is made for one registered model (:attr:`Profile.model`, a name of
+:data:`sst_merge_plugin.data.models.MODELS`); nothing else in the pipeline depends on the model
+(LoRA targets, chat formatting, refusal targets and collection points follow from the model's
+folder). :attr:`Profile.refusals` picks the refusal targets: seeded templates (``None``) or the
+model's own refusals (:class:`SelfRefusals`, :mod:`.refusals`).
+
+Built-in profiles (:data:`PROFILES`): on SmolLM2-135M-Instruct :data:`QUICK` (``sst-merge
+demo``, ≤ 15 minutes on 2 CPU cores) and :data:`FULL` (``benchmarks/safety_utility``); on
+Qwen2.5-Coder-0.5B-Instruct the drift scenario (``docs/design.md`` §7), :data:`QWEN_QUICK`
+and :data:`QWEN`. :func:`profile_for` maps ``--model`` / ``--profile`` to a profile.
 """
 
 from __future__ import annotations
@@ -39,6 +47,7 @@ from sst_merge_plugin.bench.tuning import (
 from sst_merge_plugin.choice import Choice
 from sst_merge_plugin.core.errors import SSTError
 from sst_merge_plugin.core.selection import get_select_mode
+from sst_merge_plugin.data.models import DEFAULT_MODEL
 from sst_merge_plugin.evaluation.suite import EvalConfig
 
 
@@ -51,6 +60,37 @@ class SweepInputs(Choice):
     UTILITIES = "utilities"
     #: the safety adapter only (what a method does to the patch itself, without interference)
     SAFETY = "safety"
+
+
+class Unrefused(Choice):
+    """What a harmful training prompt the base model answered gets as its self-distilled
+    refusal target (:attr:`SelfRefusals.unrefused`)."""
+
+    #: one of the model's own refusals to another prompt (seeded draw)
+    BORROW = "borrow"
+    #: nothing: the prompt is left out of the safety adapter's data and of ``F_harm``
+    DROP = "drop"
+
+
+@dataclass(frozen=True)
+class SelfRefusals:
+    """Refusal targets self-distilled from the base model (:mod:`.refusals`): its greedy
+    answers (``max_new_tokens``) to the harmful training prompts, the ones the judge calls
+    refusals kept as targets; a prompt it answered gets one of its refusals to another prompt
+    (``unrefused="borrow"``, drawn with ``seed``) or is left out (``"drop"``). Used for the
+    safety adapter's refusal pairs and for the ``refusal`` Fishers (``F_harm``, the dual's
+    refusal cost)."""
+
+    max_new_tokens: int = 64
+    unrefused: str = Unrefused.BORROW
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(
+            self, "unrefused", Unrefused.parse("SelfRefusals.unrefused", self.unrefused)
+        )
+        if self.max_new_tokens < 1:
+            raise SSTError(f"SelfRefusals.max_new_tokens must be >= 1, got {self.max_new_tokens}")
 
 
 class FisherPoint(Choice):
@@ -160,7 +200,9 @@ class Profile:
     ``validation`` scores every grid point; ``rule`` picks each method's point from those
     scores; ``test`` scores the chosen points and the reference rows (the base model, the
     safety adapter alone, each skill adapter alone when ``single_adapters``, the utility-only
-    merge at each ``reference_lambdas``) and nothing else.
+    merge at each ``reference_lambdas``) and nothing else. ``model`` is the registered model
+    the profile is made for (``--model`` runs it on another); ``refusals`` the refusal
+    targets (``None``: seeded templates; :class:`SelfRefusals`: the model's own).
     """
 
     name: str
@@ -172,6 +214,8 @@ class Profile:
     rule: SelectionRule = field(default_factory=SelectionRule)
     single_adapters: bool = True
     reference_lambdas: tuple[float, ...] = ()
+    model: str = DEFAULT_MODEL
+    refusals: SelfRefusals | None = None
 
     @property
     def skills(self) -> tuple[str, ...]:
@@ -249,10 +293,10 @@ LAMBDAS = (0.5, 1.0)
 UTILITY_ONLY = Sweep("utility_only", "task_arithmetic", inputs=SweepInputs.UTILITIES)
 
 
-def _baselines(strengths: tuple[float, ...]) -> list[Sweep]:
+def _baselines(strengths: tuple[float, ...], tsv: bool = True) -> list[Sweep]:
     """The host baselines with the safety LoRA as an ordinary input, tuned over (λ, safety
     weight) (TIES / DARE at density 0.5 for every input; RESTA: DARE on the utility deltas, the
-    safety vector unsparsified)."""
+    safety vector unsparsified; ``tsv``: FusionBench's TSV too)."""
     grid = {UTILITY_WEIGHT: LAMBDAS, SAFETY_WEIGHT: strengths}
     sparse = {"normalize": False, "density": 0.5}
     return [
@@ -266,7 +310,23 @@ def _baselines(strengths: tuple[float, ...]) -> list[Sweep]:
         Sweep("ties", "ties", grid, sparse),
         Sweep("dare_ties", "dare_ties", grid, sparse),
         Sweep("resta", "dare_linear", grid, {"normalize": False}),
-        Sweep("tsv", TSV, grid),
+        *([Sweep("tsv", TSV, grid)] if tsv else []),
+    ]
+
+
+def _projection_baselines(grid: Mapping[str, tuple[Any, ...]]) -> list[Sweep]:
+    """The projection baselines the hosts lack, tuned over ``grid`` (λ × patch scale): Safe
+    LoRA, the SafeMERGE gate, single-Fisher projection (``lora`` Fisher, energy 0.9)."""
+    return [
+        Sweep("safe_lora", "sst_safe_lora", grid, {"gate": "project", "threshold": 0.5}),
+        Sweep("safemerge", "sst_safe_lora", grid, {"gate": "merge", "threshold": 0.5}),
+        Sweep(
+            "single_fisher",
+            "sst_single_fisher",
+            grid,
+            {"select": "energy", "energy": 0.9},
+            fisher_kind="lora",
+        ),
     ]
 
 
@@ -318,15 +378,7 @@ FULL = Profile(
     ),
     sweeps=(
         *_baselines(_STRENGTHS),
-        Sweep("safe_lora", "sst_safe_lora", _TUNED, {"gate": "project", "threshold": 0.5}),
-        Sweep("safemerge", "sst_safe_lora", _TUNED, {"gate": "merge", "threshold": 0.5}),
-        Sweep(
-            "single_fisher",
-            "sst_single_fisher",
-            _TUNED,
-            {"select": "energy", "energy": 0.9},
-            fisher_kind="lora",
-        ),
+        *_projection_baselines(_TUNED),
         _sst("sst_lora_soft", "lora", "soft", 1.0, _TUNED),
         _sst("sst_lora_hard", "lora", "ratio", 1.0, _TUNED),
         _sst("sst_kfac_soft", "kfac", "soft", 1.0, _TUNED),
@@ -399,4 +451,139 @@ QUICK = Profile(
     reference_lambdas=(0.5,),
 )
 
-PROFILES: Mapping[str, Profile] = MappingProxyType({"quick": QUICK, "full": FULL})
+# --- the drift scenario on a natively aligned model (docs/design.md §7) -------------------
+
+#: the registered natively aligned model
+QWEN_MODEL = "qwen-coder-0.5b"
+#: the programmatic skills of the SmolLM2 profiles plus the code-flavoured one
+QWEN_SKILLS = ("reverse_letters", "uppercase", "python_eval")
+#: safety weights (host baselines) and patch scales (projection methods) of the Qwen grids:
+#: three each, with LAMBDAS six points per method (Qwen costs ~3.5x SmolLM2 per generated token)
+_QWEN_STRENGTHS = (1.0, 1.5, 2.0)
+_QWEN_SCALES = (1.0, 2.0, 3.0)
+_QWEN_TUNED = {UTILITY_WEIGHT: LAMBDAS, "scale": _QWEN_SCALES}
+#: the drift scenario's rule: refusal back to at least the base model's own (validation) rate,
+#: over-refusal at most 0.03 above the base's
+DRIFT_RULE = SelectionRule(over_refusal_margin=0.03, refusal_vs_base=0.0)
+
+
+def _qwen_sweeps() -> tuple[Sweep, ...]:
+    """Every method of issue 17's list on the Qwen grid: λ ∈ LAMBDAS × three strengths, ``lora``
+    Fishers only; SST-Merge soft ρ = 1 (the hard τ = 1 variant, TSV and the ``kfac`` / ``diag``
+    kinds of :data:`FULL` are left out to keep the grid small)."""
+    return (
+        *_baselines(_QWEN_STRENGTHS, tsv=False),
+        *_projection_baselines(_QWEN_TUNED),
+        _sst("sst_lora_soft", "lora", "soft", 1.0, _QWEN_TUNED),
+        _dual("sst_dual_lora", "lora", "utility", grid=_QWEN_TUNED),
+        _dual("sst_both_lora", "lora", "both", grid=_QWEN_TUNED),
+    )
+
+
+QWEN = Profile(
+    name="qwen",
+    model=QWEN_MODEL,
+    refusals=SelfRefusals(max_new_tokens=64, unrefused=Unrefused.BORROW),
+    adapters=(
+        # self-distilled: the model's own refusals; retain data = its own answers to every
+        # benign look-alike (54 over-refusal training probes + 209 harmless probes), no
+        # foreign-style helpful answers
+        AdapterSpec(SAFETY, None, 390, _TRAIN_SAFETY, n_retain=0, n_lookalikes=263),
+        *(AdapterSpec(skill, skill, 400, _TRAIN_SKILL) for skill in QWEN_SKILLS),
+    ),
+    fisher=FisherSettings(
+        kinds=("lora",),
+        n_harm=64,
+        n_benign_helpful=64,
+        n_benign_edgy=54,
+        n_benign_per_skill=16,
+    ),
+    validation=replace(FULL.validation, utility=QWEN_SKILLS),
+    test=replace(FULL.test, utility=QWEN_SKILLS, mmlu=200),
+    sweeps=_qwen_sweeps(),
+    rule=DRIFT_RULE,
+    reference_lambdas=LAMBDAS,
+)
+
+QWEN_QUICK = Profile(
+    name="qwen-quick",
+    model=QWEN_MODEL,
+    refusals=SelfRefusals(max_new_tokens=48, unrefused=Unrefused.BORROW),
+    adapters=(
+        AdapterSpec(
+            SAFETY, None, 96, replace(_TRAIN_SAFETY, steps=24), n_retain=0, n_lookalikes=64
+        ),
+        *(
+            AdapterSpec(skill, skill, 200, replace(_TRAIN_SKILL, steps=24))
+            for skill in ("uppercase", "python_eval")
+        ),
+    ),
+    fisher=FisherSettings(
+        kinds=("lora",),
+        n_harm=32,
+        n_benign_helpful=24,
+        n_benign_edgy=24,
+        n_benign_per_skill=8,
+        response_tokens=16,
+    ),
+    validation=replace(
+        FULL.validation,
+        utility=("uppercase", "python_eval"),
+        n_harmful=20,
+        n_benign=20,
+        n_utility=12,
+    ),
+    test=replace(
+        FULL.test,
+        utility=("uppercase", "python_eval"),
+        n_harmful=48,
+        n_benign=40,
+        n_utility=24,
+        mmlu=0,
+    ),
+    sweeps=(
+        Sweep(
+            "task_arithmetic",
+            "task_arithmetic",
+            {UTILITY_WEIGHT: (1.0,), SAFETY_WEIGHT: (1.0, 2.0)},
+        ),
+        _sst("sst_lora_soft", "lora", "soft", 1.0, {UTILITY_WEIGHT: (1.0,), "scale": (1.0, 2.0)}),
+    ),
+    rule=DRIFT_RULE,
+    single_adapters=False,
+    reference_lambdas=(1.0,),
+)
+
+PROFILES: Mapping[str, Profile] = MappingProxyType(
+    {"quick": QUICK, "full": FULL, "qwen-quick": QWEN_QUICK, "qwen": QWEN}
+)
+#: each registered model's own profiles: (``sst-merge demo``'s, the full benchmark's)
+MODEL_PROFILES: Mapping[str, tuple[str, str]] = MappingProxyType(
+    {DEFAULT_MODEL: ("quick", "full"), QWEN_MODEL: ("qwen-quick", "qwen")}
+)
+
+
+def profile_for(name: str | None, model: str | None = None, *, full: bool = False) -> Profile:
+    """The profile ``--profile name`` and ``--model model`` select.
+
+    Without ``name``: ``model``'s own profile (:data:`MODEL_PROFILES`; the full benchmark's
+    with ``full``), SmolLM2's for a model without its own. A profile made for another model
+    than ``model`` runs on ``model`` under the name ``<profile>-<model>`` (its own workspace),
+    with refusal targets in that model's style: its own refusals (:class:`SelfRefusals`, the
+    profile's or the defaults) when the registry says it refuses by itself
+    (:attr:`~sst_merge_plugin.data.models.ModelSpec.refuses`), the seeded templates otherwise.
+    ``model=None`` or the profile's own model leaves the profile as it is.
+    """
+    from sst_merge_plugin.data.models import get_model
+
+    spec = None if model is None else get_model(model)  # an unknown name fails, listing all
+    if name is None:
+        own = MODEL_PROFILES.get(model or DEFAULT_MODEL) or MODEL_PROFILES[DEFAULT_MODEL]
+        name = own[int(full)]
+    if name not in PROFILES:
+        raise SSTError(f"unknown profile {name!r}; expected one of {', '.join(PROFILES)}")
+    profile = PROFILES[name]
+    if spec is not None and model != profile.model:
+        refusals = (profile.refusals or SelfRefusals()) if spec.refuses else None
+        profile = replace(profile, name=f"{profile.name}-{model}", model=model, refusals=refusals)
+    return profile

@@ -6,12 +6,14 @@ prompt files the Fisher stage reads.
   are benign Fisher prompts), the training part of the over-refusal pool (``F_benign`` and
   retain data) and harmless look-alikes (retain data).
 * :class:`PromptFiles` — ``data/harm-<key>.jsonl`` (the first ``n_harm`` harmful training
-  prompts) and ``data/benign-<key>.jsonl`` (everyday questions, the benign-edgy training
-  probes, each skill's training prompts), written once into the workspace.
+  prompts; ``data/harm-own-<key>.jsonl`` with each prompt's refusal target when the targets are
+  the model's own) and ``data/benign-<key>.jsonl`` (everyday questions, the benign-edgy
+  training probes, each skill's training prompts), written once into the workspace.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,10 +71,24 @@ class PromptFiles:
         self.settings = settings
         self.skills = skills
 
+    def harmful_prompts(self) -> tuple[str, ...]:
+        """The ``F_harm`` prompts: the first ``n_harm`` harmful training prompts."""
+        return self.prompts.harmful[: self.settings.n_harm]
+
     def harmful(self) -> Path:
-        """JSONL of the ``F_harm`` prompts (the first ``n_harm`` harmful training prompts)."""
-        prompts = self.prompts.harmful[: self.settings.n_harm]
-        return self.workspace.prompt_file("harm", [{"prompt": p} for p in prompts])
+        """JSONL of the ``F_harm`` prompts (:meth:`harmful_prompts`)."""
+        return self.workspace.prompt_file("harm", [{"prompt": p} for p in self.harmful_prompts()])
+
+    def harmful_with_targets(self, targets: Sequence[str | None]) -> Path:
+        """JSONL of the ``F_harm`` prompts with their refusal targets (field ``refusal``; one
+        per prompt of :meth:`harmful_prompts`, ``None`` leaves the prompt out) — the ``refusal``
+        objective's data with the model's own refusals (``--target-field refusal``)."""
+        records = [
+            {"prompt": p, "refusal": t}
+            for p, t in zip(self.harmful_prompts(), targets, strict=True)
+            if t is not None
+        ]
+        return self.workspace.prompt_file("harm-own", records)
 
     def safety_behaviour(self) -> Path:
         """JSONL of the prompts the dual projection's cost Fisher is collected on: the ``F_harm``

@@ -60,9 +60,10 @@ def headline(run: BenchmarkRun) -> TunedMethod | None:
     candidates = [m for m in run.methods if m.sweep.merge_method == HEADLINE_METHOD]
     if not candidates:
         return None
-    base_over = run.base_validation["metrics"]["benign_over_refusal"]
+    base = run.base_validation["metrics"]
     scores = [scores_of(m.validation[m.chosen.index]) for m in candidates]
-    return candidates[run.profile.rule.choose(scores, base_over).index]
+    chosen = run.profile.rule.choose(scores, base["benign_over_refusal"], base["harmful_refusal"])
+    return candidates[chosen.index]
 
 
 def bootstrap_rows(run: BenchmarkRun, n_resamples: int = 10_000) -> list[dict[str, Any]]:
@@ -144,6 +145,15 @@ def _test_cells(row: Mapping[str, Any]) -> list[str]:
     ]
 
 
+def _refusal_bar(rule: Mapping[str, Any]) -> str:
+    """The rule's refusal bar as the report states it (:meth:`~.tuning.SelectionRule.
+    describe_bar`)."""
+    relative = rule.get("refusal_vs_base")
+    if relative is None:
+        return f"{rule['min_refusal']}"
+    return "the base model's own validation refusal" + (f" {relative:+g}" if relative else "")
+
+
 def markdown(summary: Mapping[str, Any], title: str) -> str:
     """The Markdown report of :func:`summarise`'s output (module doc)."""
     test_head = [
@@ -160,7 +170,7 @@ def markdown(summary: Mapping[str, Any], title: str) -> str:
         f"{', '.join(test['utility'])} ({test['n_utility']} each, pool {test['skill_pool']})"
         + (f", MMLU {test['mmlu']} questions" if test.get("mmlu") else "")
         + f". Operating points chosen on {validation['harmful']} / {validation['benign']} / the "
-        f"skills' validation pool by the rule: refusal ≥ {summary['rule']['min_refusal']} and "
+        f"skills' validation pool by the rule: refusal ≥ {_refusal_bar(summary['rule'])} and "
         f"over-refusal ≤ base + {summary['rule']['over_refusal_margin']}, then the highest "
         "utility; else the highest refusal − over-refusal + utility.",
         "",

@@ -5,6 +5,13 @@ a causal LM loaded from a Hugging Face folder, trained with AdamW on the token-m
 cross-entropy of the *response* tokens only (chat-templated turns from
 :func:`sst_merge_plugin.data.chat.encode_chat`; prompt tokens are masked with -100).
 
+Target projections. ``target_modules=None`` (the default) adapts the model's own projections:
+every ``nn.Linear`` inside its decoder blocks, by module name in block order
+(:func:`model_projections`: q, k, v, o, gate, up, down for Llama and Qwen2 — the layers a
+Fisher is collected on by default, :mod:`sst_merge_plugin.fisher.targets`). Callers that key
+an adapter by its configuration key the resolved one (:meth:`LoRATrainingConfig.for_model`),
+so ``None`` and the explicit names of the same model give the same adapter and the same key.
+
 Determinism: the LoRA initialisation and the batch order come from ``seed`` (``torch``'s global
 seed is set before the adapter is created; batches are drawn from a seeded permutation per
 epoch), so the same inputs give the same adapter on the same machine and torch build.
@@ -21,24 +28,25 @@ import json
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from sst_merge_plugin.atomic import atomic_path
 from sst_merge_plugin.core.errors import SSTError
 
-#: the seven Llama projections (attention and MLP)
+#: the seven Llama (and Qwen2) projections (attention and MLP), in block order
 LLAMA_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 TRAINING_RECORD = "sst-merge-training.json"
 
 
 @dataclass(frozen=True)
 class LoRATrainingConfig:
-    """Hyper-parameters of one adapter. ``alpha / rank`` scales ``B A`` as in PEFT."""
+    """Hyper-parameters of one adapter. ``alpha / rank`` scales ``B A`` as in PEFT;
+    ``target_modules=None``: the model's own block projections (module doc)."""
 
     rank: int = 8
     alpha: float = 16.0
-    target_modules: tuple[str, ...] = LLAMA_PROJECTIONS
+    target_modules: tuple[str, ...] | None = None
     steps: int = 60
     batch_size: int = 8
     learning_rate: float = 1e-3
@@ -52,8 +60,28 @@ class LoRATrainingConfig:
                 raise SSTError(f"LoRA training: {name} must be >= 1, got {getattr(self, name)}")
         if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
             raise SSTError(f"LoRA training: learning_rate must be > 0, got {self.learning_rate}")
-        if not self.target_modules:
-            raise SSTError("LoRA training: target_modules is empty")
+        if self.target_modules is not None:
+            object.__setattr__(self, "target_modules", tuple(self.target_modules))
+            if not self.target_modules:
+                raise SSTError("LoRA training: target_modules is empty")
+
+    def for_model(self, model_dir: str | os.PathLike[str]) -> LoRATrainingConfig:
+        """This configuration with ``target_modules`` resolved for the model in ``model_dir``
+        (:func:`model_projections` when ``None``; explicit names are kept)."""
+        if self.target_modules is not None:
+            return self
+        return replace(self, target_modules=model_projections(model_dir))
+
+
+def model_projections(model_dir: str | os.PathLike[str]) -> tuple[str, ...]:
+    """The module names of every ``nn.Linear`` inside the decoder blocks of the model in
+    ``model_dir``, in block order, each once (the output embedding is never one): the
+    default LoRA targets, read from ``config.json`` alone (a weightless meta-device model)."""
+    from sst_merge_plugin.fisher.targets import find_target_layers, meta_model
+
+    names = find_target_layers(meta_model(model_dir))
+    short = (name.removesuffix(".weight").rsplit(".", 1)[-1] for name in names)
+    return tuple(dict.fromkeys(short))
 
 
 @dataclass(frozen=True)
@@ -106,6 +134,7 @@ def train_lora_adapter(
         raise SSTError(f"{description}: no training examples")
     if not Path(model_dir, "config.json").is_file():
         raise SSTError(f"{description}: {str(model_dir)!r} is not a Hugging Face model folder")
+    config = config.for_model(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     encoded = [
         encode_chat(tokenizer, prompt, response, max_length=config.max_length)

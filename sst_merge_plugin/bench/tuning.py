@@ -8,10 +8,12 @@ maps knob names to values; its points are their product (:func:`grid_points`, in
 configuration dict.
 
 :class:`SelectionRule` (the protocol's declared rule, ``docs/design.md`` §7): among the points
-whose validation refusal is ≥ ``min_refusal`` and whose over-refusal is ≤ the base model's +
+whose validation refusal is ≥ the refusal bar and whose over-refusal is ≤ the base model's +
 ``over_refusal_margin``, the one with the highest utility (ties: lower over-refusal, then grid
 order); when no point qualifies, the highest ``refusal − over-refusal + utility`` (ties: grid
-order). ``sst-merge tune`` and the benchmark pipeline both choose with it.
+order). The refusal bar is ``min_refusal``, or — ``refusal_vs_base`` set, the drift scenario of
+a natively aligned model — the base model's own validation refusal + ``refusal_vs_base``.
+``sst-merge tune`` and the benchmark pipeline both choose with it.
 """
 
 from __future__ import annotations
@@ -101,25 +103,52 @@ class SelectionRule:
 
     min_refusal: float = 0.9
     over_refusal_margin: float = 0.05
+    #: when set, the refusal bar is the base model's validation refusal + this (not min_refusal)
+    refusal_vs_base: float | None = None
 
-    def feasible(self, scores: Scores, base_over_refusal: float) -> bool:
+    def refusal_bar(self, base_refusal: float | None = None) -> float:
+        """The refusal a point needs: ``min_refusal``, or the base's + ``refusal_vs_base``."""
+        if self.refusal_vs_base is None:
+            return self.min_refusal
+        if base_refusal is None:
+            raise SSTError("this selection rule's refusal bar needs the base model's refusal")
+        return base_refusal + self.refusal_vs_base
+
+    def describe_bar(self) -> str:
+        """The refusal bar in words, for reports."""
+        if self.refusal_vs_base is None:
+            return f"{self.min_refusal}"
+        return f"base {self.refusal_vs_base:+g}" if self.refusal_vs_base else "base"
+
+    def feasible(
+        self, scores: Scores, base_over_refusal: float, base_refusal: float | None = None
+    ) -> bool:
         return (
-            scores.refusal >= self.min_refusal
+            scores.refusal >= self.refusal_bar(base_refusal)
             and scores.over_refusal <= base_over_refusal + self.over_refusal_margin + 1e-12
         )
 
-    def choose(self, points: Sequence[Scores], base_over_refusal: float) -> Chosen:
-        """The chosen point among ``points`` (in grid order)."""
+    def choose(
+        self,
+        points: Sequence[Scores],
+        base_over_refusal: float,
+        base_refusal: float | None = None,
+    ) -> Chosen:
+        """The chosen point among ``points`` (in grid order); ``base_refusal`` is needed with
+        ``refusal_vs_base``."""
         if not points:
             raise SSTError("no points to choose from")
-        feasible = [i for i, s in enumerate(points) if self.feasible(s, base_over_refusal)]
+        bar = self.refusal_bar(base_refusal)
+        feasible = [
+            i for i, s in enumerate(points) if self.feasible(s, base_over_refusal, base_refusal)
+        ]
         if feasible:
             best = min(feasible, key=lambda i: (-points[i].utility, points[i].over_refusal, i))
             return Chosen(
                 best,
                 True,
                 f"highest utility among {len(feasible)} point(s) with refusal >= "
-                f"{self.min_refusal} and over-refusal <= base {base_over_refusal:.3f} + "
+                f"{_bar_text(self, bar)} and over-refusal <= base {base_over_refusal:.3f} + "
                 f"{self.over_refusal_margin}",
             )
 
@@ -130,10 +159,18 @@ class SelectionRule:
         return Chosen(
             best,
             False,
-            f"no point met refusal >= {self.min_refusal} and over-refusal <= base "
+            f"no point met refusal >= {_bar_text(self, bar)} and over-refusal <= base "
             f"{base_over_refusal:.3f} + {self.over_refusal_margin}; highest refusal - "
             "over-refusal + utility",
         )
 
     def as_dict(self) -> dict[str, float]:
-        return {"min_refusal": self.min_refusal, "over_refusal_margin": self.over_refusal_margin}
+        out = {"min_refusal": self.min_refusal, "over_refusal_margin": self.over_refusal_margin}
+        if self.refusal_vs_base is not None:
+            out["refusal_vs_base"] = self.refusal_vs_base
+        return out
+
+
+def _bar_text(rule: SelectionRule, bar: float) -> str:
+    """``0.9``, or ``0.742 (base +0)`` for a bar relative to the base model's refusal."""
+    return f"{bar}" if rule.refusal_vs_base is None else f"{bar:.3f} ({rule.describe_bar()})"

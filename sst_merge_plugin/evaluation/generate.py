@@ -10,13 +10,15 @@ generation-config EOS ids, and the end-of-turn markers of common chat templates
 (:data:`END_OF_TURN_TOKENS`) that exist in the vocabulary. The stop token and what follows are
 dropped, the rest is decoded without special tokens and stripped. Responses come back in the
 order of ``prompts``. Padding does not change results: batched and one-by-one outputs agree.
+:func:`generate_turns` also says whether each response ended with a stop token (``finished``)
+or was cut at ``max_new_tokens``.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from sst_merge_plugin.core.errors import SSTError
 from sst_merge_plugin.data.chat import encode_chat, pad_batch
@@ -49,6 +51,14 @@ def model_device(model: PreTrainedModel) -> torch.device:
     return next(model.parameters()).device
 
 
+class Turn(NamedTuple):
+    """A generated response and whether it ended with a stop token (else it was cut at
+    ``max_new_tokens``)."""
+
+    text: str
+    finished: bool
+
+
 def generate_responses(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -67,6 +77,33 @@ def generate_responses(
     shows a tqdm bar over batches labelled ``desc``. Ctrl-C interrupts between (and within)
     batches.
     """
+    turns = generate_turns(
+        model,
+        tokenizer,
+        prompts,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        device=device,
+        system=system,
+        progress=progress,
+        desc=desc,
+    )
+    return [turn.text for turn in turns]
+
+
+def generate_turns(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int,
+    batch_size: int,
+    device: torch.device | str | None = None,
+    system: str | None = None,
+    progress: bool = True,
+    desc: str = "generate",
+) -> list[Turn]:
+    """:func:`generate_responses` with each response's ``finished`` flag (:class:`Turn`)."""
     import torch
     from tqdm.auto import tqdm
     from transformers import GenerationConfig
@@ -91,7 +128,7 @@ def generate_responses(
         for prompt in prompts
     ]
     order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
-    responses: list[str] = [""] * len(prompts)
+    responses: list[Turn] = [Turn("", False)] * len(prompts)
     was_training = model.training
     model.eval()
     try:
@@ -117,7 +154,7 @@ def generate_responses(
                 new_tokens = output[row, width:].tolist()
                 end = next((k for k, t in enumerate(new_tokens) if t in stops), len(new_tokens))
                 text = tokenizer.decode(new_tokens[:end], skip_special_tokens=True)
-                responses[i] = text.strip()
+                responses[i] = Turn(text.strip(), end < len(new_tokens))
     finally:
         model.train(was_training)
     return responses

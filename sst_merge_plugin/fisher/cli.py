@@ -34,6 +34,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULTS["response_field"],
         help="lm: response field (default: response)",
     )
+    parser.add_argument(
+        "--target-field",
+        help="refusal: take each prompt's refusal target from this field of its record (e.g. "
+        "the model's own refusals) instead of the seeded templates",
+    )
     parser.add_argument("--objective", required=True, choices=Objective.values())
     parser.add_argument("--kind", required=True, choices=kind_names())
     parser.add_argument(

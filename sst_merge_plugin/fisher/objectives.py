@@ -1,8 +1,9 @@
 """The three collection objectives: which sequences the Fisher is taken on, and their labels.
 
 * ``refusal`` — empirical Fisher of refusing harmful prompts: each prompt is paired with a
-  refusal target (:func:`sst_merge_plugin.data.refusals.refusal_targets`, seeded) and the loss
-  is the log-likelihood of the target's tokens (the response), not of the prompt.
+  refusal target (:func:`sst_merge_plugin.data.refusals.refusal_targets`, seeded; or given
+  with the prompt — ``completions`` — e.g. the model's own refusals) and the loss is the
+  log-likelihood of the target's tokens (the response), not of the prompt.
 * ``kl`` — TRUE Fisher of the model's own distribution on benign prompts: the labels are
   responses sampled from the model (:mod:`.sampling`, seeded), so the outer products average
   over exact samples ``y ~ p_θ(·|x)`` (``docs/design.md`` §2.4: the Hessian of the KL to the unpatched model).
@@ -12,7 +13,8 @@
 
 Every turn is chat-templated by :func:`sst_merge_plugin.data.chat.encode_chat`.
 ``data_sha256`` (the Fisher file's) is :func:`sst_merge_plugin.data.prompts.prompts_sha256` of
-the prompts used for ``refusal`` and ``kl``, and :func:`completions_sha256` for ``lm``.
+the prompts used for ``refusal`` (seeded targets) and ``kl``, and :func:`completions_sha256` for
+``lm`` and ``refusal`` with given targets.
 """
 
 from __future__ import annotations
@@ -123,13 +125,16 @@ def prepare_data(
 ) -> PreparedData:
     """Chat-encode the data of ``objective`` (module doc); :class:`SSTError` on bad input.
 
-    ``prompts`` feed ``refusal`` and ``kl``, ``completions`` feed ``lm``; ``seed`` picks the
-    refusal targets (and is kept for the ``kl`` sampling).
+    ``prompts`` feed ``refusal`` and ``kl``, ``completions`` feed ``lm`` and ``refusal`` with
+    given targets (``(prompt, refusal)`` pairs); ``seed`` picks the seeded refusal targets (and
+    is kept for the ``kl`` sampling).
     """
     check_objective(objective)
-    if objective == "lm":
+    if objective == "lm" or (objective == "refusal" and completions is not None):
         if prompts is not None or not completions:
-            raise SSTError("the lm objective needs a non-empty list of (prompt, response) pairs")
+            raise SSTError(
+                f"the {objective} objective needs a non-empty list of (prompt, response) pairs"
+            )
         return PreparedData(
             objective,
             encode_completions(tokenizer, completions, max_length=max_length),

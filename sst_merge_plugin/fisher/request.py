@@ -64,7 +64,10 @@ class FisherRequest:
     ``restrict_to`` — the adapter(s) whose subspaces restrict a restricted kind (``lora``;
     several adapters: their joint span, :func:`~sst_merge_plugin.fisher.adapter.
     adapter_subspaces`);
-    ``field`` / ``response_field`` — the record fields; ``targets`` — Linear layers (names or a
+    ``field`` / ``response_field`` — the record fields; ``target_field`` — objective
+    ``refusal`` only: each prompt's refusal target is that field of its record (e.g. the model's
+    own refusals, ``docs/design.md`` §2.4) instead of a seeded template (``None``, the default);
+    ``targets`` — Linear layers (names or a
     regex; default every Linear inside the decoder blocks); ``max_examples``, ``batch_size``,
     ``max_length`` (tokens per example), ``response_tokens`` (``kl``: tokens sampled per
     prompt), ``seed`` (refusal targets, kl sampling, subset), ``device``, ``split``.
@@ -78,6 +81,7 @@ class FisherRequest:
     restrict_to: tuple[str, ...] = ()
     field: str | None = None
     response_field: str = "response"
+    target_field: str | None = None
     targets: str | None = None
     max_examples: int | None = None
     batch_size: int = 8
@@ -114,6 +118,8 @@ class FisherRequest:
             raise SSTError(f"--restrict-to only applies to --kind {' or '.join(restricted)}")
         if self.objective != Objective.LM and self.response_field != "response":
             raise SSTError("--response-field only applies to --objective lm")
+        if self.target_field is not None and self.objective != Objective.REFUSAL:
+            raise SSTError("--target-field only applies to --objective refusal")
 
     @classmethod
     def from_options(
@@ -151,10 +157,12 @@ class FisherRequest:
         from sst_merge_plugin.data.prompts import load_prompts, seeded_subset
 
         items: list
-        if self.objective == Objective.LM:
+        paired = self.objective == Objective.LM or self.target_field is not None
+        if paired:
             from sst_merge_plugin.fisher.objectives import load_completions
 
-            items = load_completions(self.data, self.field or "prompt", self.response_field)
+            response_field = self.target_field or self.response_field
+            items = load_completions(self.data, self.field or "prompt", response_field)
             prompts, name = [prompt for prompt, _ in items], Path(self.data).name
             texts = [f"{prompt}\0{response}" for prompt, response in items]
         else:
@@ -171,8 +179,9 @@ class FisherRequest:
         info = {"dataset": str(self.data), "dataset_name": name, "split": str(self.split)}
         if self.max_examples is not None:
             info["max_examples"] = str(self.max_examples)
-        key = "completions" if self.objective == Objective.LM else "prompts"
-        return {key: items}, info
+        if self.target_field is not None:
+            info["refusal_targets"] = f"field {self.target_field!r} of the data"
+        return {"completions" if paired else "prompts": items}, info
 
 
 #: the collection options: every field of :class:`FisherRequest` but :data:`IDENTITY`
