@@ -8,7 +8,7 @@ clean peak-RSS reading, its own thread count):
 
 * ``svd``        — ``torch.linalg.svd(ΔW, full_matrices=False)`` of the dense patch (the reference)
 * ``kfac_dense`` — ``project_patch`` kind kfac, ``select: ratio`` (τ = 1), dense float64 solver
-                   (every eigenvalue; the eigenvectors of the leading block the selection keeps)
+                   (torch.linalg.eigh of the whitened factors: the full spectrum)
 * ``kfac_topk``  — ``project_patch`` kind kfac, ``select: top_k`` (k=16, Krylov solver)
 * ``lora``       — ``project_patch`` kind lora (r=16), ``select: ratio``
 * ``diag``       — ``project_patch`` kind diag, ``select: ratio``
@@ -25,7 +25,7 @@ method the script reports the median seconds and the median over rounds of
 wall time (``seconds``, ``ratio``; the figures the targets apply to) and for process CPU time
 (``cpu_seconds``, ``cpu_ratio``; at one thread the figure least moved by other jobs). The load
 average (1, 5, 15 min) after every round goes into the JSON. ``kfac_dense`` is skipped above
-``--dense-max-dim`` (the tridiagonal reduction of a 14336² factor takes minutes on 2 cores).
+``--dense-max-dim`` (a full eigh of a 14336² factor takes minutes on 2 cores).
 
     python benchmarks/gevp_cost.py                       # all three LLM shapes, 1 and 2 threads
     python benchmarks/gevp_cost.py --shapes 4096x4096 --threads 1 2 --rounds 3 --json out.json
