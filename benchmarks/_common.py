@@ -6,6 +6,10 @@
 * synthetic projection inputs — SPD factors, a rank-``r`` patch and the restricted ``lora`` /
   ``diag`` Fishers of one weight shape, saved once (:func:`build_inputs`), and the timed
   projection of one method on them (:func:`measure_projection`);
+* interleaved rounds — every method measured once per round, round-robin, so load that comes
+  and goes spreads over all methods (:func:`interleaved`), and per-round ratios against the
+  reference measured in the same round, summarised by medians (:func:`round_ratios`,
+  :func:`summarise_rounds`);
 * timing and memory — wall/CPU timers with an optional device synchronisation, the resident
   set size (current, peak, resettable peak), a forward+backward reference pass.
 
@@ -18,12 +22,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import os
 import re
 import resource
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
@@ -151,7 +157,86 @@ def parse_shape(text: str) -> tuple[int, int]:
     return d_out, d_in
 
 
+# --------------------------------------------------------------------------- interleaved rounds
+
+K = TypeVar("K", bound=Hashable)
+R = TypeVar("R")
+
+
+def interleaved(
+    keys: Sequence[K],
+    rounds: int,
+    measure: Callable[[K, int], R],
+    log: Callable[[int, dict[K, R]], None] | None = None,
+) -> dict[K, list[R]]:
+    """``measure(key, round)`` for every key, round-robin: round 0 runs ``keys`` in order, then
+    round 1 runs them again in the same order, and so on for ``rounds`` rounds.
+
+    Returns key → its ``rounds`` results in round order. Each round's results go to
+    ``log(round, {key: result})`` as soon as the round is complete. Measuring every method once
+    per round (rather than all repeats of one method, then the next) spreads load that comes
+    and goes on a shared machine over all methods, and gives each round its own reference.
+    """
+    if rounds < 1:
+        raise ValueError(f"need at least one round, got {rounds}")
+    results: dict[K, list[R]] = {key: [] for key in keys}
+    for round_index in range(rounds):
+        for key in keys:
+            results[key].append(measure(key, round_index))
+        if log is not None:
+            log(round_index, {key: values[-1] for key, values in results.items()})
+    return results
+
+
+def round_ratios(values: Sequence[float], reference: Sequence[float]) -> list[float]:
+    """``values[i] / reference[i]`` per round ``i``: each round against its own reference."""
+    if len(values) != len(reference):
+        raise ValueError(f"{len(values)} values but {len(reference)} reference values")
+    return [value / ref for value, ref in zip(values, reference, strict=True)]
+
+
+def summarise_rounds(
+    results: Mapping[K, Sequence[Mapping[str, float]]],
+    reference: K | None,
+    clocks: Sequence[str] = ("",),
+) -> dict[K, dict[str, object]]:
+    """Medians over rounds and medians of per-round ratios to ``reference``, per key and clock.
+
+    ``results[key]`` holds one record per round with ``{clock}seconds`` for each prefix in
+    ``clocks`` (``""`` wall time, ``"cpu_"`` CPU time, …). Per key and clock:
+    ``{clock}seconds`` = median over rounds; ``{clock}ratio`` = median over rounds ``i`` of
+    ``seconds[key][i] / seconds[reference][i]`` (:func:`round_ratios`) — each round against the
+    reference measured in that round, so load that slows one round cancels in its ratio;
+    ``all_{clock}seconds`` / ``all_{clock}ratios`` — the per-round values. Without a
+    ``reference`` (not measured) the ratios are ``None``.
+    """
+    out: dict[K, dict[str, object]] = {key: {} for key in results}
+    for clock in clocks:
+        field = f"{clock}seconds"
+        samples = {key: [record[field] for record in records] for key, records in results.items()}
+        for key, values in samples.items():
+            ratios = None if reference is None else round_ratios(values, samples[reference])
+            out[key].update({
+                field: statistics.median(values),
+                f"{clock}ratio": None if ratios is None else statistics.median(ratios),
+                f"all_{field}": values,
+                f"all_{clock}ratios": ratios,
+            })  # fmt: skip
+    return out
+
+
 # --------------------------------------------------------------------------- timing, memory
+
+#: the variables that set the thread pools of torch (OpenMP, MKL) and of scipy/numpy (OpenBLAS)
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def thread_environment(threads: int | None) -> dict[str, str]:
+    """This process's environment with every pool of a child limited to ``threads`` threads
+    (``None``: unchanged, the libraries' defaults)."""
+    if threads is None:
+        return dict(os.environ)
+    return {**os.environ, **dict.fromkeys(THREAD_VARIABLES, str(threads))}
 
 
 def timed(function: Callable[[], object]) -> tuple[float, object]:
@@ -368,21 +453,22 @@ def _leading_block(patch: torch.Tensor, harm, benign):
 
 
 def _recording_cache():
-    """A :class:`GEVPCache` that records the retained size of every solution it computes."""
+    """A :class:`GEVPCache` that records the retained size of every entry it adds."""
     from sst_merge_plugin.core import GEVPCache
 
     class RecordingCache(GEVPCache):
         def __init__(self) -> None:
             super().__init__()
-            self.solved: list[dict[str, int]] = []
+            self.entries: list = []
 
-        def solve(self, gain, cost, **options):
-            misses = self.misses
-            pairs = super().solve(gain, cost, **options)
-            if self.misses > misses:  # a new entry: bytes of the storage it keeps alive
-                size = sum(t.untyped_storage().nbytes() for t in (pairs.values, pairs.vectors))
-                self.solved.append({"dim": int(gain.shape[0]), "bytes": int(size)})
-            return pairs
+        def added(self, entry) -> None:
+            self.entries.append(entry)
+
+        @property
+        def solved(self) -> list[dict[str, int]]:
+            """Dimension and bytes kept alive (now: eigenvectors computed on demand count) of
+            every entry added, in order."""
+            return [{"dim": entry.dim, "bytes": entry.nbytes} for entry in self.entries]
 
     return RecordingCache()
 
@@ -407,7 +493,8 @@ def measure_projection(
     inputs, so that one-off library initialisation (LAPACK, cuBLAS/cuSOLVER handles) — paid
     once per merge, not once per weight — stays out of the timings.
 
-    Returns the median ``seconds`` (synchronised on CUDA), ``peak_extra_mb``: the peak host RSS
+    Returns the median ``seconds`` (synchronised on CUDA) and ``cpu_seconds`` (process CPU
+    time, all threads), ``peak_extra_mb``: the peak host RSS
     above the loaded inputs (with ``exact_peak`` the peak of the timed call alone, above
     everything set up before it; otherwise the process's lifetime peak minus the RSS after
     loading), ``peak_device_extra_mb`` (CUDA: peak allocated above the timed call's start),
@@ -475,7 +562,7 @@ def measure_projection(
 
     sync = device_sync(device)
     baseline = current_rss_mb()
-    times, host_peaks, device_peaks = [], [], []
+    times, cpu_times, host_peaks, device_peaks = [], [], [], []
     record: dict[str, object] = {}
     for _ in range(repeats):
         cache = _recording_cache()
@@ -484,9 +571,10 @@ def measure_projection(
         hits, misses, solved = cache.hits, cache.misses, len(cache.solved)
         peak = PeakMemory(device, reset_host=exact_peak)
         with peak:
-            seconds, _, result = cpu_timed(lambda cache=cache: task(cache), sync)
+            seconds, cpu_seconds, result = cpu_timed(lambda cache=cache: task(cache), sync)
         del result
         times.append(seconds)
+        cpu_times.append(cpu_seconds)
         host_peaks.append(peak.host_extra_mb if exact_peak else max(0.0, rss_mb() - baseline))
         if peak.device_extra_mb is not None:
             device_peaks.append(peak.device_extra_mb)
@@ -505,6 +593,7 @@ def measure_projection(
     return {
         "seconds": statistics.median(times),
         "all_seconds": times,
+        "cpu_seconds": statistics.median(cpu_times),
         "peak_extra_mb": max(host_peaks),
         "peak_device_extra_mb": max(device_peaks) if device_peaks else None,
         **record,

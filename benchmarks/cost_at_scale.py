@@ -8,7 +8,8 @@ of every row carrying the loss), interleaved over ``--fisher-repeats`` rounds in
 a plain training-style forward+backward (the reference), the same with frozen parameters, and
 :func:`~sst_merge_plugin.fisher.collect.accumulate_statistics` for each kind (``lora`` on a
 random rank-``--rank`` subspace of every targeted weight). Reported: median seconds, tokens/s,
-the ratio to forward+backward (wall, and process CPU time), the peak memory of each pass, and
+the median over rounds of the ratio to the same round's forward+backward (wall, and process CPU
+time; ``_common.summarise_rounds``), the peak memory of each pass, and
 for each kind the finalize/write time and the Fisher file's measured size next to its on-paper
 size. Default model: the SmolLM2 folder if it is cached, else a random SmolLM2-shaped Llama.
 
@@ -58,7 +59,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -78,11 +78,13 @@ from _common import (
     device_sync,
     file_costs,
     input_group,
+    interleaved,
     measure_projection,
     memory_row,
     model_weight_shapes,
     plain_forward_backward,
     random_subspaces,
+    summarise_rounds,
 )
 
 FISHER_KINDS = ("diag", "kfac", "lora")
@@ -242,43 +244,31 @@ def fisher_throughput(args: argparse.Namespace) -> dict[str, object]:
     sync = device_sync(args.device)
     for method in methods.values():  # warm-up: lazy initialisation, kernels, allocator
         method(batches[:1])
-    times: dict[str, list[float]] = {name: [] for name in methods}
-    cpu_times: dict[str, list[float]] = {name: [] for name in methods}
-    peaks: dict[str, list[float]] = {name: [] for name in methods}
     last: dict[str, object] = {}
-    for round_index in range(args.fisher_repeats):
-        for name, method in methods.items():
-            with PeakMemory(args.device) as peak:
-                seconds, cpu_seconds, value = cpu_timed(lambda method=method: method(batches), sync)
-            times[name].append(seconds)
-            cpu_times[name].append(cpu_seconds)
-            peaks[name].append(peak.extra_mb)
-            if name in kinds and round_index == args.fisher_repeats - 1:
-                last[name] = value
-            del value
-        log(
-            f"#   round {round_index + 1}: "
-            + ", ".join(f"{n} {t[-1]:.3f}s" for n, t in times.items())
-        )
 
+    def measure(name: str, round_index: int) -> dict[str, float]:
+        with PeakMemory(args.device) as peak:
+            seconds, cpu_seconds, value = cpu_timed(lambda: methods[name](batches), sync)
+        if name in kinds and round_index == args.fisher_repeats - 1:
+            last[name] = value  # the statistics of the last round are finalised and written
+        return {"seconds": seconds, "cpu_seconds": cpu_seconds, "peak_extra_mb": peak.extra_mb}
+
+    def report(round_index: int, results: dict[str, dict[str, float]]) -> None:
+        times = ", ".join(f"{n} {r['seconds']:.3f}s" for n, r in results.items())
+        log(f"#   round {round_index + 1}: {times}")
+
+    results = interleaved(list(methods), args.fisher_repeats, measure, report)
+    summary = summarise_rounds(results, "fwd+bwd", clocks=("", "cpu_"))
     shapes = [layer_shape(module) for module in find_target_layers(model).values()]
     paper = memory_row(label, shapes, args.rank)
-    reference = statistics.median(times["fwd+bwd"])
-    cpu_reference = statistics.median(cpu_times["fwd+bwd"])
     rows = []
     with tempfile.TemporaryDirectory(prefix="sst-cost-fisher-") as folder:
         for name in methods:
-            median = statistics.median(times[name])
-            cpu_median = statistics.median(cpu_times[name])
             row: dict[str, object] = {
                 "method": name,
-                "seconds": median,
-                "all_seconds": times[name],
-                "tokens_per_s": n_tokens / median,
-                "ratio": median / reference,
-                "cpu_seconds": cpu_median,
-                "cpu_ratio": cpu_median / cpu_reference if cpu_reference > 0 else None,
-                "peak_extra_mb": max(peaks[name]),
+                **summary[name],
+                "tokens_per_s": n_tokens / summary[name]["seconds"],
+                "peak_extra_mb": max(record["peak_extra_mb"] for record in results[name]),
             }
             if name in kinds:
                 row.update(file_costs(last.pop(name), name, Path(folder), "0" * 64))

@@ -13,8 +13,9 @@ prompts with their refusal targets, ``--batch-size``, ``--max-length``), interle
                        ``lora`` uses a random rank-``--rank`` subspace on every targeted weight
                        (its cost depends on the shapes only).
 
-Ratios are ``method / fwd+bwd`` of the median wall time and of the median process CPU time (on a
-shared machine CPU time is the steadier one; with ``--threads 1`` it counts no spin-waiting);
+Ratios are medians over the rounds of ``method / fwd+bwd`` of the same round
+(``_common.summarise_rounds``), for wall time and for process CPU time (on a shared machine CPU
+time is the steadier one; with ``--threads 1`` it counts no spin-waiting);
 the targets are ``lora``, ``kfac`` ≤ 1.3× and ``diag`` ≤ 1.5×, "ok" when both ratios meet it.
 The one-off ``finalize`` (averaging + validating the containers, independent of the number of
 tokens) and the file write are timed separately, and each Fisher file's size is measured.
@@ -33,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -44,10 +44,12 @@ from _common import (
     LLAMA2_7B,
     cpu_timed,
     file_costs,
+    interleaved,
     memory_row,
     model_weight_shapes,
     plain_forward_backward,
     random_subspaces,
+    summarise_rounds,
 )
 
 from sst_merge_plugin.data.chat import collate
@@ -153,42 +155,32 @@ def main(argv: list[str] | None = None) -> int:
             for kind in kinds
         },
     }
-    times: dict[str, list[float]] = {name: [] for name in methods}
-    cpu_times: dict[str, list[float]] = {name: [] for name in methods}
     last: dict[str, object] = {}
-    plain_forward_backward(model, batches[:1], frozen=False)  # warm-up
-    for round_index in range(args.repeats):
-        for name, method in methods.items():
-            seconds, cpu_seconds, value = cpu_timed(method)
-            times[name].append(seconds)
-            cpu_times[name].append(cpu_seconds)
-            if name in kinds and round_index == args.repeats - 1:
-                last[name] = value
-            del value
+
+    def measure(name: str, round_index: int) -> dict[str, float]:
+        seconds, cpu_seconds, value = cpu_timed(methods[name])
+        if name in kinds and round_index == args.repeats - 1:
+            last[name] = value  # the statistics of the last round are finalised and written
+        return {"seconds": seconds, "cpu_seconds": cpu_seconds}
+
+    def report(round_index: int, results: dict[str, dict[str, float]]) -> None:
         print(
-            f"round {round_index + 1}: " + ", ".join(f"{n} {t[-1]:.2f}s" for n, t in times.items())
+            f"round {round_index + 1}: "
+            + ", ".join(f"{n} {r['seconds']:.2f}s" for n, r in results.items())
         )
 
-    reference = statistics.median(times["fwd+bwd"])
-    cpu_reference = statistics.median(cpu_times["fwd+bwd"])
+    plain_forward_backward(model, batches[:1], frozen=False)  # warm-up
+    results = interleaved(list(methods), args.repeats, measure, report)
+    summary = summarise_rounds(results, "fwd+bwd", clocks=("", "cpu_"))
     rows = []
     with tempfile.TemporaryDirectory(prefix="fisher_cost_") as folder:
         for name in methods:
-            median = statistics.median(times[name])
-            row = {
-                "method": name,
-                "seconds": median,
-                "ratio": median / reference,
-                "all_seconds": times[name],
-                "cpu_seconds": statistics.median(cpu_times[name]),
-                "cpu_ratio": statistics.median(cpu_times[name]) / cpu_reference,
-                "all_cpu_seconds": cpu_times[name],
-            }
+            row = {"method": name, **summary[name]}
             if name in kinds:
                 row.update(file_costs(last.pop(name), name, Path(folder), data.data_sha256))
                 row.update(
                     target=TARGET_RATIO[name],
-                    meets_target=max(median / reference, row["cpu_ratio"]) <= TARGET_RATIO[name],
+                    meets_target=max(row["ratio"], row["cpu_ratio"]) <= TARGET_RATIO[name],
                 )
             rows.append(row)
 

@@ -10,11 +10,19 @@ spaces and random SPD 8×8 factors; ``kfac``: random SPD factors, ``A`` shared b
 gate/up as in a real collection; ``diag``: random positive).
 
 Timed: each merge in a fresh ``mergekit-yaml`` subprocess, started from a fresh wrapper process
-so its peak RSS (``ru_maxrss`` of the one child) is its own. ``ties`` merges the three adapters;
-``sst_merge`` projects the safety adapter and merges the two utility adapters with ``ties``
-(same densities). Ratios are against ``ties`` in the same run. The Python start-up cost of the
-``.pth`` hook is measured too (``python -X importtime`` of ``sst_merge_plugin._autoload``, and
-``python -c pass`` with and without ``SST_MERGE_NO_AUTOLOAD``).
+so its peak RSS (``ru_maxrss`` of the one child) and CPU time (user + system) are its own.
+``ties`` merges the three adapters; ``sst_merge`` projects the safety adapter and merges the two
+utility adapters with ``ties`` (same densities). The runs are interleaved over ``--repeats``
+rounds (``_common.interleaved``: every method once per round, in the same order), and each
+ratio is the median over rounds of ``method / ties`` of the same round
+(``_common.summarise_rounds``), for wall and for CPU time, so load from other jobs that comes
+and goes does not land on one method; the load average after each round is reported.
+``--baseline-tree DIR`` also times the ``sst_merge`` runs with the plugin imported from
+``DIR`` (a checkout of another commit, e.g. ``git worktree add DIR main``), in the same
+rounds; ``--threads 1 2`` runs every merge at each thread count (OpenMP, MKL and OpenBLAS
+pools), also in the same rounds, each ratio against ``ties`` at its own thread count. The Python start-up cost of the ``.pth`` hook is measured too (``python -X importtime``
+of ``sst_merge_plugin._autoload``, and ``python -c pass`` with and without
+``SST_MERGE_NO_AUTOLOAD``).
 
     python benchmarks/merge_cost.py                 # markdown table
     python benchmarks/merge_cost.py --kinds lora --repeats 3 --json
@@ -35,7 +43,13 @@ from pathlib import Path
 
 import torch
 import yaml
-from _common import SMOLLM2_135M, input_group
+from _common import (
+    SMOLLM2_135M,
+    input_group,
+    interleaved,
+    summarise_rounds,
+    thread_environment,
+)
 
 RANK = 8
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -45,8 +59,10 @@ import json, resource, subprocess, sys, time
 start = time.perf_counter()
 code = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 wall = time.perf_counter() - start
-peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-print(json.dumps({"rc": code.returncode, "wall_s": wall, "peak_rss_mb": peak,
+usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(json.dumps({"rc": code.returncode, "seconds": wall,
+                  "cpu_seconds": usage.ru_utime + usage.ru_stime,
+                  "peak_rss_mb": usage.ru_maxrss / 1024,
                   "stderr": code.stderr[-2000:] if code.returncode else ""}))
 """
 
@@ -149,7 +165,17 @@ def config_for(
     return config
 
 
-def timed_merge(config: dict, workdir: Path, name: str, cache: Path) -> dict:
+def timed_merge(
+    config: dict,
+    workdir: Path,
+    name: str,
+    cache: Path,
+    plugin_tree: Path | None = None,
+    threads: int | None = None,
+) -> dict:
+    """One ``mergekit-yaml`` run (wall/CPU seconds, peak RSS). ``plugin_tree`` goes first on the
+    ``PYTHONPATH`` of the run, so its ``sst_merge_plugin`` is the one imported; ``threads``
+    limits its thread pools (``_common.thread_environment``)."""
     path = workdir / f"{name}.yml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     script = Path(sys.executable).with_name("mergekit-yaml")
@@ -163,8 +189,12 @@ def timed_merge(config: dict, workdir: Path, name: str, cache: Path) -> dict:
         "--no-copy-tokenizer",
         "--no-write-model-card",
     ]
+    env = thread_environment(threads)
+    if plugin_tree is not None:
+        paths = [str(plugin_tree), env.get("PYTHONPATH", "")]
+        env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
     result = subprocess.run(
-        [sys.executable, "-c", MEASURE, *argv], capture_output=True, text=True, check=True
+        [sys.executable, "-c", MEASURE, *argv], capture_output=True, text=True, check=True, env=env
     )
     record = json.loads(result.stdout)
     if record["rc"] != 0:
@@ -206,13 +236,23 @@ def startup_overhead(runs: int = 20) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kinds", default=",".join(KINDS), help="comma-separated Fisher kinds")
-    parser.add_argument("--repeats", type=int, default=1, help="runs per method (median reported)")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds (median)")
     parser.add_argument("--workdir", type=Path, help="keep models/adapters/Fishers here (reused)")
+    parser.add_argument(
+        "--baseline-tree", type=Path, help="also time sst_merge with the plugin from this checkout"
+    )
+    parser.add_argument("--threads", nargs="+", type=int,
+                        help="thread counts for the merges (each in every round; default: the "
+                        "libraries' own)")  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print JSON instead of markdown")
     args = parser.parse_args(argv)
     kinds = [k for k in args.kinds.split(",") if k]
     if unknown := set(kinds) - set(KINDS):
         parser.error(f"unknown kinds {sorted(unknown)}")
+    if args.repeats < 1 or (args.threads and min(args.threads) < 1):
+        parser.error("--repeats and --threads must be >= 1")
+    if args.baseline_tree and not (args.baseline_tree / "sst_merge_plugin").is_dir():
+        parser.error(f"--baseline-tree {args.baseline_tree}: no sst_merge_plugin folder there")
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="sst_merge_cost_"))
     workdir.mkdir(parents=True, exist_ok=True)
     base, base_label = base_model_dir(workdir)
@@ -226,44 +266,69 @@ def main(argv: list[str] | None = None) -> int:
         ModelReference(model=ModelPath(path=str(base)), lora=ModelPath(path=str(adapter))).merged(
             cache_dir=str(cache)
         )
-    runs = {"ties": config_for("ties", base, adapters, None)}
+    # method -> (config, plugin tree or None for this one)
+    runs: dict[str, tuple[dict, Path | None]] = {
+        "ties": (config_for("ties", base, adapters, None), None)
+    }
     for kind in kinds:
-        runs[f"sst_merge ({kind})"] = config_for(
+        config = config_for(
             "sst_merge", base, adapters, write_fishers(kind, adapters["safety"], workdir)
         )
-    results = {}
-    for name, config in runs.items():
-        records = [
-            timed_merge(config, workdir, re.sub(r"\W+", "_", name).strip("_"), cache)
-            for _ in range(args.repeats)
-        ]
-        results[name] = {
-            "wall_s": statistics.median(r["wall_s"] for r in records),
-            "peak_rss_mb": max(r["peak_rss_mb"] for r in records),
-        }
-    reference = results["ties"]
-    for record in results.values():
-        record["time_ratio_vs_ties"] = record["wall_s"] / reference["wall_s"]
-        record["rss_ratio_vs_ties"] = record["peak_rss_mb"] / reference["peak_rss_mb"]
-    report = {
+        runs[f"sst_merge ({kind})"] = (config, None)
+        if args.baseline_tree:
+            runs[f"sst_merge ({kind}) [baseline]"] = (config, args.baseline_tree)
+    thread_counts = args.threads or [None]
+    keys = [(threads, method) for threads in thread_counts for method in runs]
+    loads: list[dict] = []
+
+    def measure(key: tuple[int | None, str], round_index: int) -> dict:
+        threads, method = key
+        config, tree = runs[method]
+        slug = re.sub(r"\W+", "_", f"{method} {threads or ''}").strip("_")
+        return timed_merge(config, workdir, slug, cache, tree, threads)
+
+    def report(round_index: int, records: dict[tuple[int | None, str], dict]) -> None:
+        loads.append({"round": round_index + 1, "load_average": os.getloadavg()})
+        times = ", ".join(f"{m}@{t or '-'} {r['seconds']:.1f}s" for (t, m), r in records.items())
+        print(f"# round {round_index + 1}: {times}; load {loads[-1]['load_average']}",
+              file=sys.stderr, flush=True)  # fmt: skip
+
+    measured = interleaved(keys, args.repeats, measure, report)
+    rows = []
+    for threads in thread_counts:
+        records = {method: measured[(threads, method)] for method in runs}
+        summary = summarise_rounds(records, "ties", clocks=("", "cpu_"))
+        ties_peak = max(r["peak_rss_mb"] for r in records["ties"])
+        for method, runs_of_method in records.items():
+            peak = max(r["peak_rss_mb"] for r in runs_of_method)
+            rows.append({"threads": threads, "method": method, **summary[method],
+                         "peak_rss_mb": peak, "rss_ratio": peak / ties_peak})  # fmt: skip
+    result = {
         "base": base_label,
         "repeats": args.repeats,
-        "runs": results,
+        "threads": args.threads,
+        "baseline_tree": str(args.baseline_tree) if args.baseline_tree else None,
+        "cpu_count": os.cpu_count(),
+        "load_average_per_round": loads,
+        "rows": rows,
         "startup": startup_overhead(),
     }
     if args.json:
-        print(json.dumps(report, indent=2))
+        print(json.dumps(result, indent=2))
         return 0
     print(
-        f"mergekit-yaml on {base_label}, 3 rank-{RANK} LoRAs on all 7 projections; median of {args.repeats}\n"
+        f"mergekit-yaml on {base_label}, 3 rank-{RANK} LoRAs on all 7 projections; median of "
+        f"{args.repeats} interleaved rounds (ratios: median of the per-round ratios to ties)\n"
     )
-    print("| method | wall s | × ties | peak RSS MB | × ties |")
-    print("|---|---:|---:|---:|---:|")
-    for name, r in results.items():
+    print("| threads | method | wall s | × ties | CPU s | × ties (CPU) | peak RSS MB | × ties |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
         print(
-            f"| {name} | {r['wall_s']:.1f} | {r['time_ratio_vs_ties']:.2f} | {r['peak_rss_mb']:.0f} | {r['rss_ratio_vs_ties']:.2f} |"
+            f"| {r['threads'] or 'default'} | {r['method']} | {r['seconds']:.1f} | "
+            f"{r['ratio']:.2f} | {r['cpu_seconds']:.1f} | {r['cpu_ratio']:.2f} | "
+            f"{r['peak_rss_mb']:.0f} | {r['rss_ratio']:.2f} |"
         )
-    s = report["startup"]
+    s = result["startup"]
     print(
         f"\nPython start-up: .pth hook import {s['autoload_import_cumulative_ms']} ms (-X importtime); "
         f"`python -c pass` {s['python_c_pass_ms_hook_on']:.1f} ms with the hook, "

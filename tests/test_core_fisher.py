@@ -123,3 +123,36 @@ def test_compatibility_checks():
         check_compatible(base, LoRAFisher(orthonormal(5, 2, 9), v, spd(2), spd(2)))
     with pytest.raises(FisherValidationError, match="'lora' but benign Fisher is 'kfac'"):
         check_compatible(base, KFACFisher(spd(6), spd(5)))
+
+
+def test_identical_factors_are_validated_once(monkeypatch):
+    """A Fisher file stores q/k/v's shared input factor once per weight: the second and third
+    copies are recognised by content (no second Cholesky); each container keeps its own
+    tensor (a file writer refuses tensors that share memory)."""
+    import sst_merge_plugin.core.fisher as fisher
+
+    calls = []
+    cholesky = torch.linalg.cholesky_ex
+
+    def counting(matrix, *args, **kwargs):
+        calls.append(matrix.shape[0])
+        return cholesky(matrix, *args, **kwargs)
+
+    monkeypatch.setattr(torch.linalg, "cholesky_ex", counting)
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((9, 20))
+    shared = x @ x.T
+    g = [(lambda y: y @ y.T)(rng.standard_normal((4, 9))) for _ in range(3)]
+    fishers = [KFACFisher(torch.tensor(shared), torch.tensor(gi)) for gi in g]
+    assert calls == [9, 4, 4, 4]  # A checked once, each G once
+    for other in fishers[1:]:
+        assert torch.equal(other.A, fishers[0].A)
+        assert other.A.untyped_storage().data_ptr() != fishers[0].A.untyped_storage().data_ptr()
+    changed = shared.copy()
+    changed[0, 0] += 1.0
+    KFACFisher(torch.tensor(changed), torch.tensor(g[0]))
+    assert calls == [9, 4, 4, 4, 9]  # the new A is checked, the known G is not
+    bad = -shared
+    for _ in range(2):  # a failed check is not remembered
+        with pytest.raises(FisherValidationError, match="negative diagonal"):
+            fisher.validate_symmetric_psd("A", torch.tensor(bad))

@@ -504,3 +504,34 @@ def test_krylov_restarts_reach_the_scipy_pairs(depth):
     x = pairs.vectors.numpy()
     np.testing.assert_allclose(x.T @ cost @ x, np.eye(4), atol=1e-9)
     np.testing.assert_allclose(gain @ x, cost @ x * pairs.values.numpy(), atol=1e-7 * ref[0])
+
+
+def test_kfac_dense_projection_is_that_of_the_full_eigh_solution_bit_for_bit():
+    """Merged weights must not change from one release to the next, so the dense ``kfac`` path
+    of a blockwise selection (``ratio``) on factors of a few hundred dimensions — where a
+    partial (tridiagonal, leading-vectors-only) solver would be tempting — is exactly
+    ``(Q (M⊙C)) Pᵀ`` with ``Q``, ``P`` from :func:`~sst_merge_plugin.core.gevp.solve_dense`
+    (``torch.linalg.eigh``) and ``C = (Qᵀ G_b ΔW)(A_b P)``: ``torch.equal``, not ``allclose``.
+    The patch is a rank-4 update stored in float32 (``ΔW = fl32(W0 + B A) − W0``), projected
+    as stored."""
+    from sst_merge_plugin.core.gevp import solve_dense
+    from sst_merge_plugin.core.projector import DEFAULT_DAMPING
+
+    rng = np.random.default_rng(21)
+    d_out, d_in, rank = 300, 272, 4
+    factors = {"A_h": spd(d_in, rng), "G_h": spd(d_out, rng),
+               "A_b": spd(d_in, rng), "G_b": spd(d_out, rng)}  # fmt: skip
+    base = t(rng.standard_normal((d_out, d_in))).float()
+    update = 1e-3 * t(rng.standard_normal((d_out, rank))) @ t(rng.standard_normal((rank, d_in)))
+    delta = (base.double() + update).float().double() - base.double()
+    harm, benign = kfac(factors, "h"), kfac(factors, "b")
+    result = project_patch(delta, harm, benign, Selection.create("ratio", ratio=1.0))
+    h = harm.damped(DEFAULT_DAMPING, dtype=torch.float64)
+    b = benign.damped(DEFAULT_DAMPING, dtype=torch.float64)
+    g_pairs, a_pairs = solve_dense(h.G, b.G), solve_dense(h.A, b.A)
+    q, p = g_pairs.vectors, a_pairs.vectors
+    coords = (q.T @ b.G @ delta) @ (b.A @ p)
+    normalised = torch.outer(g_pairs.values, a_pairs.values) / (h.trace() / b.trace())
+    kept = (normalised >= 1.0).to(coords.dtype) * coords
+    assert 0 < int((kept != 0).sum()) < kept.numel()
+    assert torch.equal(result.patch, (q @ kept) @ p.T)

@@ -17,7 +17,6 @@ by several weights (q/k/v share their input factor ``A``; gate/up too) are solve
 
 from __future__ import annotations
 
-import hashlib
 import threading
 import warnings
 from collections import OrderedDict
@@ -28,7 +27,7 @@ from torch import Tensor
 
 from sst_merge_plugin.choice import Choice
 from sst_merge_plugin.core.errors import SolverError
-from sst_merge_plugin.core.fisher import all_finite
+from sst_merge_plugin.core.fisher import all_finite, content_key
 
 
 class Solver(Choice):
@@ -62,6 +61,11 @@ class GeneralizedEigenpairs:
     @property
     def dim(self) -> int:
         return int(self.vectors.shape[0])
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the tensor storage this solution keeps alive."""
+        return sum(t.untyped_storage().nbytes() for t in (self.values, self.vectors))
 
 
 def _check_pencil(gain: Tensor, cost: Tensor) -> None:
@@ -204,19 +208,13 @@ def solve(
     return _truncate(solve_dense(gain, cost), top_k)
 
 
-def content_key(tensor: Tensor) -> tuple[object, ...]:
-    """A hashable key for a tensor's content: shape, dtype and a BLAKE2b digest of its bytes."""
-    data = tensor.detach().contiguous().cpu()
-    digest = hashlib.blake2b(data.view(torch.uint8).numpy(), digest_size=16).hexdigest()
-    return (tuple(data.shape), str(data.dtype), digest)
-
-
 class GEVPCache:
     """Thread-safe LRU memo of :func:`solve` keyed by the content of ``(gain, cost)``.
 
-    Keys hash the matrices' bytes (BLAKE2b), so equal factors stored under different weight
-    names — q/k/v projections share their input — are solved once. A request for fewer pairs
-    than a cached solution holds is served by truncating it.
+    Keys hash the matrices' bytes (:func:`content_key`), so equal factors stored under different
+    weight names — q/k/v projections share their input — are solved once. A request for fewer
+    pairs than a cached solution holds is served by truncating it. Each new entry is passed to
+    :meth:`added`.
     """
 
     def __init__(self, max_entries: int = 64) -> None:
@@ -245,7 +243,11 @@ class GEVPCache:
             self._entries.move_to_end(key)
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
+        self.added(pairs)
         return pairs
+
+    def added(self, entry: GeneralizedEigenpairs) -> None:
+        """Called with every new entry (a hook for measurements; does nothing here)."""
 
 
 def _truncate(pairs: GeneralizedEigenpairs, top_k: int | None) -> GeneralizedEigenpairs:
