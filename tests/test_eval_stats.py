@@ -19,6 +19,16 @@ def test_wilson_matches_scipy(k: int, n: int) -> None:
     assert interval.high == pytest.approx(reference.high, abs=1e-12)
 
 
+def test_wilson_holds_its_estimate_exactly() -> None:
+    """Every interval contains its estimate, and 0/n and n/n end exactly at 0 and 1 (a float
+    rounding of 1 − 1e-16 once made a negative error bar and crashed the Pareto plot)."""
+    for n in range(1, 401):
+        assert wilson_interval(0, n).low == 0.0 and wilson_interval(n, n).high == 1.0
+        for k in range(n + 1):
+            interval = wilson_interval(k, n)
+            assert interval.low <= interval.estimate <= interval.high, (k, n)
+
+
 def test_wilson_rejects_impossible_counts() -> None:
     for k, n in ((3, 2), (-1, 4), (0, 0)):
         with pytest.raises(SSTError, match="proportion"):
