@@ -28,7 +28,7 @@ from sst_merge_plugin.data.models import DEFAULT_MODEL
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_arguments(parser)
+    add_arguments(parser, full=True)
     parser.set_defaults(out=None, inputs=False)
     args = parser.parse_args(argv)
     try:

@@ -30,7 +30,9 @@ from pathlib import Path
 from sst_merge_plugin.core.errors import SSTError
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser: argparse.ArgumentParser, full: bool = False) -> None:
+    """The demo's options; ``full``: for the benchmark script, whose default is the model's
+    full profile."""
     from sst_merge_plugin.bench.profile import PROFILES
     from sst_merge_plugin.data.models import DEFAULT_MODEL, MODELS
 
@@ -43,8 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--profile",
-        help=f"{', '.join(PROFILES)} (default: the model's own quick profile — quick for "
-        f"{DEFAULT_MODEL})",
+        help=f"{', '.join(PROFILES)} (default: the model's own {'full' if full else 'quick'} "
+        f"profile — {'full' if full else 'quick'} for {DEFAULT_MODEL})",
     )
     parser.add_argument(
         "--methods", nargs="+", help="run only these sweeps of the profile (default: all)"
