@@ -138,7 +138,7 @@ def profile_keys(
     ``methods``: only those sweeps (a sweep added later leaves the others' keys alone)."""
     from sst_merge_plugin.bench.pipeline import Pipeline
     from sst_merge_plugin.bench.profile import PROFILES
-    from sst_merge_plugin.bench.workspace import content_key
+    from sst_merge_plugin.bench.scoring import eval_key
 
     profile = PROFILES[name] if methods is None else PROFILES[name].with_sweeps(methods)
     pipeline = Pipeline(profile, workspace, progress=False, model_dir=model_dir, prompts=prompts)
@@ -171,7 +171,7 @@ def profile_keys(
     }
     out["eval_configs"] = {"validation": asdict(profile.validation), "test": asdict(profile.test)}
     out["evals"] = {
-        split: {job.key: content_key({"job": job.key, "eval": asdict(evaluation)}) for job in jobs}
+        split: {job.key: eval_key(job.key, evaluation) for job in jobs}
         for split, evaluation in (("validation", profile.validation), ("test", profile.test))
     }
     out["data_files"] = sorted(path.name for path in (workspace / "data").iterdir())

@@ -32,6 +32,14 @@ from sst_merge_plugin.core.errors import SSTError
 from sst_merge_plugin.evaluation.suite import EvalConfig
 
 
+def eval_key(job_key: str, evaluation: EvalConfig) -> str:
+    """The cache key of merge job ``job_key`` scored on ``evaluation``, under the refusal
+    judge's current rules (:data:`~sst_merge_plugin.evaluation.judge.RULES_DIGEST`)."""
+    from sst_merge_plugin.evaluation.judge import RULES_DIGEST
+
+    return content_key({"job": job_key, "eval": asdict(evaluation), "judge": RULES_DIGEST})
+
+
 class Scoring:
     """Cached evaluation records of merge jobs (module doc)."""
 
@@ -55,8 +63,7 @@ class Scoring:
     def record(self, job: MergeJob, evaluation: EvalConfig) -> dict[str, Any]:
         """The cached record of ``job`` scored on ``evaluation`` (merged and scored now if
         needed)."""
-        eval_key = content_key({"job": job.key, "eval": asdict(evaluation)})
-        record_path = self.workspace / "evals" / f"{eval_key}.json"
+        record_path = self.workspace / "evals" / f"{eval_key(job.key, evaluation)}.json"
 
         def evaluate(entry: Path) -> None:
             with entry_lock(self.workspace / "merges" / job.key):
