@@ -99,3 +99,20 @@ def test_tune_rejects_bad_input_before_merging(
     assert not out.exists() and not (tmp_path / "ws").exists()
     assert cli.main(_args(world, tmp_path / "missing.yml", out, "--knob", "scale=1")) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_a_tuning_without_skills_shows_no_utility_rather_than_zero() -> None:
+    """Without ``--utility`` no skill is scored: the table says ``–``, not a utility of 0.00
+    that reads like a merge that lost every skill."""
+    from sst_merge_plugin.bench.tune import tuning_markdown
+
+    point = {"knob": {"rho": 0.3}, "harmful_refusal": 1.0, "benign_over_refusal": 0.1}
+    report = {
+        "points": [{**point, "utility_mean": None}, {**point, "utility_mean": 0.5}],
+        "chosen": {"index": 0, "reason": "a reason"},
+        "base": {"harmful_refusal": 0.0, "benign_over_refusal": 0.0, "utility_mean": None},
+    }
+    rows = tuning_markdown(report).splitlines()
+    assert rows[2] == "| rho=0.3 | 1.00 | 0.10 | – | **yes** |"
+    assert rows[3] == "| rho=0.3 | 1.00 | 0.10 | 0.50 |  |"
+    assert rows[4] == "| base model | 0.00 | 0.00 | – | |"

@@ -181,6 +181,11 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _utility(point: dict[str, Any]) -> str:
+    """A point's mean utility, or ``–`` when no skills were scored (``--utility`` not given)."""
+    return "–" if point["utility_mean"] is None else f"{point['utility_mean']:.2f}"
+
+
 def tuned_yaml(config: dict[str, Any], report: dict[str, Any]) -> str:
     """The chosen configuration as YAML, headed by a comment on how it was chosen."""
     import yaml
@@ -195,7 +200,7 @@ def tuned_yaml(config: dict[str, Any], report: dict[str, Any]) -> str:
         f"# Grid: {report['grid']}; chosen {chosen['knob']} — {chosen['reason']}.",
         f"# Validation: refusal {point['harmful_refusal']:.2f}, over-refusal "
         f"{point['benign_over_refusal']:.2f} (base {report['base']['benign_over_refusal']:.2f}), "
-        f"utility {point['utility_mean'] or 0.0:.2f}. Report the test split, not these.",
+        f"utility {_utility(point)}. Report the test split, not these.",
     ]  # fmt: skip
     return "\n".join(header) + "\n" + yaml.safe_dump(config, sort_keys=False)
 
@@ -211,12 +216,12 @@ def tuning_markdown(report: dict[str, Any]) -> str:
         knob = ", ".join(f"{k}={v:g}" for k, v in point["knob"].items())
         lines.append(
             f"| {knob} | {point['harmful_refusal']:.2f} | {point['benign_over_refusal']:.2f} | "
-            f"{point['utility_mean'] or 0.0:.2f} | {mark} |"
+            f"{_utility(point)} | {mark} |"
         )
     base = report["base"]
     lines.append(
         f"| base model | {base['harmful_refusal']:.2f} | {base['benign_over_refusal']:.2f} | "
-        f"{base['utility_mean'] or 0.0:.2f} | |"
+        f"{_utility(base)} | |"
     )
     return "\n".join(lines) + f"\n\n{report['chosen']['reason']}.\n"
 
