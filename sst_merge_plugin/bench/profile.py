@@ -275,7 +275,7 @@ def _dual(
     """The dual projection (``docs/design.md`` §1.6) on side ``project``, soft ρ = 1, task
     arithmetic of the (projected) skill deltas; ``sst_single_fisher`` is the single-Fisher
     utility-side baseline (``G_i = I``). Tuned over ``grid`` (default: λ × ``scale`` like the
-    other SST sweeps of the full profile)."""
+    other SST sweeps of the full profile; a ``rho`` knob overrides ρ = 1)."""
     return Sweep(
         label,
         method,
@@ -338,6 +338,10 @@ _TRAIN_SKILL = LoRATrainingConfig(steps=60, learning_rate=2e-3)
 _STRENGTHS = (0.75, 1.0, 1.5, 2.0)
 _SCALES = (1.0, 1.5, 2.0, 3.0)
 _TUNED = {UTILITY_WEIGHT: LAMBDAS, "scale": _SCALES}
+#: the dual's ρ grid (soft selection; the safety LoRA at scale 1): ρ = 1 removed most of the
+#: skills on the quick profile's validation split, ρ = 0.01 kept them
+_RHOS = (0.01, 0.03, 0.1, 0.3)
+_DUAL_RHOS = (0.01, 0.1, 1.0)
 
 FULL = Profile(
     name="full",
@@ -388,6 +392,8 @@ FULL = Profile(
         _dual("sst_dual_lora_refusal", "lora", "utility", cost_objective="refusal"),
         _dual("sst_dual_kfac", "kfac", "utility"),
         _dual("dual_single_fisher", "lora", "utility", method="sst_single_fisher"),
+        # the dual's own knob: ρ (how much of each skill direction the safety cost removes)
+        _dual("sst_dual_lora_rho", "lora", "utility", grid={UTILITY_WEIGHT: LAMBDAS, "rho": _RHOS}),
         # the safety adapter alone, raw vs projected: what projection does to the patch itself
         Sweep(
             "safety_alone_raw",
@@ -440,12 +446,9 @@ QUICK = Profile(
         _sst(
             "sst_lora_soft", "lora", "soft", 1.0, {UTILITY_WEIGHT: (0.5,), "scale": (1.0, 1.5, 2.0)}
         ),
-        _dual(
-            "sst_dual_lora",
-            "lora",
-            "utility",
-            grid={UTILITY_WEIGHT: (0.5,), "scale": (1.0, 1.5, 2.0)},
-        ),
+        # ρ rather than the safety scale: at ρ = 1 the dual keeps the safety LoRA's behaviour
+        # but strips the skills (validation, `sst-merge tune` on the demo's inputs)
+        _dual("sst_dual_lora", "lora", "utility", grid={UTILITY_WEIGHT: (0.5,), "rho": _DUAL_RHOS}),
     ),
     single_adapters=False,
     reference_lambdas=(0.5,),
