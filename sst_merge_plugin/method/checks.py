@@ -256,10 +256,8 @@ def adapter_problem(
             f"each input needs the Fisher of its own adapter (sst-merge fisher --adapter "
             f"{adapter_dir})"
         )
-    if not restricted or adapter.sha256 in recorded.split(
-        ";"
-    ):  # one of the adapters of a joint span
-        return None
+    if not restricted or adapter.sha256 in recorded.split(";"):
+        return None  # not restricted, or one of the adapters of a joint span
     outside: dict[str, float] = {}
     for name in opened.weight_names():
         if name not in adapter.layers:
