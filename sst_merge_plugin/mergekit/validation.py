@@ -35,9 +35,9 @@ Checked up front, for every planned tensor (parameters as mergekit resolved them
   ``safe_open``);
 * the recorded adapter digests (a lora-kind file's restriction; the adapter applied while
   collecting an input's own ``gain_fisher``) against the ``base+lora`` adapter of each input
-  whose delta the file projects, then for restricted (lora-kind) Fishers the part of each projected delta
-  (the safety patch; with ``project: utility | both`` each utility delta) outside the Fisher's
-  subspace for a sample of tensors (:func:`_patch_problems`).
+  whose delta the file projects, then for restricted (lora-kind) Fishers the part of each
+  projected delta (the safety patch; with ``project: utility | both`` each utility delta)
+  outside the Fisher's subspace for a sample of tensors (:func:`_patch_problems`).
 
 Checked only per tensor, during the merge: the rest of the factor *values* (symmetric, PSD,
 orthonormal ``U``/``V``, identical lora subspaces of the two files). A failure there aborts
@@ -272,8 +272,8 @@ def _patch_problems(
     gain file) against the ``base+lora`` adapter of every input whose delta it projects
     (:meth:`FisherSources.inputs_of`, :func:`~sst_merge_plugin.method.checks.adapter_problem`);
     when those pass, for restricted (lora-kind) Fishers, the part of each projected delta — as
-    mergekit will read it, e.g. from its LoRA merge cache — outside the subspace of the file that projects it (``harm_fisher`` for
-    the safety patch, ``cost_fisher`` for a utility delta;
+    mergekit will read it, e.g. from its LoRA merge cache — outside the subspace of the file
+    that projects it (``harm_fisher`` for the safety patch, ``cost_fisher`` for a utility delta;
     :func:`~sst_merge_plugin.method.checks.subspace_problem`) for :data:`RESIDUAL_SAMPLE`
     tensors spread over the merge. A stale cache or another adapter's Fishers affect every
     tensor alike; each projection is checked again while merging (at no extra cost), and a

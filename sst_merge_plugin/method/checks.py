@@ -234,8 +234,8 @@ def adapter_problem(
     must be this one — a joint-span restriction cannot tell two skills' gain Fishers apart.
     Then, for a restricted kind: ``None`` when the file records no ``restrict_to_sha256``, when
     it is (or, for the joint span of several adapters, ``;``-separated, includes) the digest of
-    the adapter's weights (:attr:`LoRAAdapter.sha256 <sst_merge_plugin.fisher.adapter.LoRAAdapter>`),
-    or when the digests differ but the adapter's own update ``B·A`` of every weight the file has
+    the adapter's weights
+    (:attr:`LoRAAdapter.sha256 <sst_merge_plugin.fisher.adapter.LoRAAdapter>`), or when the digests differ but the adapter's own update ``B·A`` of every weight the file has
     entries for lies within the file's subspace (e.g. a re-saved adapter); a problem text
     otherwise.
     """
