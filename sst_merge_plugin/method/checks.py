@@ -235,9 +235,9 @@ def adapter_problem(
     Then, for a restricted kind: ``None`` when the file records no ``restrict_to_sha256``, when
     it is (or, for the joint span of several adapters, ``;``-separated, includes) the digest of
     the adapter's weights
-    (:attr:`LoRAAdapter.sha256 <sst_merge_plugin.fisher.adapter.LoRAAdapter>`), or when the digests differ but the adapter's own update ``B·A`` of every weight the file has
-    entries for lies within the file's subspace (e.g. a re-saved adapter); a problem text
-    otherwise.
+    (:attr:`LoRAAdapter.sha256 <sst_merge_plugin.fisher.adapter.LoRAAdapter>`), or when the
+    digests differ but the adapter's own update ``B·A`` of every weight the file has entries
+    for lies within the file's subspace (e.g. a re-saved adapter); a problem text otherwise.
     """
     applied = opened.metadata.get("adapter_sha256") if own else None
     recorded = opened.metadata.get("restrict_to_sha256")
