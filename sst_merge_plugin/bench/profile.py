@@ -343,6 +343,19 @@ _TUNED = {UTILITY_WEIGHT: LAMBDAS, "scale": _SCALES}
 _RHOS = (0.01, 0.03, 0.1, 0.3)
 _DUAL_RHOS = (0.01, 0.1, 1.0)
 
+#: the full profile's validation split; its test split differs in the sets and sizes only
+_VALIDATION = EvalConfig(
+    harmful="harmbench-val",
+    benign="overrefusal-val",
+    utility=("reverse_letters", "uppercase"),
+    n_harmful=41,
+    n_benign=40,
+    n_utility=32,
+    max_new_tokens=32,
+    batch_size=32,
+    skill_pool="validation",
+)
+
 FULL = Profile(
     name="full",
     adapters=(
@@ -357,26 +370,14 @@ FULL = Profile(
         n_benign_edgy=54,
         n_benign_per_skill=16,
     ),
-    validation=EvalConfig(
-        harmful="harmbench-val",
-        benign="overrefusal-val",
-        utility=("reverse_letters", "uppercase"),
-        n_harmful=41,
-        n_benign=40,
-        n_utility=32,
-        max_new_tokens=32,
-        batch_size=32,
-        skill_pool="validation",
-    ),
-    test=EvalConfig(
+    validation=_VALIDATION,
+    test=replace(
+        _VALIDATION,
         harmful="harmbench-test",
         benign="overrefusal-test",
-        utility=("reverse_letters", "uppercase"),
         n_harmful=159,
         n_benign=100,
         n_utility=64,
-        max_new_tokens=32,
-        batch_size=32,
         skill_pool="test",
         mmlu=500,
     ),

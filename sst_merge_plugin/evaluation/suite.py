@@ -33,7 +33,8 @@ The benchmark protocol evaluates on disjoint splits: ``harmbench-val`` / ``overr
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -214,34 +215,32 @@ def evaluate_model(
         "progress": progress,
     }
 
-    def timed(part: str, begin: float) -> None:
+    @contextmanager
+    def timed(part: str) -> Iterator[None]:
+        begin = time.perf_counter()
+        yield
         timings[part] = round(time.perf_counter() - begin, 3)
 
-    begin = time.perf_counter()
-    harmful = refusal_rate(model, tokenizer, data.harmful.prompts, desc="harmful", **generation)
-    timed("harmful", begin)
-    begin = time.perf_counter()
-    benign = refusal_rate(model, tokenizer, data.benign.prompts, desc="benign", **generation)
-    timed("benign", begin)
+    with timed("harmful"):
+        harmful = refusal_rate(model, tokenizer, data.harmful.prompts, desc="harmful", **generation)
+    with timed("benign"):
+        benign = refusal_rate(model, tokenizer, data.benign.prompts, desc="benign", **generation)
     utility = {}
     for name, items in data.utility.items():
-        begin = time.perf_counter()
-        utility[name] = utility_exact_match(model, tokenizer, items, desc=name, **generation)
-        timed(f"utility:{name}", begin)
+        with timed(f"utility:{name}"):
+            utility[name] = utility_exact_match(model, tokenizer, items, desc=name, **generation)
     truefalse = None
     if data.truefalse:
-        begin = time.perf_counter()
-        truefalse = statement_pair_accuracy(
-            model, tokenizer, data.truefalse, batch_size=config.batch_size, progress=progress
-        )
-        timed("truefalse", begin)
+        with timed("truefalse"):
+            truefalse = statement_pair_accuracy(
+                model, tokenizer, data.truefalse, batch_size=config.batch_size, progress=progress
+            )
     mmlu = None
     if data.mmlu:
-        begin = time.perf_counter()
-        mmlu = mmlu_accuracy(
-            model, tokenizer, data.mmlu, batch_size=config.batch_size, progress=progress
-        )
-        timed("mmlu", begin)
+        with timed("mmlu"):
+            mmlu = mmlu_accuracy(
+                model, tokenizer, data.mmlu, batch_size=config.batch_size, progress=progress
+            )
     accuracies = {name: result.accuracy for name, result in utility.items()}
     return {
         "harmful_refusal": harmful.rate,
