@@ -239,14 +239,18 @@ def test_statement_pair_accuracy_uses_per_token_scores(random_model, tokenizer):
 
 
 def test_mmlu_accuracy_matches_one_forward_per_question(random_model, tokenizer):
+    """Batched by prompt length (the longest question comes first here, so the batches are
+    not the question order) with the LM head on the last position only: per question the
+    verdict and log-probability of an unbatched, unpadded forward with full logits, in
+    question order."""
     from sst_merge_plugin.data.chat import encode_chat
     from sst_merge_plugin.data.mmlu import MMLUQuestion, mmlu_prompt
 
     questions = [
-        MMLUQuestion("Which is a fruit?", ("apple", "rock", "car", "pen"), 0, "misc"),
-        MMLUQuestion("2 + 2 =", ("3", "4", "5", "22"), 1, "math"),
         MMLUQuestion("A longer question about the capital of a country?", ("a", "b", "c", "d"), 3,
                      "geo"),
+        MMLUQuestion("Which is a fruit?", ("apple", "rock", "car", "pen"), 0, "misc"),
+        MMLUQuestion("2 + 2 =", ("3", "4", "5", "22"), 1, "math"),
     ]  # fmt: skip
     result = mmlu_accuracy(random_model, tokenizer, questions, batch_size=2, progress=False)
     letters = [tokenizer.convert_tokens_to_ids(letter) for letter in "ABCD"]
@@ -261,6 +265,7 @@ def test_mmlu_accuracy_matches_one_forward_per_question(random_model, tokenizer)
     assert result.correct == expected_correct and result.n == 3
     assert result.accuracy == sum(expected_correct) / 3
     assert result.mean_logprob == pytest.approx(sum(expected_logprob) / 3, abs=1e-5)
+    assert len(set(expected_correct)) == 2  # both verdicts occur, so the order is checked
     with pytest.raises(SSTError, match="at least one question"):
         mmlu_accuracy(random_model, tokenizer, [], batch_size=1)
 

@@ -268,6 +268,9 @@ def mmlu_accuracy(
     (:func:`sst_merge_plugin.data.mmlu.mmlu_prompt`, :func:`~sst_merge_plugin.data.chat.
     encode_chat`), the batch left-padded, and the logits of the last position compared over the
     four letter tokens (:func:`letter_token_ids`); no sampling, one forward pass per batch.
+    Batches are formed in order of prompt length (padding to the longest prompt of a batch
+    wastes less) and the LM head runs on the last position only (``logits_to_keep=1``); the
+    results are returned in question order.
     """
     import torch
     from tqdm.auto import tqdm
@@ -285,22 +288,27 @@ def mmlu_accuracy(
         encode_chat(tokenizer, mmlu_prompt(q), None, max_length=UNLIMITED).input_ids
         for q in questions
     ]
-    correct: list[bool] = []
-    logprobs: list[float] = []
+    by_length = sorted(range(len(encoded)), key=lambda index: (len(encoded[index]), index))
+    correct: list[bool] = [False] * len(questions)
+    logprobs: list[float] = [0.0] * len(questions)
     was_training = model.training
     model.eval()
     try:
         starts = range(0, len(encoded), batch_size)
         for start in tqdm(starts, desc="mmlu", unit="batch", disable=not progress):
-            input_ids, mask = pad_batch(encoded[start : start + batch_size], pad_id, "left")
+            indices = by_length[start : start + batch_size]
+            input_ids, mask = pad_batch([encoded[i] for i in indices], pad_id, "left")
             with torch.inference_mode():
                 logits = model(
-                    input_ids=input_ids.to(device), attention_mask=mask.to(device)
+                    input_ids=input_ids.to(device),
+                    attention_mask=mask.to(device),
+                    logits_to_keep=1,
                 ).logits
             choice = torch.log_softmax(logits[:, -1, letters.to(device)].double(), dim=-1).cpu()
-            for row, question in enumerate(questions[start : start + batch_size]):
-                correct.append(int(choice[row].argmax()) == question.answer)
-                logprobs.append(float(choice[row, question.answer]))
+            for row, index in enumerate(indices):
+                answer = questions[index].answer
+                correct[index] = int(choice[row].argmax()) == answer
+                logprobs[index] = float(choice[row, answer])
     finally:
         model.train(was_training)
     n_correct = sum(correct)
