@@ -25,6 +25,7 @@ from typing import Any
 
 from sst_merge_plugin.atomic import write_text
 from sst_merge_plugin.bench.pipeline import BenchmarkRun, TunedMethod, scores_of
+from sst_merge_plugin.bench.profile import SweepInputs
 from sst_merge_plugin.bench.scoring import result_row
 from sst_merge_plugin.evaluation.stats import paired_bootstrap
 
@@ -56,8 +57,14 @@ def paired_outcomes(record: Mapping[str, Any], metric: str) -> dict[str, list[fl
 
 
 def headline(run: BenchmarkRun) -> TunedMethod | None:
-    """The SST-Merge variant the rule prefers on validation (``None`` without one)."""
-    candidates = [m for m in run.methods if m.sweep.merge_method == HEADLINE_METHOD]
+    """The SST-Merge variant the rule prefers on validation among the sweeps that merge every
+    adapter (``None`` without one): a sweep of the safety adapter alone has no skills to keep,
+    so it would meet the rule at zero utility and is an ablation, not a merge to compare."""
+    candidates = [
+        m
+        for m in run.methods
+        if m.sweep.merge_method == HEADLINE_METHOD and m.sweep.inputs == SweepInputs.ALL
+    ]
     if not candidates:
         return None
     base = run.base_validation["metrics"]
