@@ -342,7 +342,6 @@ _TUNED = {UTILITY_WEIGHT: LAMBDAS, "scale": _SCALES}
 #: skills on the quick profile's validation split, ρ = 0.01 kept them
 _RHOS = (0.01, 0.03, 0.1, 0.3)
 _DUAL_RHOS = (0.01, 0.1, 1.0)
-_RHO_TUNED = {UTILITY_WEIGHT: LAMBDAS, "rho": _RHOS}
 
 #: the full profile's validation split; its test split differs in the sets and sizes only
 _VALIDATION = EvalConfig(
@@ -394,18 +393,8 @@ FULL = Profile(
         _dual("sst_dual_lora_refusal", "lora", "utility", cost_objective="refusal"),
         _dual("sst_dual_kfac", "kfac", "utility"),
         _dual("dual_single_fisher", "lora", "utility", method="sst_single_fisher"),
-        # the dual's own knob: ρ (how much of each skill direction the safety cost removes);
-        # the side and single-Fisher ablations get the same ρ budget (at ρ = 1 every utility-side
-        # projection strips the skills, so the ρ = 1 sweeps above cannot decide the claim)
-        _dual("sst_dual_lora_rho", "lora", "utility", grid=_RHO_TUNED),
-        _dual("sst_both_lora_rho", "lora", "both", grid=_RHO_TUNED),
-        _dual(
-            "dual_single_fisher_rho",
-            "lora",
-            "utility",
-            method="sst_single_fisher",
-            grid=_RHO_TUNED,
-        ),
+        # the dual's own knob: ρ (how much of each skill direction the safety cost removes)
+        _dual("sst_dual_lora_rho", "lora", "utility", grid={UTILITY_WEIGHT: LAMBDAS, "rho": _RHOS}),
         # the safety adapter alone, raw vs projected: what projection does to the patch itself
         Sweep(
             "safety_alone_raw",
