@@ -338,8 +338,9 @@ _TRAIN_SKILL = LoRATrainingConfig(steps=60, learning_rate=2e-3)
 _STRENGTHS = (0.75, 1.0, 1.5, 2.0)
 _SCALES = (1.0, 1.5, 2.0, 3.0)
 _TUNED = {UTILITY_WEIGHT: LAMBDAS, "scale": _SCALES}
-#: the dual's ρ grid (soft selection; the safety LoRA at scale 1): ρ = 1 removed most of the
-#: skills on the quick profile's validation split, ρ = 0.01 kept them
+#: the dual's ρ grids (soft selection; the safety LoRA at scale 1): ρ = 1 removed most of the
+#: skills on the quick profile's validation split, ρ = 0.01 kept them; on the full profile's
+#: adapters ρ = 1 kept them (``sst_dual_lora``), so ρ is adapter-dependent
 _RHOS = (0.01, 0.03, 0.1, 0.3)
 _DUAL_RHOS = (0.01, 0.1, 1.0)
 
