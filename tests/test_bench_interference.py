@@ -571,12 +571,13 @@ def test_every_method_has_the_same_grid_budget(
 ) -> None:
     sweeps = {sweep.label: sweep for sweep in interference.SWEEPS}
     assert tuple(sweeps) == interference.METHODS
-    assert list(sweeps) == ["task_arithmetic", "ties", "dare_ties", "tsv", "sst_merge"]
+    assert list(sweeps) == ["task_arithmetic", "ties", "dare_ties", "tsv", "sst_merge", "sst_dual"]
     for label, sweep in sweeps.items():
         assert len(sweep.points()) == 6, label
         assert sweep.grid["utility_weight"] == (0.25, 0.5, 1.0), label
-        strength = "scale" if label == "sst_merge" else "safety_weight"
+        strength = "scale" if label.startswith("sst_") else "safety_weight"
         assert set(sweep.grid) == {"utility_weight", strength}, label
+        # the dual's safety LoRA is unprojected: the baselines' weights
         assert sweep.grid[strength] == ((1.5, 3.0) if label == "sst_merge" else (1.0, 2.0))
     assert sweeps["tsv"].merge_method == TSV
     assert dict(sweeps["ties"].parameters) == {"normalize": False, "density": 0.5}
@@ -584,6 +585,8 @@ def test_every_method_has_the_same_grid_budget(
         "select": "soft", "rho": 1.0, "utility_merge": "task_arithmetic",
     }  # fmt: skip
     assert sweeps["sst_merge"].fisher_kind == "lora"
+    assert dict(sweeps["sst_dual"].parameters) == dict(sweeps["sst_merge"].parameters)
+    assert (sweeps["sst_dual"].fisher_kind, sweeps["sst_dual"].project) == ("lora", "utility")
 
     # each point sets every expert's weight to λ and the safety strength where it belongs
     pipeline = _world_pipeline(world, tmp_path / "ws", monkeypatch, tuple(sweeps.values()))
@@ -600,6 +603,15 @@ def test_every_method_has_the_same_grid_budget(
     assert sst["parameters"]["scale"] == 3.0
     assert [m["parameters"]["weight"] for m in sst["models"]] == [1.0, 0.25, 0.25]
     assert sst["models"][0]["parameters"]["role"] == "safety"
+    # the dual: one gain Fisher per expert, the cost Fisher shared, the safety LoRA at the scale
+    monkeypatch.setattr(pipeline.fishers, "cost", lambda kind, objective: f"cost-{objective}")
+    monkeypatch.setattr(pipeline.fishers, "adapter_fisher", lambda spec, kind: f"gain-{spec.name}")
+    dual = pipeline.merges.config(sweeps["sst_dual"], {"utility_weight": 0.5, "scale": 2.0})
+    assert (dual["parameters"]["project"], dual["parameters"]["scale"]) == ("utility", 2.0)
+    assert dual["parameters"]["cost_fisher"] == "cost-kl"
+    gains = [m["parameters"].get("gain_fisher") for m in dual["models"]]
+    assert gains == [None, *(f"gain-{name}" for name in ADAPTERS if name != "safety")]
+    assert [m["parameters"]["weight"] for m in dual["models"]] == [1.0, 0.5, 0.5]
 
 
 @pytest.mark.parametrize(
@@ -625,7 +637,7 @@ def test_bad_command_lines_are_rejected(
 def test_command_line(interference: ModuleType) -> None:
     args = interference.parse_args(["--out", "results"])
     assert args.n_experts == [2, 4, 8, 12]
-    assert args.methods == ["task_arithmetic", "ties", "dare_ties", "tsv", "sst_merge"]
+    assert args.methods == ["task_arithmetic", "ties", "dare_ties", "tsv", "sst_merge", "sst_dual"]
     assert args.workspace.parts[-2:] == ("bench", "interference")
     assert (args.threads, args.no_progress) == (None, False)
     args = interference.parse_args(

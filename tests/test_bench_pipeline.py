@@ -13,7 +13,7 @@ run reuses every cached stage (training and merging are made to fail); the repor
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
@@ -26,7 +26,8 @@ from sst_merge_plugin.bench import merges as merges_module
 from sst_merge_plugin.bench.pipeline import Pipeline
 from sst_merge_plugin.bench.profile import SAFETY, AdapterSpec, FisherSettings, Profile, Sweep
 from sst_merge_plugin.bench.prompts import TrainingPrompts
-from sst_merge_plugin.bench.report import summarise, write_outputs
+from sst_merge_plugin.bench.report import markdown, summarise, write_outputs
+from sst_merge_plugin.bench.scoring import summarise_sst_report
 from sst_merge_plugin.bench.training import LoRATrainingConfig, train_lora_adapter
 from sst_merge_plugin.bench.tuning import Scores
 from sst_merge_plugin.core.errors import SSTError
@@ -405,9 +406,31 @@ def test_a_dual_sweep_collects_its_gain_and_cost_fishers(
             assert metadata(path)["restrict_to"] == f"{adapters[SAFETY]};{adapters['uppercase']}"
     assert pipeline.merges.run(job, tmp_path / "merged") > 0
     report = json.loads((tmp_path / "merged" / "sst_merge_report.json").read_text())
-    (summary,) = report["summary"]["utility"].values()
+    ((name, summary),) = report["summary"]["utility"].items()
     assert 0.0 <= summary["pooled_gain_kept_fraction"] <= 1.0
     assert 0.0 <= summary["safety_disturbance_removed"] <= 1.0
+    # the benchmark's record keeps them per utility input, and the results page shows them
+    kept = summarise_sst_report(tmp_path / "merged" / "sst_merge_report.json")
+    assert kept["utility_projection"] == {
+        name: {
+            "utility_gain_kept": summary["pooled_gain_kept_fraction"],
+            "safety_disturbance_removed": summary["safety_disturbance_removed"],
+        }
+    }
+    row = {"harmful_refusal": 1.0, "benign_over_refusal": 0.0, "utility_mean": 0.5,
+           "n_harmful": 2, "n_benign": 2, "knob": None, "method": "base"}  # fmt: skip
+    page = markdown(
+        {"test": asdict(profile.test), "validation": asdict(profile.validation),
+         "rule": profile.rule.as_dict(), "references": [row], "bootstrap": [], "sweeps": {},
+         "methods": [{"method": "sst_dual", "knob": {"scale": 1.0}, "feasible": True,
+                      "validation": row, "test": {**row, **kept}}]},
+        "dual",
+    )  # fmt: skip
+    assert (
+        f"| sst_dual | `{Path(adapters['uppercase']).name}` | "
+        f"{summary['pooled_gain_kept_fraction']:.3f} | "
+        f"{summary['safety_disturbance_removed']:.3f} |"
+    ) in page
     # exported under the names a dual mergekit config uses, with the collected bytes
     exported = pipeline.export_inputs(tmp_path / "out") / "fishers" / kind
     assert sorted(p.name for p in exported.iterdir()) == [

@@ -12,11 +12,15 @@ shared ``--workspace`` shares the adapter) are merged by
   ``tsv`` (FusionBench's task-singular-vector merging, :data:`~sst_merge_plugin.bench.
   fusion_merge.TSV`), the safety LoRA one more ordinary input of weight ``safety_weight``;
 * ``sst_merge`` (task arithmetic of the experts + the safety patch projected with the ``lora``
-  Fisher pair, ``select: soft``, ``rho: 1``, patch ``scale``).
+  Fisher pair, ``select: soft``, ``rho: 1``, patch ``scale``);
+* ``sst_dual`` (the dual, ``docs/design.md`` §1.6: each expert's delta projected with its own
+  gain Fisher ``G_i`` against the safety model's KL cost Fisher ``C``, ``lora`` kind on the joint
+  span of the N + 1 adapters, soft ρ = 1; the safety LoRA added unprojected at ``scale``).
 
 Every method has the same grid budget (:data:`SWEEPS`): the experts' λ (``utility_weight``) ∈
 :data:`EXPERT_LAMBDAS` × the safety strength (``safety_weight`` ∈ :data:`SAFETY_WEIGHTS`, or the
-SST ``scale`` ∈ :data:`SST_SCALES`). For each N one :class:`~sst_merge_plugin.bench.profile.
+SST ``scale`` ∈ :data:`SST_SCALES`; the dual's unprojected safety ``scale`` ∈
+:data:`SAFETY_WEIGHTS`). For each N one :class:`~sst_merge_plugin.bench.profile.
 Profile` (:func:`interference_profile`) runs through :meth:`~sst_merge_plugin.bench.pipeline.
 Pipeline.run`: every grid point is scored on the validation split (:data:`VALIDATION`), the main
 benchmark's rule (:data:`RULE`) picks each method's point, and only that point is scored on the
@@ -122,6 +126,8 @@ SAFETY_WEIGHTS = (1.0, 2.0)
 SST_SCALES = (1.5, 3.0)
 BASELINE_GRID = MappingProxyType({UTILITY_WEIGHT: EXPERT_LAMBDAS, SAFETY_WEIGHT: SAFETY_WEIGHTS})
 SST_GRID = MappingProxyType({UTILITY_WEIGHT: EXPERT_LAMBDAS, "scale": SST_SCALES})
+#: the dual adds the safety LoRA unprojected, so its scale is the baselines' safety weight
+DUAL_GRID = MappingProxyType({UTILITY_WEIGHT: EXPERT_LAMBDAS, "scale": SAFETY_WEIGHTS})
 _SPARSE = {"normalize": False, "density": 0.5}
 SWEEPS = (
     Sweep("task_arithmetic", "task_arithmetic", BASELINE_GRID),
@@ -134,6 +140,14 @@ SWEEPS = (
         SST_GRID,
         {"select": "soft", "rho": 1.0, "utility_merge": "task_arithmetic"},
         fisher_kind="lora",
+    ),
+    Sweep(
+        "sst_dual",
+        "sst_merge",
+        DUAL_GRID,
+        {"select": "soft", "rho": 1.0, "utility_merge": "task_arithmetic"},
+        fisher_kind="lora",
+        project="utility",
     ),
 )
 METHODS = tuple(sweep.label for sweep in SWEEPS)

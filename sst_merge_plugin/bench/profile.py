@@ -396,6 +396,14 @@ FULL = Profile(
         _dual("dual_single_fisher", "lora", "utility", method="sst_single_fisher"),
         # the dual's own knob: ρ (how much of each skill direction the safety cost removes)
         _dual("sst_dual_lora_rho", "lora", "utility", grid={UTILITY_WEIGHT: LAMBDAS, "rho": _RHOS}),
+        # the same ρ grid for the single-Fisher baseline: both frontiers at matched removal
+        _dual(
+            "dual_single_fisher_rho",
+            "lora",
+            "utility",
+            method="sst_single_fisher",
+            grid={UTILITY_WEIGHT: LAMBDAS, "rho": _RHOS},
+        ),
         # the safety adapter alone, raw vs projected: what projection does to the patch itself
         Sweep(
             "safety_alone_raw",
@@ -445,9 +453,8 @@ QUICK = Profile(
             "task_arithmetic",
             {UTILITY_WEIGHT: (0.5,), SAFETY_WEIGHT: (1.0, 1.5, 2.0)},
         ),
-        _sst(
-            "sst_lora_soft", "lora", "soft", 1.0, {UTILITY_WEIGHT: (0.5,), "scale": (1.0, 1.5, 2.0)}
-        ),
+        # the demo shows SST-Merge's best variant next to task arithmetic: the dual (the
+        # safety-side projection over-refused more than task arithmetic on the full profile);
         # ρ rather than the safety scale: at ρ = 1 the dual keeps the safety LoRA's behaviour
         # but strips the skills (validation, `sst-merge tune` on the demo's inputs)
         _dual("sst_dual_lora", "lora", "utility", grid={UTILITY_WEIGHT: (0.5,), "rho": _DUAL_RHOS}),
@@ -474,14 +481,22 @@ DRIFT_RULE = SelectionRule(over_refusal_margin=0.03, refusal_vs_base=0.0)
 
 def _qwen_sweeps() -> tuple[Sweep, ...]:
     """Every method of issue 17's list on the Qwen grid: λ ∈ LAMBDAS × three strengths, ``lora``
-    Fishers only; SST-Merge soft ρ = 1 (the hard τ = 1 variant, TSV and the ``kfac`` / ``diag``
-    kinds of :data:`FULL` are left out to keep the grid small)."""
+    Fishers only; SST-Merge soft ρ = 1, the dual on both sides and its single-Fisher baseline
+    (the hard τ = 1 variant, TSV and the ``kfac`` / ``diag`` kinds of :data:`FULL` are left out
+    to keep the grid small)."""
     return (
         *_baselines(_QWEN_STRENGTHS, tsv=False),
         *_projection_baselines(_QWEN_TUNED),
         _sst("sst_lora_soft", "lora", "soft", 1.0, _QWEN_TUNED),
         _dual("sst_dual_lora", "lora", "utility", grid=_QWEN_TUNED),
         _dual("sst_both_lora", "lora", "both", grid=_QWEN_TUNED),
+        _dual(
+            "dual_single_fisher",
+            "lora",
+            "utility",
+            method="sst_single_fisher",
+            grid=_QWEN_TUNED,
+        ),
     )
 
 
@@ -552,7 +567,9 @@ QWEN_QUICK = Profile(
             "task_arithmetic",
             {UTILITY_WEIGHT: (1.0,), SAFETY_WEIGHT: (1.0, 2.0)},
         ),
-        _sst("sst_lora_soft", "lora", "soft", 1.0, {UTILITY_WEIGHT: (1.0,), "scale": (1.0, 2.0)}),
+        _dual(
+            "sst_dual_lora", "lora", "utility", grid={UTILITY_WEIGHT: (1.0,), "rho": (0.01, 1.0)}
+        ),
     ),
     rule=DRIFT_RULE,
     single_adapters=False,

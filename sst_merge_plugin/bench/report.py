@@ -231,6 +231,21 @@ def markdown(summary: Mapping[str, Any], title: str) -> str:
                 )
             lines.append(f"| {row['baseline']} | " + " | ".join(cells) + " |")
         lines += ["", "`*`: the interval excludes 0."]
+    projected = [m for m in summary["methods"] if m["test"].get("utility_projection")]
+    if projected:
+        lines += [
+            "",
+            "## Utility deltas projected by the dual (each chosen point)",
+            "",
+            "| method | utility input | utility gain kept | safety disturbance removed |",
+            "|---|---|---:|---:|",
+        ]
+        for method in projected:
+            for name, item in method["test"]["utility_projection"].items():
+                lines.append(
+                    f"| {method['method']} | `{Path(name.split('+')[-1]).name}` | "
+                    f"{item['utility_gain_kept']:.3f} | {item['safety_disturbance_removed']:.3f} |"
+                )
     lines += [
         "",
         "## Validation sweeps (every grid point)",

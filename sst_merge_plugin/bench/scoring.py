@@ -121,7 +121,10 @@ def load_model(model_dir: Path, device: str) -> tuple[Any, Any]:
 
 
 def summarise_sst_report(path: Path) -> dict[str, Any]:
-    """The kept gain/cost fractions of an ``sst_merge_report.json`` (its ``summary``)."""
+    """The kept gain/cost fractions of an ``sst_merge_report.json`` (its ``summary``); with the
+    dual projection also ``utility_projection``: per utility input (the report's model name),
+    the pooled fraction of its gain Fisher ``G_i`` kept and of its safety disturbance (cost
+    Fisher ``C``) removed."""
     summary = json.loads(path.read_text(encoding="utf-8")).get("summary", {})
     keys = (
         "pooled_gain_kept_fraction",
@@ -129,7 +132,18 @@ def summarise_sst_report(path: Path) -> dict[str, Any]:
         "kept_coordinates",
         "n_coordinates",
     )
-    return {key: summary[key] for key in keys if key in summary}
+    out = {key: summary[key] for key in keys if key in summary}
+    per_input = {
+        name: {
+            "utility_gain_kept": item["pooled_gain_kept_fraction"],
+            "safety_disturbance_removed": item["safety_disturbance_removed"],
+        }
+        for name, item in summary.get("utility", {}).items()
+        if "pooled_gain_kept_fraction" in item
+    }
+    if per_input:
+        out["utility_projection"] = per_input
+    return out
 
 
 def result_row(record: Mapping[str, Any], base: Mapping[str, Any] | None) -> dict[str, Any]:
