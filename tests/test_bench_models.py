@@ -60,9 +60,10 @@ TAUGHT = [
 QWEN_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 #: the sweeps each profile had when the digests below were recorded (sweeps added later have
-#: keys of their own; the recorded ones must not change). The quick profile's SST-Merge
-#: (safety side) sweep left the demo for the dual; its task-arithmetic digests were recorded
-#: at 03d83c1, whose keys equal e926eeb's on the sweeps recorded there.
+#: keys of their own; the recorded ones must not change). The quick profile's digests were
+#: re-recorded when the demo changed on purpose (the safety-side sweep left it for the dual and
+#: its safety LoRA went from 60 to 40 steps, for the 15-minute budget): its task-arithmetic
+#: sweep, recorded with the code of that change, whose full-profile keys equal e926eeb's.
 RECORDED_SWEEPS = {
     "quick": ("task_arithmetic",),
     "full": (
@@ -73,18 +74,18 @@ RECORDED_SWEEPS = {
     ),
 }  # fmt: skip
 #: :func:`support.cache_key_digests` of the SmolLM2 profiles on :func:`support.deterministic_llama`,
-#: recorded with the code before the model-agnostic change (main at e926eeb)
+#: recorded with the code before the model-agnostic change (main at e926eeb; quick: see above)
 RECORDED_KEY_DIGESTS = {
     "quick": {
-        "adapters": "80f1ac0486c3c550",
+        "adapters": "cfeddfc2d089ca9b",
         "data_files": "787bd5daff3e9b87",
         "evals": "a5fb3bb325691f4a",
         "fishers": "44136fa355b3678a",
-        "jobs": "ab81e3f850c23c34",
+        "jobs": "1944c6c0ce71e74b",
         "model_dir": "62841be888b7c0b3",
         "prompt_files": "4cebe3e0fc05a601",
-        "references": "ed354f58fc0369b9",
-        "sweeps": "c3d7085c2e97f11d",
+        "references": "0dba942b75906785",
+        "sweeps": "df0689cdb7b8a296",
     },
     "full": {
         "adapters": "5a189986efce22fd",
@@ -473,7 +474,8 @@ def test_smollm2_profiles_keep_every_cache_key(name: str, tmp_path: Path) -> Non
     Fisher, merge-job and evaluation keys as before the pipeline became model-agnostic, so
     existing workspaces are reused: ``benchmarks/cache_keys.py`` on a tiny Llama, against the
     section digests recorded with the old code (the real-model comparison is the script's
-    own job: run it on both checkouts and compare)."""
+    own job: run it on both checkouts and compare). The quick profile's were re-recorded when
+    its adapters changed on purpose (:data:`RECORDED_SWEEPS`); since then they pin its keys."""
     from support import cache_key_digests, deterministic_llama, key_prompts
 
     from sst_merge_plugin.bench.profile import PROFILES
