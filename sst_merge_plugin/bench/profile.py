@@ -526,6 +526,8 @@ QWEN = Profile(
     reference_lambdas=LAMBDAS,
 )
 
+_QWEN_QUICK_LAMBDAS = (0.5, 1.0)
+
 QWEN_QUICK = Profile(
     name="qwen-quick",
     model=QWEN_MODEL,
@@ -562,19 +564,25 @@ QWEN_QUICK = Profile(
         n_utility=24,
         mmlu=0,
     ),
+    # λ × 2 points each. The dual's ρ: at ρ ≤ 1 the merged skills' terse answer format still
+    # erased every refusal on validation (0/20, like task arithmetic at λ = 0.25–1); ρ = 100
+    # removed it (`sst-merge tune` on this profile's inputs, validation split only)
     sweeps=(
         Sweep(
             "task_arithmetic",
             "task_arithmetic",
-            {UTILITY_WEIGHT: (1.0,), SAFETY_WEIGHT: (1.0, 2.0)},
+            {UTILITY_WEIGHT: _QWEN_QUICK_LAMBDAS, SAFETY_WEIGHT: (1.0, 2.0)},
         ),
         _dual(
-            "sst_dual_lora", "lora", "utility", grid={UTILITY_WEIGHT: (1.0,), "rho": (0.01, 1.0)}
+            "sst_dual_lora",
+            "lora",
+            "utility",
+            grid={UTILITY_WEIGHT: _QWEN_QUICK_LAMBDAS, "rho": (1.0, 100.0)},
         ),
     ),
     rule=DRIFT_RULE,
     single_adapters=False,
-    reference_lambdas=(1.0,),
+    reference_lambdas=_QWEN_QUICK_LAMBDAS,
 )
 
 PROFILES: Mapping[str, Profile] = MappingProxyType(
