@@ -497,7 +497,7 @@ def test_shipped_configs_run_on_a_tiny_model(scenario, tmp_path, monkeypatch):
     # the dual's files, restricted to the joint span of the three adapters (as the demo exports)
     joint = tuple(adapters / name for name in ("safety", "reverse_letters", "uppercase"))
     utility_names = linear_names(UTILITY_TARGETS)
-    write_lora(fishers / "cost-kl.safetensors", scenario, utility_names, 83, "kl", joint)
+    write_lora(fishers / "cost-refusal.safetensors", scenario, utility_names, 83, "refusal", joint)
     for seed, name in enumerate(("reverse_letters", "uppercase"), start=84):
         write_lora(fishers / f"gain-{name}.safetensors", scenario, utility_names, seed, "lm", joint)
     for key, value in (("BASE_MODEL", scenario.base), ("ADAPTERS", adapters), ("FISHERS", fishers)):

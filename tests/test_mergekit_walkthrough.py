@@ -111,7 +111,6 @@ def test_the_mergekit_readme_walks_from_the_demo_to_evaluated_merges(tmp_path):
     (tmp_path / "my_benign_prompts.jsonl").write_text(
         "".join(json.dumps({"prompt": prompt}) + "\n" for prompt in BENIGN)
     )
-    (tmp_path / "my_safety_prompts.txt").write_text("\n".join(HARMFUL + BENIGN) + "\n")
     for skill, pairs in SKILLS.items():
         (tmp_path / f"my_{skill}.jsonl").write_text(
             "".join(json.dumps({"prompt": p, "response": r}) + "\n" for p, r in pairs)
@@ -122,13 +121,14 @@ def test_the_mergekit_readme_walks_from_the_demo_to_evaluated_merges(tmp_path):
     main_readme = commands("\n".join(bash_blocks(ROOT / "README.md")))
     collect = [command for command in main_readme if command.startswith("sst-merge fisher ")]
     assert len(collect) == 5  # harm, benign; the dual's cost and two gains
-    script = substitute("\n".join(collect), "--data advbench", "--data harmful_prompts.txt", 1)
+    # harm and the dual's cost: refusal Fishers on harmful prompts
+    script = substitute("\n".join(collect), "--data advbench", "--data harmful_prompts.txt", 2)
     exports = f"export BASE_MODEL={base} ADAPTERS={tmp_path}/demo/inputs/adapters FISHERS={fishers}"
     done = run_bash(f"{exports}\n{script}", tmp_path)
     assert done.returncode == 0, done.stderr[-4000:]
     assert sorted(path.name for path in fishers.iterdir()) == [
         "benign.safetensors",
-        "cost-kl.safetensors",
+        "cost-refusal.safetensors",
         "gain-reverse_letters.safetensors",
         "gain-uppercase.safetensors",
         "harm.safetensors",
@@ -172,7 +172,8 @@ def test_the_mergekit_readme_walks_from_the_demo_to_evaluated_merges(tmp_path):
     assert report["summary"]["actions"]["projected"] == 2 * len(SAFETY_TARGETS)
     assert (tmp_path / "out" / "sst" / "sst_adapter" / "adapter_model.safetensors").is_file()
     dual = json.loads((tmp_path / "out" / "sst_dual" / "sst_merge_report.json").read_text())
-    assert dual["fisher_files"]["cost_fisher"]["sha256"] == sha256(fishers / "cost-kl.safetensors")
+    cost = fishers / "cost-refusal.safetensors"
+    assert dual["fisher_files"]["cost_fisher"]["sha256"] == sha256(cost)
     assert dual["summary"]["actions"]["safety_unprojected"] == 2 * len(SAFETY_TARGETS)
     assert len(dual["summary"]["utility"]) == 2
     for record in dual["summary"]["utility"].values():

@@ -454,11 +454,17 @@ QUICK = Profile(
             "task_arithmetic",
             {UTILITY_WEIGHT: (0.5,), SAFETY_WEIGHT: (1.0, 1.5, 2.0)},
         ),
-        # the demo shows SST-Merge's best variant next to task arithmetic: the dual (the
-        # safety-side projection over-refused more than task arithmetic on the full profile);
-        # ρ rather than the safety scale: at ρ = 1 the dual keeps the safety LoRA's behaviour
+        # the demo shows SST-Merge's best variant on the full profile next to task arithmetic:
+        # the dual with the refusal-loss cost (the safety-side projection over-refused more
+        # than task arithmetic there, the KL-cost dual refused and kept less); ρ rather than the safety scale: at ρ = 1 the dual keeps the safety LoRA's behaviour
         # but strips the skills (validation, `sst-merge tune` on the demo's inputs)
-        _dual("sst_dual_lora", "lora", "utility", grid={UTILITY_WEIGHT: (0.5,), "rho": _DUAL_RHOS}),
+        _dual(
+            "sst_dual_lora_refusal",
+            "lora",
+            "utility",
+            cost_objective="refusal",
+            grid={UTILITY_WEIGHT: (0.5,), "rho": _DUAL_RHOS},
+        ),
     ),
     single_adapters=False,
     reference_lambdas=(0.5,),
