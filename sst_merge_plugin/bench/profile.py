@@ -338,11 +338,12 @@ _TRAIN_SKILL = LoRATrainingConfig(steps=60, learning_rate=2e-3)
 _STRENGTHS = (0.75, 1.0, 1.5, 2.0)
 _SCALES = (1.0, 1.5, 2.0, 3.0)
 _TUNED = {UTILITY_WEIGHT: LAMBDAS, "scale": _SCALES}
-#: the dual's ρ grids (soft selection; the safety LoRA at scale 1): ρ = 1 removed most of the
-#: skills on the quick profile's validation split, ρ = 0.01 kept them; on the full profile's
-#: adapters ρ = 1 kept them (``sst_dual_lora``), so ρ is adapter-dependent
+#: the dual's ρ grids (soft selection; the safety LoRA at scale 1). ρ is adapter-dependent: on
+#: the full profile's adapters ρ = 1 kept the skills (``sst_dual_lora``); on the demo's (40-step
+#: safety LoRA, refusal-loss cost) ρ = 1 removed most of them and ρ = 0.1 did not restore
+#: refusal, ρ = 0.2 did (its validation split; `sst-merge tune --knob rho=0.2,0.3,0.5`)
 _RHOS = (0.01, 0.03, 0.1, 0.3)
-_DUAL_RHOS = (0.01, 0.1, 1.0)
+_DUAL_RHOS = (0.1, 0.2, 0.5)
 
 #: the full profile's validation split; its test split differs in the sets and sizes only
 _VALIDATION = EvalConfig(
