@@ -129,26 +129,15 @@ SST_GRID = MappingProxyType({UTILITY_WEIGHT: EXPERT_LAMBDAS, "scale": SST_SCALES
 #: the dual adds the safety LoRA unprojected, so its scale is the baselines' safety weight
 DUAL_GRID = MappingProxyType({UTILITY_WEIGHT: EXPERT_LAMBDAS, "scale": SAFETY_WEIGHTS})
 _SPARSE = {"normalize": False, "density": 0.5}
+#: both SST-Merge sweeps: soft selection ρ = 1, task arithmetic of the (projected) experts
+_SST_SOFT = MappingProxyType({"select": "soft", "rho": 1.0, "utility_merge": "task_arithmetic"})
 SWEEPS = (
     Sweep("task_arithmetic", "task_arithmetic", BASELINE_GRID),
     Sweep("ties", "ties", BASELINE_GRID, _SPARSE),
     Sweep("dare_ties", "dare_ties", BASELINE_GRID, _SPARSE),
     Sweep("tsv", TSV, BASELINE_GRID),
-    Sweep(
-        "sst_merge",
-        "sst_merge",
-        SST_GRID,
-        {"select": "soft", "rho": 1.0, "utility_merge": "task_arithmetic"},
-        fisher_kind="lora",
-    ),
-    Sweep(
-        "sst_dual",
-        "sst_merge",
-        DUAL_GRID,
-        {"select": "soft", "rho": 1.0, "utility_merge": "task_arithmetic"},
-        fisher_kind="lora",
-        project="utility",
-    ),
+    Sweep("sst_merge", "sst_merge", SST_GRID, _SST_SOFT, fisher_kind="lora"),
+    Sweep("sst_dual", "sst_merge", DUAL_GRID, _SST_SOFT, fisher_kind="lora", project="utility"),
 )
 METHODS = tuple(sweep.label for sweep in SWEEPS)
 N_EXPERTS = (2, 4, 8, 12)
