@@ -457,8 +457,8 @@ QUICK = Profile(
         ),
         # the demo shows SST-Merge's best variant on the full profile next to task arithmetic:
         # the dual with the refusal-loss cost (the safety-side projection over-refused more
-        # than task arithmetic there, the KL-cost dual refused and kept less); ρ rather than the safety scale: at ρ = 1 the dual keeps the safety LoRA's behaviour
-        # but strips the skills (validation, `sst-merge tune` on the demo's inputs)
+        # than task arithmetic there, the KL-cost dual refused and kept less); its knob is ρ
+        # at safety scale 1 (_DUAL_RHOS)
         _dual(
             "sst_dual_lora_refusal",
             "lora",
@@ -571,9 +571,10 @@ QWEN_QUICK = Profile(
         n_utility=24,
         mmlu=0,
     ),
-    # λ × 2 points each. The dual's ρ: at ρ ≤ 1 the merged skills' terse answer format still
-    # erased every refusal on validation (0/20, like task arithmetic at λ = 0.25–1); ρ = 100
-    # removed it (`sst-merge tune` on this profile's inputs, validation split only)
+    # λ × 2 points each. The dual's ρ: at λ = 1 and ρ ≤ 1 the merged skills' terse answer
+    # format still erased every refusal on validation (0/20, like task arithmetic at
+    # λ = 0.25–1); ρ = 10 and 100 brought it back at both λ (`sst-merge tune` on this
+    # profile's inputs, validation split only), and so did ρ = 1 at λ = 0.5 (0.60)
     sweeps=(
         Sweep(
             "task_arithmetic",
