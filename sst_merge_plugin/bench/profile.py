@@ -395,6 +395,14 @@ FULL = Profile(
         _dual("sst_dual_lora_refusal", "lora", "utility", cost_objective="refusal"),
         _dual("sst_dual_kfac", "kfac", "utility"),
         _dual("dual_single_fisher", "lora", "utility", method="sst_single_fisher"),
+        # single-Fisher with the headline's cost: the fair ablation of the gain Fisher
+        _dual(
+            "dual_single_fisher_refusal",
+            "lora",
+            "utility",
+            cost_objective="refusal",
+            method="sst_single_fisher",
+        ),
         # the dual's own knob: ρ (how much of each skill direction the safety cost removes)
         _dual("sst_dual_lora_rho", "lora", "utility", grid={UTILITY_WEIGHT: LAMBDAS, "rho": _RHOS}),
         # the same ρ grid for the single-Fisher baseline: both frontiers at matched removal
