@@ -344,6 +344,8 @@ _TUNED = {UTILITY_WEIGHT: LAMBDAS, "scale": _SCALES}
 #: refusal, ρ = 0.2 did (its validation split; `sst-merge tune --knob rho=0.2,0.3,0.5`)
 _RHOS = (0.01, 0.03, 0.1, 0.3)
 _DUAL_RHOS = (0.1, 0.2, 0.5)
+#: the full profile's ρ sweeps (the dual and its single-Fisher baseline): λ × ρ
+_RHO_TUNED = {UTILITY_WEIGHT: LAMBDAS, "rho": _RHOS}
 
 #: the full profile's validation split; its test split differs in the sets and sizes only
 _VALIDATION = EvalConfig(
@@ -404,14 +406,14 @@ FULL = Profile(
             method="sst_single_fisher",
         ),
         # the dual's own knob: ρ (how much of each skill direction the safety cost removes)
-        _dual("sst_dual_lora_rho", "lora", "utility", grid={UTILITY_WEIGHT: LAMBDAS, "rho": _RHOS}),
+        _dual("sst_dual_lora_rho", "lora", "utility", grid=_RHO_TUNED),
         # the same ρ grid for the single-Fisher baseline: both frontiers at matched removal
         _dual(
             "dual_single_fisher_rho",
             "lora",
             "utility",
             method="sst_single_fisher",
-            grid={UTILITY_WEIGHT: LAMBDAS, "rho": _RHOS},
+            grid=_RHO_TUNED,
         ),
         # the safety adapter alone, raw vs projected: what projection does to the patch itself
         Sweep(
