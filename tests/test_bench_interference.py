@@ -604,8 +604,10 @@ def test_every_method_has_the_same_grid_budget(
     assert [m["parameters"]["weight"] for m in sst["models"]] == [1.0, 0.25, 0.25]
     assert sst["models"][0]["parameters"]["role"] == "safety"
     # the dual: one gain Fisher per expert, the cost Fisher shared, the safety LoRA at the scale
-    monkeypatch.setattr(pipeline.fishers, "cost", lambda kind, objective: f"cost-{objective}")
-    monkeypatch.setattr(pipeline.fishers, "adapter_fisher", lambda spec, kind: f"gain-{spec.name}")
+    monkeypatch.setattr(pipeline.fishers, "cost", lambda kind, objective, at: f"cost-{objective}")
+    monkeypatch.setattr(
+        pipeline.fishers, "adapter_fisher", lambda spec, kind, at: f"gain-{spec.name}"
+    )
     dual = pipeline.merges.config(sweeps["sst_dual"], {"utility_weight": 0.5, "scale": 2.0})
     assert (dual["parameters"]["project"], dual["parameters"]["scale"]) == ("utility", 2.0)
     assert dual["parameters"]["cost_fisher"] == "cost-kl"

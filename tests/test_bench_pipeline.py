@@ -365,9 +365,12 @@ def test_safety_retain_data_holds_the_base_models_answers_to_lookalikes(
     assert len(cached) == 1 and len(cached[0].read_text().splitlines()) == 2
 
 
-@pytest.mark.parametrize(("kind", "cost_objective"), [("lora", "kl"), ("diag", "refusal")])
+@pytest.mark.parametrize(
+    ("kind", "cost_objective", "dual_at"),
+    [("lora", "kl", "own"), ("diag", "refusal", "own"), ("lora", "refusal", "base")],
+)
 def test_a_dual_sweep_collects_its_gain_and_cost_fishers(
-    world: World, tmp_path: Path, kind: str, cost_objective: str
+    world: World, tmp_path: Path, kind: str, cost_objective: str, dual_at: str
 ) -> None:
     from safetensors import safe_open
 
@@ -375,7 +378,7 @@ def test_a_dual_sweep_collects_its_gain_and_cost_fishers(
     dual = Sweep(
         "sst_dual", "sst_merge", {"scale": (1.0,)},
         {"select": "soft", "rho": 1.0, "utility_merge": "task_arithmetic"},
-        fisher_kind=kind, project="utility", cost_objective=cost_objective,
+        fisher_kind=kind, project="utility", cost_objective=cost_objective, dual_at=dual_at,
     )  # fmt: skip
     profile = replace(
         profile,
@@ -396,11 +399,14 @@ def test_a_dual_sweep_collects_its_gain_and_cost_fishers(
         with safe_open(path, "pt") as handle:
             return handle.metadata()
 
+    # collected at their own models (the safe model, the expert) or, at "base", at W0
+    own = dual_at == "own"
     cost = metadata(shared["cost_fisher"])
-    assert cost["objective"] == cost_objective and cost["adapter"] == str(adapters[SAFETY])
+    assert cost["objective"] == cost_objective
+    assert cost.get("adapter") == (str(adapters[SAFETY]) if own else None)
     (gain,) = gains.values()
     assert metadata(gain)["objective"] == "lm"
-    assert metadata(gain)["adapter"] == str(adapters["uppercase"])
+    assert metadata(gain).get("adapter") == (str(adapters["uppercase"]) if own else None)
     if kind == "lora":  # one joint span: every adapter
         for path in (shared["cost_fisher"], gain):
             assert metadata(path)["restrict_to"] == f"{adapters[SAFETY]};{adapters['uppercase']}"
@@ -433,11 +439,10 @@ def test_a_dual_sweep_collects_its_gain_and_cost_fishers(
     ) in page
     # exported under the names a dual mergekit config uses, with the collected bytes
     exported = pipeline.export_inputs(tmp_path / "out") / "fishers" / kind
-    assert sorted(p.name for p in exported.iterdir()) == [
-        f"cost-{cost_objective}.safetensors",
-        "gain-uppercase.safetensors",
-    ]
-    assert (exported / f"cost-{cost_objective}.safetensors").read_bytes() == Path(
-        shared["cost_fisher"]
-    ).read_bytes()
-    assert (exported / "gain-uppercase.safetensors").read_bytes() == Path(gain).read_bytes()
+    suffix = "" if own else "-at-base"
+    names = (f"cost-{cost_objective}{suffix}.safetensors", f"gain-uppercase{suffix}.safetensors")
+    assert sorted(p.name for p in exported.iterdir()) == list(names)
+    for name, collected in zip(names, (shared["cost_fisher"], gain), strict=True):
+        assert (exported / name).read_bytes() == Path(collected).read_bytes()
+    with pytest.raises(SSTError, match="dual_at: unknown value 'merge'"):
+        replace(dual, dual_at="merge")

@@ -19,6 +19,9 @@ content-keyed cache (:func:`~sst_merge_plugin.fisher.cache.cached_fisher_file`, 
   ``W0 + ΔW_s``: objective ``kl`` on the harmful training prompts and the over-refusal training
   probes (the model's own refusals and answers), or ``refusal`` on the harmful prompts alone
   (their targets as for ``F_harm``).
+
+The dual's two take a collection point (:class:`~.profile.DualFisherPoint`): ``own`` (the
+points above) or ``base`` (no adapter loaded: the same data and objective at ``W0``).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sst_merge_plugin.bench.adapters import Adapters
-from sst_merge_plugin.bench.profile import AdapterSpec, FisherSettings
+from sst_merge_plugin.bench.profile import AdapterSpec, DualFisherPoint, FisherSettings
 from sst_merge_plugin.bench.prompts import PromptFiles
 from sst_merge_plugin.bench.workspace import Workspace
 from sst_merge_plugin.core.kinds import get_kind
@@ -66,10 +69,10 @@ class Fishers:
         self.device = device
         #: (kind, collection point) → (harm, benign) files collected by this run
         self.pairs: dict[tuple[str, str], tuple[Path, Path]] = {}
-        #: (adapter name, kind) → that adapter's own ``lm`` Fisher collected by this run
-        self.adapter_fishers: dict[tuple[str, str], Path] = {}
-        #: (kind, objective) → the dual's cost Fisher collected by this run
-        self.costs: dict[tuple[str, str], Path] = {}
+        #: (adapter name, kind, point) → that adapter's own ``lm`` Fisher collected by this run
+        self.adapter_fishers: dict[tuple[str, str, str], Path] = {}
+        #: (kind, objective, point) → the dual's cost Fisher collected by this run
+        self.costs: dict[tuple[str, str, str], Path] = {}
 
     def _restriction(self, kind: str, joint: bool) -> dict[str, Any]:
         """``restrict_to`` for a restricted kind: the safety adapter, or (``joint``) every
@@ -134,23 +137,32 @@ class Fishers:
             self.pairs[(kind, at)] = (harm, benign)
         return self.pairs[(kind, at)]
 
-    def adapter_fisher(self, spec: AdapterSpec, kind: str = "diag") -> Path:
-        """A ``kind`` Fisher of base + adapter on the adapter's own training data (``lm``)."""
-        if (spec.name, kind) not in self.adapter_fishers:
+    def _adapter_at(self, spec: AdapterSpec, at: str) -> dict[str, str]:
+        """The ``adapter`` source of a dual Fisher collected at ``at``: ``spec``'s folder
+        (``own``) or none (``base``)."""
+        at = DualFisherPoint.parse("dual Fisher collection point", at)
+        return {"adapter": str(self.adapters.folder(spec))} if at == DualFisherPoint.OWN else {}
+
+    def adapter_fisher(
+        self, spec: AdapterSpec, kind: str = "diag", at: str = DualFisherPoint.OWN
+    ) -> Path:
+        """A ``kind`` Fisher on the adapter's own training data (``lm``), of base + adapter
+        (``at="own"``) or of the base model (``"base"``)."""
+        if (spec.name, kind, at) not in self.adapter_fishers:
             pairs = self.adapters.pairs(spec)[: self.settings.n_benign_per_skill * 2]
             records = [{"prompt": p, "response": r} for p, r in pairs]
             data = self.workspace.prompt_file(spec.name, records)
-            self.adapter_fishers[(spec.name, kind)] = self._file(
+            self.adapter_fishers[(spec.name, kind, at)] = self._file(
                 spec.name, data, Objective.LM, kind, self.model_at("base"), {"split": "all"},
-                adapter=str(self.adapters.folder(spec)), **self._restriction(kind, joint=True),
+                **self._adapter_at(spec, at), **self._restriction(kind, joint=True),
             )  # fmt: skip
-        return self.adapter_fishers[(spec.name, kind)]
+        return self.adapter_fishers[(spec.name, kind, at)]
 
-    def cost(self, kind: str, objective: str) -> Path:
+    def cost(self, kind: str, objective: str, at: str = DualFisherPoint.OWN) -> Path:
         """The dual projection's cost Fisher ``C`` of ``kind`` (module doc), objective ``kl``
-        or ``refusal``."""
+        or ``refusal``, at the safe model (``at="own"``) or the base model (``"base"``)."""
         objective = Objective.parse("cost objective", objective)
-        if (kind, objective) not in self.costs:
+        if (kind, objective, at) not in self.costs:
             if objective == Objective.KL:
                 data = self.prompt_files.safety_behaviour()
                 options = {
@@ -160,9 +172,8 @@ class Fishers:
                 }
             else:
                 data, options = self.refusal_data()
-            self.costs[(kind, objective)] = self._file(
+            self.costs[(kind, objective, at)] = self._file(
                 "cost", data, objective, kind, self.model_at("base"), options,
-                adapter=str(self.adapters.folder(self.adapters.safety)),
-                **self._restriction(kind, joint=True),
+                **self._adapter_at(self.adapters.safety, at), **self._restriction(kind, joint=True),
             )  # fmt: skip
-        return self.costs[(kind, objective)]
+        return self.costs[(kind, objective, at)]

@@ -113,7 +113,8 @@ class Merges:
         dual = sweep.fisher_kind is not None and side.utility
         if dual:
             shared["project"] = str(side)
-            shared["cost_fisher"] = str(self.fishers.cost(sweep.fisher_kind, sweep.cost_objective))
+            cost = self.fishers.cost(sweep.fisher_kind, sweep.cost_objective, sweep.dual_at)
+            shared["cost_fisher"] = str(cost)
         models = []
         for spec in inputs:
             params: dict[str, Any] = {"weight": 1.0}
@@ -124,7 +125,8 @@ class Merges:
             if sweep.per_model_fisher:
                 params["fisher"] = str(self.fishers.adapter_fisher(spec))
             if dual and sweep.merge_method == "sst_merge" and spec.name != SAFETY:
-                params["gain_fisher"] = str(self.fishers.adapter_fisher(spec, sweep.fisher_kind))
+                gain = self.fishers.adapter_fisher(spec, sweep.fisher_kind, sweep.dual_at)
+                params["gain_fisher"] = str(gain)
             models.append({"model": self.adapters.model_input(spec), "parameters": params})
         config = {
             "merge_method": sweep.merge_method,

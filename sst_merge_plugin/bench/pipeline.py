@@ -40,7 +40,7 @@ from typing import Any
 from sst_merge_plugin.bench.adapters import Adapters
 from sst_merge_plugin.bench.fishers import Fishers
 from sst_merge_plugin.bench.merges import Merges
-from sst_merge_plugin.bench.profile import Profile, Sweep
+from sst_merge_plugin.bench.profile import DualFisherPoint, Profile, Sweep
 from sst_merge_plugin.bench.prompts import PromptFiles, TrainingPrompts
 from sst_merge_plugin.bench.scoring import Scoring
 from sst_merge_plugin.bench.tuning import Chosen, Scores
@@ -208,7 +208,7 @@ class Pipeline:
         ``adapters/<adapter name>/``, ``fishers/<kind>/{harm,benign}.safetensors`` for the
         Fisher pairs this run collected at the base model, and the dual's files it collected:
         ``fishers/<kind>/cost-<objective>.safetensors`` and ``gain-<adapter name>.safetensors``
-        (hard links where possible, else copies; the folder is replaced atomically). Returns
+        (collected at their own models; ``…-at-base`` where collected at ``W0``) (hard links where possible, else copies; the folder is replaced atomically). Returns
         the ``inputs`` folder."""
         from sst_merge_plugin.atomic import atomic_path
 
@@ -220,15 +220,20 @@ class Pipeline:
             for (kind, at), pair in self.fishers.pairs.items():
                 if at == "base":
                     files.update(zip((Path(kind, "harm"), Path(kind, "benign")), pair, strict=True))
-            for (kind, objective), path in self.fishers.costs.items():
-                files[Path(kind, f"cost-{objective}")] = path
-            for (name, kind), path in self.fishers.adapter_fishers.items():
-                files[Path(kind, f"gain-{name}")] = path
+            for (kind, objective, at), path in self.fishers.costs.items():
+                files[Path(kind, f"cost-{objective}{_point_suffix(at)}")] = path
+            for (name, kind, at), path in self.fishers.adapter_fishers.items():
+                files[Path(kind, f"gain-{name}{_point_suffix(at)}")] = path
             for name, path in files.items():
                 destination = temporary / "fishers" / name.with_suffix(".safetensors")
                 destination.parent.mkdir(parents=True, exist_ok=True)
                 _link_or_copy(path, destination)
         return target
+
+
+def _point_suffix(at: str) -> str:
+    """The file-name suffix of a dual Fisher collected at ``at``: none at its own model."""
+    return "" if at == DualFisherPoint.OWN else f"-at-{at}"
 
 
 def _link_or_copy(source: str | Path, destination: str | Path) -> None:

@@ -102,6 +102,17 @@ class FisherPoint(Choice):
     UTILITY_MERGE = "utility_merge"
 
 
+class DualFisherPoint(Choice):
+    """Where the dual's gain and cost Fishers are collected (:attr:`Sweep.dual_at`,
+    ``docs/design.md`` §1.6)."""
+
+    #: each where its behaviour exists: the gain ``G_i`` at the expert ``W0 + ΔW_i``, the cost
+    #: ``C`` at the safe model ``W0 + ΔW_s``
+    OWN = "own"
+    #: every one at the base model ``W0`` (no adapter loaded)
+    BASE = "base"
+
+
 @dataclass(frozen=True)
 class AdapterSpec:
     """A LoRA to train: ``skill=None`` is the safety adapter, else a skill's training split.
@@ -150,7 +161,8 @@ class Sweep:
     safety input or the skill inputs.
     ``project`` is the projecting methods' side (``safety``, ``utility``, ``both``;
     ``docs/design.md`` §1.6): the utility side needs the cost Fisher ``C`` of objective
-    ``cost_objective`` and (``sst_merge``) each skill's gain Fisher, of ``fisher_kind``.
+    ``cost_objective`` and (``sst_merge``) each skill's gain Fisher, of ``fisher_kind``,
+    collected at ``dual_at`` (:class:`DualFisherPoint`).
     """
 
     label: str
@@ -163,6 +175,7 @@ class Sweep:
     fisher_at: str = "base"
     project: str = "safety"
     cost_objective: str = "kl"
+    dual_at: str = DualFisherPoint.OWN
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "parameters", MappingProxyType(dict(self.parameters)))
@@ -174,6 +187,9 @@ class Sweep:
         )
         object.__setattr__(
             self, "inputs", SweepInputs.parse(f"sweep {self.label}: inputs", self.inputs)
+        )
+        object.__setattr__(
+            self, "dual_at", DualFisherPoint.parse(f"sweep {self.label}: dual_at", self.dual_at)
         )
         grid_points(self.grid)  # every knob has values
         if self.fisher_at == FisherPoint.UTILITY_MERGE and set(
@@ -271,11 +287,13 @@ def _dual(
     cost_objective: str = "kl",
     method: str = "sst_merge",
     grid: Mapping[str, tuple[Any, ...]] | None = None,
+    dual_at: str = DualFisherPoint.OWN,
 ) -> Sweep:
     """The dual projection (``docs/design.md`` §1.6) on side ``project``, soft ρ = 1, task
-    arithmetic of the (projected) skill deltas; ``sst_single_fisher`` is the single-Fisher
-    utility-side baseline (``G_i = I``). Tuned over ``grid`` (default: λ × ``scale`` like the
-    other SST sweeps of the full profile; a ``rho`` knob overrides ρ = 1)."""
+    arithmetic of the (projected) skill deltas, Fishers collected at ``dual_at``;
+    ``sst_single_fisher`` is the single-Fisher utility-side baseline (``G_i = I``). Tuned over
+    ``grid`` (default: λ × ``scale`` like the other SST sweeps of the full profile; a ``rho``
+    knob overrides ρ = 1)."""
     return Sweep(
         label,
         method,
@@ -284,6 +302,7 @@ def _dual(
         fisher_kind=kind,
         project=project,
         cost_objective=cost_objective,
+        dual_at=dual_at,
     )
 
 
@@ -395,6 +414,14 @@ FULL = Profile(
         _dual("sst_dual_lora", "lora", "utility"),
         _dual("sst_both_lora", "lora", "both"),
         _dual("sst_dual_lora_refusal", "lora", "utility", cost_objective="refusal"),
+        # where the dual's Fishers are collected: every one at W0 instead of its own model
+        _dual(
+            "sst_dual_lora_refusal_at_base",
+            "lora",
+            "utility",
+            cost_objective="refusal",
+            dual_at="base",
+        ),
         _dual("sst_dual_kfac", "kfac", "utility"),
         _dual("dual_single_fisher", "lora", "utility", method="sst_single_fisher"),
         # single-Fisher with the headline's cost: the fair ablation of the gain Fisher
