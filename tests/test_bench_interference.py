@@ -743,3 +743,25 @@ def test_benchmark_end_to_end_on_the_tiny_world(
         "pareto.png", "results.json", "results.md", "sweeps.png",
     ]  # fmt: skip
     assert (out / "interference.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # --keep-earlier: a run of N = 2 only keeps the N = 1 rows of the run above
+    before = json.loads((out / "interference.json").read_text())
+    earlier_run = json.loads((out / "run.json").read_text())
+    interference.run_benchmark(benchmark, [2], out, keep_earlier=True)
+    after = json.loads((out / "interference.json").read_text())
+    assert after == before  # N = 1 kept as written, N = 2 redone from the cache
+    meta = json.loads((out / "run.json").read_text())
+    assert (meta["n_experts"], meta["n_experts_done"]) == ([2], [1, 2])
+    assert meta["earlier"] == earlier_run
+    # without it the run replaces the folder's results with its own N only
+    interference.run_benchmark(benchmark, [2], tmp_path / "alone")
+    alone = json.loads((tmp_path / "alone" / "interference.json").read_text())
+    assert [r for r in before["rows"] if r["n_experts"] == 2] == alone["rows"]
+    # another protocol (one method fewer) is refused before anything is written
+    other = interference.Benchmark(
+        tmp_path / "ws", small[:1], progress=False, validation=benchmark.validation,
+        test=split, model_dir=world.base, prompts=prompts,
+    )  # fmt: skip
+    written.clear()
+    with pytest.raises(SSTError, match="another protocol"):
+        interference.run_benchmark(other, [1], out, keep_earlier=True)
+    assert written == [] and json.loads((out / "interference.json").read_text()) == after

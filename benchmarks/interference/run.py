@@ -37,6 +37,9 @@ Outputs in ``--out``, rewritten after each N: ``interference.json`` (``protocol`
 ``interference.png`` (normalised accuracy, refusal, over-refusal vs N with 95 % error bars),
 ``run.json`` and, per N, the main benchmark's report (``n<N>/results.{json,md}``,
 ``pareto.png``, ``sweeps.png``: every grid point on validation, the paired bootstrap).
+Each N is its own protocol run, so the Ns can be run in separate sessions into one ``--out``:
+``--keep-earlier`` keeps the rows an earlier run of the same protocol left there for the N this
+run does not redo (``run.json`` nests the earlier run's ``run.json`` under ``earlier``).
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/interference/run.py --threads 1 \\
         --out benchmarks/interference/results-protocol --no-progress
@@ -572,22 +575,53 @@ class Benchmark:
         return pipeline.run(), experts
 
 
-def run_benchmark(benchmark: Benchmark, n_experts: Sequence[int], out: Path) -> str:
+def earlier_results(out: Path, protocol: Mapping[str, Any], n_experts: Sequence[int]) -> dict:
+    """What an earlier run left in ``out`` for ``--keep-earlier``: its rows of the N this run
+    does not redo, its experts' references and its ``run.json`` (``{}`` parts when ``out`` has
+    none). Each N is a separate protocol run, so rows of another run of the *same* protocol
+    (:func:`protocol_summary`) can sit in one table; another protocol is an error."""
+    results = out / "interference.json"
+    if not results.is_file():
+        return {"rows": [], "experts": {}, "run": None}
+    earlier = json.loads(results.read_text())
+    if earlier.get("protocol") != json.loads(json.dumps(protocol)):  # tuples read as lists
+        raise SSTError(
+            f"--keep-earlier: {results} was written under another protocol (splits, rule, "
+            "methods or grids differ); write this run to another --out"
+        )
+    run = out / "run.json"
+    return {
+        "rows": [row for row in earlier["rows"] if row["n_experts"] not in n_experts],
+        "experts": earlier["references"]["experts"],
+        "run": json.loads(run.read_text()) if run.is_file() else None,
+    }
+
+
+def run_benchmark(
+    benchmark: Benchmark, n_experts: Sequence[int], out: Path, *, keep_earlier: bool = False
+) -> str:
     """Each N in turn; every output in ``out`` is rewritten after each N (partial runs are
     useful). The references: the base model's and the safety LoRA's test rows (the pipeline's
-    reference rows; the same prompts for every N), each expert alone. Returns the last Markdown
-    report."""
+    reference rows; the same prompts for every N), each expert alone. ``keep_earlier`` keeps
+    the rows of the N an earlier run of the same protocol wrote to ``out`` and this run does
+    not redo (:func:`earlier_results`; ``run.json`` nests the earlier one under ``earlier``).
+    Returns the last Markdown report."""
     started = time.perf_counter()
-    references: dict[str, Any] = {"experts": {}}
     protocol = protocol_summary(benchmark.sweeps, benchmark.validation, benchmark.test)
-    rows: list[dict[str, Any]] = []
+    earlier = (
+        earlier_results(out, protocol, n_experts)
+        if keep_earlier
+        else {"rows": [], "experts": {}, "run": None}
+    )
+    references: dict[str, Any] = {"experts": dict(earlier["experts"])}
+    rows: list[dict[str, Any]] = list(earlier["rows"])
     report = ""
     for n in n_experts:
         run, experts = benchmark.run(n)
         references["experts"].update(
             {skill: expert_reference(record, skill) for skill, record in experts.items()}
         )
-        rows += n_rows(n, run, experts)
+        rows = sorted([*rows, *n_rows(n, run, experts)], key=lambda row: row["n_experts"])
         references.update({r["method"]: result_row(r, run.base_test) for r in run.references})
         write_outputs(run, out / f"n{n}", f"Interference, N = {n} experts")
         report = write_results(out, rows, references, protocol)
@@ -598,6 +632,7 @@ def run_benchmark(benchmark: Benchmark, n_experts: Sequence[int], out: Path) -> 
             "n_experts_done": sorted({row["n_experts"] for row in rows}),
             "methods": [sweep.label for sweep in benchmark.sweeps],
             "seconds": round(time.perf_counter() - started, 1),
+            **({"earlier": earlier["run"]} if earlier["run"] else {}),
         }
         write_text(out / "run.json", json.dumps(meta, indent=2) + "\n")
         print(f"N={n} done after {meta['seconds']:.0f} s", flush=True)
@@ -631,6 +666,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=list(METHODS),
         help="methods to run (default: all)",
     )
+    parser.add_argument(
+        "--keep-earlier",
+        action="store_true",
+        help="keep the rows of the N an earlier run of the same protocol left in --out "
+        "(the N this run does not redo)",
+    )
     parser.add_argument("--threads", type=int, help="torch CPU threads (1 on a busy machine)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
@@ -654,7 +695,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         [sweep for sweep in SWEEPS if sweep.label in args.methods],
         progress=not args.no_progress,
     )
-    print(run_benchmark(benchmark, args.n_experts, Path(args.out)))
+    print(run_benchmark(benchmark, args.n_experts, Path(args.out), keep_earlier=args.keep_earlier))
     return 0
 
 
