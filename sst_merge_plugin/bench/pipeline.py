@@ -208,8 +208,9 @@ class Pipeline:
         ``adapters/<adapter name>/``, ``fishers/<kind>/{harm,benign}.safetensors`` for the
         Fisher pairs this run collected at the base model, and the dual's files it collected:
         ``fishers/<kind>/cost-<objective>.safetensors`` and ``gain-<adapter name>.safetensors``
-        (collected at their own models; ``…-at-base`` where collected at ``W0``) (hard links where possible, else copies; the folder is replaced atomically). Returns
-        the ``inputs`` folder."""
+        (collected at their own models; ``…-at-base`` where collected at ``W0``). Hard links
+        where possible, else copies; the folder is replaced atomically. Returns the ``inputs``
+        folder."""
         from sst_merge_plugin.atomic import atomic_path
 
         target = Path(out_dir) / "inputs"
