@@ -575,14 +575,20 @@ class Benchmark:
         return pipeline.run(), experts
 
 
-def earlier_results(out: Path, protocol: Mapping[str, Any], n_experts: Sequence[int]) -> dict:
+#: what :func:`earlier_results` keeps when there is no earlier run (or it is not asked for)
+NOTHING_EARLIER = MappingProxyType({"rows": (), "experts": MappingProxyType({}), "run": None})
+
+
+def earlier_results(
+    out: Path, protocol: Mapping[str, Any], n_experts: Sequence[int]
+) -> Mapping[str, Any]:
     """What an earlier run left in ``out`` for ``--keep-earlier``: its rows of the N this run
-    does not redo, its experts' references and its ``run.json`` (``{}`` parts when ``out`` has
-    none). Each N is a separate protocol run, so rows of another run of the *same* protocol
-    (:func:`protocol_summary`) can sit in one table; another protocol is an error."""
+    does not redo, its experts' references and its ``run.json`` (:data:`NOTHING_EARLIER` when
+    ``out`` has none). Each N is a separate protocol run, so rows of another run of the *same*
+    protocol (:func:`protocol_summary`) can sit in one table; another protocol is an error."""
     results = out / "interference.json"
     if not results.is_file():
-        return {"rows": [], "experts": {}, "run": None}
+        return NOTHING_EARLIER
     earlier = json.loads(results.read_text())
     if earlier.get("protocol") != json.loads(json.dumps(protocol)):  # tuples read as lists
         raise SSTError(
@@ -608,11 +614,7 @@ def run_benchmark(
     Returns the last Markdown report."""
     started = time.perf_counter()
     protocol = protocol_summary(benchmark.sweeps, benchmark.validation, benchmark.test)
-    earlier = (
-        earlier_results(out, protocol, n_experts)
-        if keep_earlier
-        else {"rows": [], "experts": {}, "run": None}
-    )
+    earlier = earlier_results(out, protocol, n_experts) if keep_earlier else NOTHING_EARLIER
     references: dict[str, Any] = {"experts": dict(earlier["experts"])}
     rows: list[dict[str, Any]] = list(earlier["rows"])
     report = ""
