@@ -423,6 +423,8 @@ FULL = Profile(
             dual_at="base",
         ),
         _dual("sst_dual_kfac", "kfac", "utility"),
+        # single-Fisher with the kfac dual's kind and cost: what the gain Fisher buys in kfac
+        _dual("dual_single_fisher_kfac", "kfac", "utility", method="sst_single_fisher"),
         _dual("dual_single_fisher", "lora", "utility", method="sst_single_fisher"),
         # single-Fisher with the headline's cost: the fair ablation of the gain Fisher
         _dual(
