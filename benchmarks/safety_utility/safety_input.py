@@ -105,7 +105,7 @@ def markdown(summary: Mapping[str, Any]) -> str:
     for name, row in summary["validation_rows"].items():
         mark = f"**{name}**" if name == summary["chosen"] else name
         lines.append(
-            f"| {mark} | `{json.dumps(VARIANTS[name])}` | `{summary['adapters'][name]}` | "
+            f"| {mark} | `{json.dumps(summary['variants'][name])}` | `{summary['adapters'][name]}` | "
             f"{rate_cell(row, 'harmful_refusal')} | {rate_cell(row, 'benign_over_refusal')} |"
         )
     lines += ["", "| variant (test) | harmful refusal ↑ | over-refusal ↓ | MMLU drift (points) ↓ |",
@@ -120,72 +120,108 @@ def markdown(summary: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
+def run_variants(
+    profile: Any,
+    workspace: Path,
+    out: Path,
+    variants: Mapping[str, Mapping[str, Any]],
+    min_refusal: float,
+    *,
+    prompts: Any = None,
+    model_dir: Path | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train and score each variant of ``profile``'s safety adapter (module doc), write the
+    outputs to ``out`` (atomically, after everything is scored) and return the summary.
+    ``variants`` maps a name to its overrides (:func:`variant_spec`) and holds ``profile``."""
     from sst_merge_plugin.atomic import atomic_path, write_text
     from sst_merge_plugin.bench.merges import BASE_ROW, MergeJob
     from sst_merge_plugin.bench.pipeline import Pipeline
-    from sst_merge_plugin.bench.profile import FULL, SAFETY
+    from sst_merge_plugin.bench.profile import SAFETY
     from sst_merge_plugin.bench.prompts import TrainingPrompts
     from sst_merge_plugin.bench.scoring import result_row
     from sst_merge_plugin.core.errors import SSTError
-    from sst_merge_plugin.data.assets import cache_root
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True, help="folder for the results")
-    parser.add_argument("--workspace", help="default: <asset cache>/bench/full")
-    parser.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=list(VARIANTS))
-    parser.add_argument("--min-refusal", type=float, default=0.95)
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
-    if "profile" not in args.variants:
-        raise SSTError("--variants: 'profile' (the benchmark's own adapter) is the reference row")
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    workspace = Path(args.workspace or cache_root() / "bench" / FULL.name)
-    prompts = TrainingPrompts.from_assets()
-    own = next(spec for spec in FULL.adapters if spec.name == SAFETY)
-    skills = tuple(spec for spec in FULL.adapters if spec.name != SAFETY)
-
-    pipelines: dict[str, Pipeline] = {}
-    validation: dict[str, dict[str, Any]] = {}
+    if variants.get("profile") != {}:
+        raise SSTError("variants: 'profile' (the benchmark's own adapter, no overrides) is needed")
+    prompts = TrainingPrompts.from_assets() if prompts is None else prompts
+    own = next(spec for spec in profile.adapters if spec.name == SAFETY)
+    skills = tuple(spec for spec in profile.adapters if spec.name != SAFETY)
+    jobs: dict[str, tuple[Any, MergeJob]] = {}
     adapters: dict[str, str] = {}
-    for name in args.variants:
-        spec = variant_spec(own, VARIANTS[name])
-        profile = replace(FULL, adapters=(spec, *skills), sweeps=())
-        pipeline = Pipeline(profile, workspace, prompts=prompts, progress=not args.no_progress)
-        adapters[name] = pipeline.adapters.folder(spec).name
+    for name, overrides in variants.items():  # every spec checked before anything is trained
+        spec = variant_spec(own, overrides)
+        pipeline = Pipeline(
+            replace(profile, adapters=(spec, *skills), sweeps=()),
+            workspace,
+            prompts=prompts,
+            model_dir=model_dir,
+            progress=progress,
+        )
         job = MergeJob(row_label(name), None, pipeline.merges.single_adapter_config(spec))
-        pipelines[name] = pipeline
-        validation[name] = result_row(pipeline.scoring.record(job, FULL.validation), None)
+        jobs[name] = (pipeline, job)
+        adapters[name] = pipeline.adapters.folder(spec).name
+    validation: dict[str, dict[str, Any]] = {}
+    for name, (pipeline, job) in jobs.items():
+        validation[name] = result_row(pipeline.scoring.record(job, profile.validation), None)
         print(f"{name}: validation refusal {validation[name]['harmful_refusal']:.2f}, "
               f"over-refusal {validation[name]['benign_over_refusal']:.2f}", flush=True)  # fmt: skip
-    chosen = choose(validation, args.min_refusal)
-    base_test = pipelines["profile"].scoring.record(MergeJob(BASE_ROW, None, None), FULL.test)
-    test = {}
-    for name in dict.fromkeys(("profile", chosen)):
-        spec = variant_spec(own, VARIANTS[name])
-        job = MergeJob(row_label(name), None, pipelines[name].merges.single_adapter_config(spec))
-        test[name] = result_row(pipelines[name].scoring.record(job, FULL.test), base_test)
+    chosen = choose(validation, min_refusal)
+    scoring = jobs["profile"][0].scoring
+    base_test = scoring.record(MergeJob(BASE_ROW, None, None), profile.test)
+    test = {
+        name: result_row(jobs[name][0].scoring.record(jobs[name][1], profile.test), base_test)
+        for name in dict.fromkeys(("profile", chosen))
+    }
     summary = {
-        "validation": f"{FULL.validation.harmful} ({FULL.validation.n_harmful}) / "
-        f"{FULL.validation.benign} ({FULL.validation.n_benign})",
-        "test": f"{FULL.test.harmful} ({FULL.test.n_harmful}) / "
-        f"{FULL.test.benign} ({FULL.test.n_benign}), MMLU {FULL.test.mmlu}",
-        "min_refusal": args.min_refusal,
+        "variants": {name: dict(overrides) for name, overrides in variants.items()},
+        "validation": f"{profile.validation.harmful} ({profile.validation.n_harmful}) / "
+        f"{profile.validation.benign} ({profile.validation.n_benign})",
+        "test": f"{profile.test.harmful} ({profile.test.n_harmful}) / "
+        f"{profile.test.benign} ({profile.test.n_benign}), MMLU {profile.test.mmlu}",
+        "min_refusal": min_refusal,
         "base_test_over_refusal": base_test["metrics"]["benign_over_refusal"],
         "adapters": adapters,
         "validation_rows": validation,
         "chosen": chosen,
         "test_rows": test,
     }
-    out = Path(args.out)
     with atomic_path(out, directory=True) as temporary:
         write_text(temporary / "results.json", json.dumps(summary, indent=2) + "\n")
         write_text(temporary / "results.md", markdown(summary))
         plot(validation, chosen, temporary / "safety_input.png")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    from sst_merge_plugin.bench.profile import FULL
+    from sst_merge_plugin.data.assets import cache_root
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True, help="folder for the results")
+    parser.add_argument("--workspace", type=Path, help="default: <asset cache>/bench/full")
+    parser.add_argument(
+        "--variants", nargs="+", choices=sorted(VARIANTS), default=list(VARIANTS),
+        help="variants to run, 'profile' among them (default: all)",
+    )  # fmt: skip
+    parser.add_argument("--min-refusal", type=float, default=0.95)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    if "profile" not in args.variants:
+        parser.error("--variants: 'profile' (the benchmark's own adapter) is the reference row")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    summary = run_variants(
+        FULL,
+        args.workspace or cache_root() / "bench" / FULL.name,
+        args.out,
+        {name: VARIANTS[name] for name in args.variants},
+        args.min_refusal,
+        progress=not args.no_progress,
+    )
     print(markdown(summary))
     return 0
 
