@@ -208,6 +208,20 @@ def test_pipeline_end_to_end_and_cached(
     assert paths["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert paths["sweeps"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "sst_lora_soft" in paths["markdown"].read_text()
+    # --compare: another anchor's paired differences are the headline's, negated
+    compared = summarise(rerun, ("task_arithmetic",))
+    back = {r["baseline"]: r for r in compared["comparisons"]["task_arithmetic"]}["sst_lora_soft"]
+    forth = {r["baseline"]: r for r in compared["bootstrap"]}["task_arithmetic"]
+    metrics = [metric for metric in ("refusal", "over_refusal", "utility") if metric in forth]
+    assert metrics and set(metrics) <= set(back)
+    for metric in metrics:
+        assert back[metric]["estimate"] == pytest.approx(-forth[metric]["estimate"], abs=1e-12)
+        assert (back[metric]["low"], back[metric]["high"]) == pytest.approx(
+            (-forth[metric]["high"], -forth[metric]["low"]), abs=1e-12
+        )
+    assert "Paired bootstrap: task_arithmetic minus each method" in markdown(compared, "tiny")
+    with pytest.raises(SSTError, match="--compare"):
+        summarise(rerun, ("no_such_method",))
 
     # the merge inputs, exported under the names configs/mergekit/*.yml use
     inputs = again.export_inputs(tmp_path / "out")
@@ -334,6 +348,13 @@ def test_demo_command_runs_a_profile_end_to_end(
     ]
     meta = json.loads((out / "run.json").read_text())
     assert meta["profile"] == "tiny" and meta["judge_on_pyrit_labels"]["n"] == 4
+    # a --compare method that is not run is refused before anything is written
+    status = cli.main(
+        ["demo", "--profile", "tiny", "--out", str(tmp_path / "none"), "--workspace",
+         str(tmp_path / "ws"), "--compare", "no_such_method", "--no-progress"]
+    )  # fmt: skip
+    assert status != 0 and "--compare" in capsys.readouterr().err
+    assert not (tmp_path / "none").exists()
 
 
 def test_safety_retain_data_holds_the_base_models_answers_to_lookalikes(

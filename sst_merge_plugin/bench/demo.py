@@ -54,6 +54,14 @@ def add_arguments(parser: argparse.ArgumentParser, full: bool = False) -> None:
     parser.add_argument(
         "--workspace", help="cache folder of the stages (default: <asset cache>/bench/<profile>)"
     )
+    parser.add_argument(
+        "--compare",
+        nargs="+",
+        default=[],
+        metavar="METHOD",
+        help="also bootstrap these methods' test outcomes minus every other method's (default: "
+        "the headline's only)",
+    )
     parser.add_argument("--cache-dir", help="asset cache (default: $SST_MERGE_CACHE or ~/.cache)")
     parser.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
     parser.add_argument(
@@ -100,6 +108,10 @@ def run_profile(args: argparse.Namespace, title: str, *, full: bool = False) -> 
     profile = profile_for(args.profile, args.model, full=full)
     if args.methods:
         profile = profile.with_sweeps(tuple(args.methods))
+    labels = [sweep.label for sweep in profile.sweeps]
+    unknown = [label for label in args.compare if label not in labels]
+    if unknown:
+        raise SSTError(f"--compare: {unknown} not among the methods to run ({labels})")
     if args.threads is not None:
         if args.threads < 1:
             raise SSTError(f"--threads must be >= 1, got {args.threads}")
@@ -123,7 +135,7 @@ def run_profile(args: argparse.Namespace, title: str, *, full: bool = False) -> 
         device=args.device,
     )
     run = pipeline.run()
-    paths = write_outputs(run, args.out, f"{title} ({profile.name} profile)")
+    paths = write_outputs(run, args.out, f"{title} ({profile.name} profile)", args.compare)
     inputs = pipeline.export_inputs(args.out) if args.inputs else None
     meta = {
         "profile": profile.name,

@@ -4,7 +4,8 @@
   reference rows and each method's chosen point (knob values, whether it met the rule's
   constraints and why it was chosen, its validation row, its test row — rates with Wilson 95 %
   intervals, MMLU drift), every grid point's validation row (the sweeps), and the paired
-  bootstrap of the headline comparison (:func:`bootstrap_rows`).
+  bootstrap of the headline comparison (:func:`bootstrap_rows`) and of any method named with
+  ``compare`` (``comparisons``).
 * ``results.md`` — :func:`markdown`: the reference and method tables on the test split, the
   bootstrap table, the validation sweeps.
 * ``pareto.png`` — test split: refusal against over-refusal and against utility, each chosen
@@ -18,7 +19,7 @@ method's, item by item (:func:`~sst_merge_plugin.evaluation.stats.paired_bootstr
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from sst_merge_plugin.atomic import write_text
 from sst_merge_plugin.bench.pipeline import BenchmarkRun, TunedMethod, scores_of
 from sst_merge_plugin.bench.profile import SweepInputs
 from sst_merge_plugin.bench.scoring import result_row
+from sst_merge_plugin.core.errors import SSTError
 from sst_merge_plugin.evaluation.stats import paired_bootstrap
 
 #: the merge method of the variants the headline comparison is about
@@ -73,10 +75,13 @@ def headline(run: BenchmarkRun) -> TunedMethod | None:
     return candidates[chosen.index]
 
 
-def bootstrap_rows(run: BenchmarkRun, n_resamples: int = 10_000) -> list[dict[str, Any]]:
-    """The headline variant's test outcomes minus every other method's, paired by item, each
-    with its 95 % interval (refusal, over-refusal, utility, MMLU accuracy where scored)."""
-    best = headline(run)
+def bootstrap_rows(
+    run: BenchmarkRun, anchor: TunedMethod | None = None, n_resamples: int = 10_000
+) -> list[dict[str, Any]]:
+    """``anchor``'s test outcomes (default: the headline variant's) minus every other method's,
+    paired by item, each with its 95 % interval (refusal, over-refusal, utility, MMLU accuracy
+    where scored)."""
+    best = headline(run) if anchor is None else anchor
     if best is None:
         return []
     rows = []
@@ -93,8 +98,20 @@ def bootstrap_rows(run: BenchmarkRun, n_resamples: int = 10_000) -> list[dict[st
     return rows
 
 
-def summarise(run: BenchmarkRun) -> dict[str, Any]:
-    """The JSON-serialisable summary written to ``results.json`` (module doc)."""
+def comparison_anchors(run: BenchmarkRun, labels: Sequence[str]) -> list[TunedMethod]:
+    """The methods of ``run`` named ``labels`` (extra anchors of paired comparisons besides the
+    headline); an unknown label is an error."""
+    methods = {method.sweep.label: method for method in run.methods}
+    unknown = [label for label in labels if label not in methods]
+    if unknown:
+        raise SSTError(f"--compare: {unknown} not among the methods run ({sorted(methods)})")
+    return [methods[label] for label in labels]
+
+
+def summarise(run: BenchmarkRun, compare: Sequence[str] = ()) -> dict[str, Any]:
+    """The JSON-serialisable summary written to ``results.json`` (module doc); ``compare``
+    names methods whose paired differences with every other method are added
+    (``comparisons``, one row list per named method)."""
     profile = run.profile
     methods = []
     for method in run.methods:
@@ -121,6 +138,10 @@ def summarise(run: BenchmarkRun) -> dict[str, Any]:
         "methods": methods,
         "headline": None if best is None else best.sweep.label,
         "bootstrap": bootstrap_rows(run),
+        "comparisons": {
+            anchor.sweep.label: bootstrap_rows(run, anchor)
+            for anchor in comparison_anchors(run, compare)
+        },
         "sweeps": {
             method.sweep.label: [result_row(r, run.base_validation) for r in method.validation]
             for method in run.methods
@@ -210,27 +231,10 @@ def markdown(summary: Mapping[str, Any], title: str) -> str:
             + " | ".join(_test_cells(method["test"]))
             + " |"
         )
-    if summary["bootstrap"]:
-        lines += [
-            "",
-            f"## Paired bootstrap: {summary['headline']} minus each method (test, 95% CI)",
-            "",
-            "| baseline | Δ refusal | Δ over-refusal | Δ utility | Δ MMLU accuracy |",
-            "|---|---:|---:|---:|---:|",
-        ]
-        for row in summary["bootstrap"]:
-            cells = []
-            for metric in PAIRED:
-                value = row.get(metric)
-                if value is None:
-                    cells.append("–")
-                    continue
-                star = " *" if value["excludes_zero"] else ""
-                cells.append(
-                    f"{value['estimate']:+.3f} [{value['low']:+.3f}, {value['high']:+.3f}]{star}"
-                )
-            lines.append(f"| {row['baseline']} | " + " | ".join(cells) + " |")
-        lines += ["", "`*`: the interval excludes 0."]
+    anchors = {summary.get("headline"): summary["bootstrap"], **summary.get("comparisons", {})}
+    for anchor, rows in anchors.items():
+        if rows:
+            lines += _bootstrap_table(anchor, rows)
     projected = [m for m in summary["methods"] if m["test"].get("utility_projection")]
     if projected:
         lines += [
@@ -260,6 +264,30 @@ def markdown(summary: Mapping[str, Any], title: str) -> str:
                 f"{row['benign_over_refusal']:.2f} | {row['utility_mean']:.2f} |"
             )
     return "\n".join(lines) + "\n"
+
+
+def _bootstrap_table(anchor: str, rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The Markdown lines of ``anchor`` minus each method (:func:`bootstrap_rows`)."""
+    lines = [
+        "",
+        f"## Paired bootstrap: {anchor} minus each method (test, 95% CI)",
+        "",
+        "| baseline | Δ refusal | Δ over-refusal | Δ utility | Δ MMLU accuracy |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        cells = []
+        for metric in PAIRED:
+            value = row.get(metric)
+            if value is None:
+                cells.append("–")
+                continue
+            star = " *" if value["excludes_zero"] else ""
+            cells.append(
+                f"{value['estimate']:+.3f} [{value['low']:+.3f}, {value['high']:+.3f}]{star}"
+            )
+        lines.append(f"| {row['baseline']} | " + " | ".join(cells) + " |")
+    return [*lines, "", "`*`: the interval excludes 0."]
 
 
 def error_bar(row: Mapping[str, Any], key: str, interval: str | None = None) -> list[list[float]]:
@@ -332,10 +360,13 @@ def plot_sweeps(summary: Mapping[str, Any], path: str | Path, title: str) -> Non
     save_png(figure, path)
 
 
-def write_outputs(run: BenchmarkRun, out_dir: str | Path, title: str) -> dict[str, Path]:
-    """``results.json``, ``results.md``, ``pareto.png`` and ``sweeps.png`` in ``out_dir``."""
+def write_outputs(
+    run: BenchmarkRun, out_dir: str | Path, title: str, compare: Sequence[str] = ()
+) -> dict[str, Path]:
+    """``results.json``, ``results.md``, ``pareto.png`` and ``sweeps.png`` in ``out_dir``
+    (``compare``: :func:`summarise`)."""
     out = Path(out_dir)
-    summary = summarise(run)
+    summary = summarise(run, compare)
     paths = {
         "json": out / "results.json",
         "markdown": out / "results.md",
