@@ -3,13 +3,15 @@
 The rule worked out by hand on synthetic rows; the variants' specs; an end-to-end run on the tiny
 world (real training, merging and scoring through the pipeline) whose choice is the rule's pick
 among the re-read validation rows, whose ``profile`` row is the benchmark's own ``safety alone``
-job (same cache key), and whose bad variant list fails before anything is written.
+job (same cache key), whose ``--sweeps`` merge the chosen variant's adapter, and whose bad
+variant list or sweep name fails before anything is written.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
+from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
 
@@ -64,15 +66,13 @@ def test_variants_end_to_end_on_the_tiny_world(
     variants = {"profile": {}, "one_harmful": {"n_train": 1}, "more_steps": {"steps": 6}}
     out = tmp_path / "out"
     summary = safety_input.run_variants(
-        profile, tmp_path / "ws", out, variants, 0.5,
+        profile, tmp_path / "ws", out, variants, 0.5, sweeps=("task_arithmetic",),
         prompts=PROMPTS, model_dir=world.base, progress=False,
     )  # fmt: skip
     assert json.loads((out / "results.json").read_text()) == summary
     assert sorted(p.name for p in out.iterdir()) == [
-        "results.json",
-        "results.md",
-        "safety_input.png",
-    ]
+        "merged", "results.json", "results.md", "safety_input.png",
+    ]  # fmt: skip
     assert (out / "safety_input.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(set(summary["adapters"].values())) == 3  # three different trainings
     rows = summary["validation_rows"]
@@ -90,6 +90,24 @@ def test_variants_end_to_end_on_the_tiny_world(
     assert summary["adapters"]["profile"] == pipeline.adapters.folder(profile.adapters[0]).name
     for split in (profile.validation, profile.test):
         assert (tmp_path / "ws" / "evals" / f"{eval_key(own.key, split)}.json").is_file()
+    # --sweeps: the named sweep under the protocol, merging the chosen variant's adapter
+    merged = json.loads((out / "merged" / "results.json").read_text())
+    assert [m["method"] for m in merged["methods"]] == ["task_arithmetic"]
+    chosen = safety_input.variant_spec(profile.adapters[0], variants[summary["chosen"]])
+    with_chosen = replace(
+        profile.with_sweeps(("task_arithmetic",)), adapters=(chosen, *profile.adapters[1:])
+    )
+    again = Pipeline(with_chosen, tmp_path / "ws", prompts=PROMPTS, model_dir=world.base,
+                     progress=False)  # fmt: skip
+    job = again.merges.job(with_chosen.sweeps[0], merged["methods"][0]["knob"])
+    assert summary["adapters"][summary["chosen"]] in json.dumps(job.config)
+    assert (tmp_path / "ws" / "evals" / f"{eval_key(job.key, profile.test)}.json").is_file()
+    with pytest.raises(SSTError, match="unknown method"):
+        safety_input.run_variants(
+            profile, tmp_path / "ws", tmp_path / "none", variants, 0.5, sweeps=("nope",),
+            prompts=PROMPTS, model_dir=world.base, progress=False,
+        )  # fmt: skip
+    assert not (tmp_path / "none").exists()
     # without the profile's own adapter there is no reference row: refused before writing
     with pytest.raises(SSTError, match="'profile'"):
         safety_input.run_variants(

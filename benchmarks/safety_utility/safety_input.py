@@ -8,9 +8,12 @@ validation split, picks one by a declared rule on validation only — the lowest
 among the variants refusing ≥ ``--min-refusal``, else the highest refusal − over-refusal —
 and scores the chosen variant and the profile's own on the test split. It writes
 ``results.md``, ``results.json`` and ``safety_input.png`` (validation refusal vs over-refusal
-with 95 % intervals) to ``--out``.
+with 95 % intervals) to ``--out``; ``--sweeps`` runs those sweeps of the profile under the
+protocol with the chosen variant as the safety input (``--out/merged/``: the benchmark's own
+results files), to see what the better input does to the merges.
 
     python benchmarks/safety_utility/safety_input.py --threads 1 --out /tmp/safety-input
+    python benchmarks/safety_utility/safety_input.py --out /tmp/si --sweeps task_arithmetic
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -127,23 +130,28 @@ def run_variants(
     variants: Mapping[str, Mapping[str, Any]],
     min_refusal: float,
     *,
+    sweeps: Sequence[str] = (),
     prompts: Any = None,
     model_dir: Path | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Train and score each variant of ``profile``'s safety adapter (module doc), write the
     outputs to ``out`` (atomically, after everything is scored) and return the summary.
-    ``variants`` maps a name to its overrides (:func:`variant_spec`) and holds ``profile``."""
+    ``variants`` maps a name to its overrides (:func:`variant_spec`) and holds ``profile``;
+    ``sweeps`` names sweeps of ``profile`` run under the protocol with the chosen variant as
+    the safety input (``out/merged/``, the benchmark's results files)."""
     from sst_merge_plugin.atomic import atomic_path, write_text
     from sst_merge_plugin.bench.merges import BASE_ROW, MergeJob
     from sst_merge_plugin.bench.pipeline import Pipeline
     from sst_merge_plugin.bench.profile import SAFETY
     from sst_merge_plugin.bench.prompts import TrainingPrompts
+    from sst_merge_plugin.bench.report import write_outputs
     from sst_merge_plugin.bench.scoring import result_row
     from sst_merge_plugin.core.errors import SSTError
 
     if variants.get("profile") != {}:
         raise SSTError("variants: 'profile' (the benchmark's own adapter, no overrides) is needed")
+    merged_profile = profile.with_sweeps(tuple(sweeps))  # unknown names fail here, first
     prompts = TrainingPrompts.from_assets() if prompts is None else prompts
     own = next(spec for spec in profile.adapters if spec.name == SAFETY)
     skills = tuple(spec for spec in profile.adapters if spec.name != SAFETY)
@@ -173,6 +181,13 @@ def run_variants(
         name: result_row(jobs[name][0].scoring.record(jobs[name][1], profile.test), base_test)
         for name in dict.fromkeys(("profile", chosen))
     }
+    run = None
+    if sweeps:
+        spec = variant_spec(own, variants[chosen])
+        merged_profile = replace(merged_profile, adapters=(spec, *skills))
+        run = Pipeline(
+            merged_profile, workspace, prompts=prompts, model_dir=model_dir, progress=progress
+        ).run()
     summary = {
         "variants": {name: dict(overrides) for name, overrides in variants.items()},
         "validation": f"{profile.validation.harmful} ({profile.validation.n_harmful}) / "
@@ -185,11 +200,15 @@ def run_variants(
         "validation_rows": validation,
         "chosen": chosen,
         "test_rows": test,
+        "merged_sweeps": list(sweeps),
     }
     with atomic_path(out, directory=True) as temporary:
         write_text(temporary / "results.json", json.dumps(summary, indent=2) + "\n")
         write_text(temporary / "results.md", markdown(summary))
         plot(validation, chosen, temporary / "safety_input.png")
+        if run is not None:
+            title = f"Merges with the safety input {chosen!r} ({profile.name} profile)"
+            write_outputs(run, temporary / "merged", title)
     return summary
 
 
@@ -203,6 +222,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--variants", nargs="+", choices=sorted(VARIANTS), default=list(VARIANTS),
         help="variants to run, 'profile' among them (default: all)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--sweeps", nargs="+", default=[], metavar="METHOD",
+        help="sweeps of the profile to run with the chosen variant (OUT/merged/)",
     )  # fmt: skip
     parser.add_argument("--min-refusal", type=float, default=0.95)
     parser.add_argument("--threads", type=int, default=None)
@@ -220,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         args.out,
         {name: VARIANTS[name] for name in args.variants},
         args.min_refusal,
+        sweeps=args.sweeps,
         progress=not args.no_progress,
     )
     print(markdown(summary))
