@@ -6,6 +6,7 @@
 * :func:`byte_level_bpe` — a byte-level BPE tokenizer trained on a small corpus.
 * :func:`python_output` — what a snippet prints in a fresh interpreter with another hash seed.
 * :func:`read_only_folder` — a folder this process cannot write in (also as root).
+* :func:`load_script` — a script of the repository (``benchmarks/…``) imported as a module.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import subprocess
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -131,6 +133,17 @@ def key_prompts() -> Any:
     )
 
 
+def load_script(path: str | Path, name: str) -> ModuleType:
+    """The script at ``path`` (relative to the repository root, e.g.
+    ``benchmarks/interference/run.py``, or absolute) imported as module ``name``."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def cache_key_digests(
     profile: str,
     workspace: Path,
@@ -144,13 +157,9 @@ def cache_key_digests(
     the model-agnostic change too, which is how the recorded digests of
     ``tests/test_bench_models.py`` were made)."""
     import hashlib
-    import importlib.util
     import json
 
-    script = Path(__file__).resolve().parent.parent / "benchmarks" / "cache_keys.py"
-    spec = importlib.util.spec_from_file_location("cache_keys", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("benchmarks/cache_keys.py", "cache_keys")
     (workspace / "data").mkdir(parents=True)
     with pytest.MonkeyPatch.context() as patch:
         module._patch(patch.setattr)

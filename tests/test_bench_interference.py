@@ -17,7 +17,6 @@ are checked against the rule applied to the recorded validation sweeps.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -27,6 +26,7 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
+from support import load_script
 from test_fusion_bench_world import ADAPTERS, World
 from test_fusion_bench_world import world as world  # the fixture
 
@@ -41,17 +41,13 @@ from sst_merge_plugin.core.errors import SSTError
 from sst_merge_plugin.evaluation.stats import wilson_interval
 from sst_merge_plugin.evaluation.suite import EvalConfig
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "interference" / "run.py"
 TSV_SWEEP = Sweep("tsv", TSV)
 
 
 @pytest.fixture(scope="module")
 def interference() -> ModuleType:
     """``benchmarks/interference/run.py`` as a module."""
-    spec = importlib.util.spec_from_file_location("interference_run", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/interference/run.py", "interference_run")
 
 
 def _adapters(world: World) -> dict[str, Path]:

@@ -502,14 +502,12 @@ def test_full_benchmark_script_writes_each_models_results_apart(
 ) -> None:
     """``benchmarks/safety_utility/run.py``: the full profile of the model, and the default
     results folder by the model the run is on (SmolLM2's ``results`` is never overwritten)."""
-    import importlib.util
+    from support import ROOT, load_script
 
     from sst_merge_plugin.bench.profile import profile_for
 
-    script = Path(__file__).resolve().parent.parent / "benchmarks" / "safety_utility" / "run.py"
-    spec = importlib.util.spec_from_file_location("safety_utility_run", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    script = ROOT / "benchmarks" / "safety_utility" / "run.py"
+    module = load_script(script, "safety_utility_run")
     seen = {}
 
     def run_profile(args, title, *, full=False):

@@ -9,13 +9,13 @@ variant list or sweep name fails before anything is written.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+from support import load_script
 from test_bench_pipeline import PROMPTS, _profile
 from test_fusion_bench_world import World
 from test_fusion_bench_world import world as world  # the fixture
@@ -31,10 +31,7 @@ SCRIPT = (
 
 @pytest.fixture(scope="module")
 def safety_input() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("safety_input", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/safety_utility/safety_input.py", "safety_input")
 
 
 def _row(refusal: float, over: float) -> dict:

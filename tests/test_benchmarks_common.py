@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
 import pytest
+from support import load_script
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
@@ -15,10 +15,7 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 def common():
     sys.path.insert(0, str(BENCHMARKS))
     try:
-        spec = importlib.util.spec_from_file_location("_common", BENCHMARKS / "_common.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        yield module
+        yield load_script(BENCHMARKS / "_common.py", "_common")
     finally:
         sys.path.remove(str(BENCHMARKS))
 

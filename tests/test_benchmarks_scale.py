@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 import json
 import os
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from support import load_script
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 SCRIPT = BENCHMARKS / "cost_at_scale.py"
@@ -24,10 +24,7 @@ KFAC_METHODS = ("kfac_dense", "kfac_topk")
 def cost_at_scale():
     sys.path.insert(0, str(BENCHMARKS))
     try:
-        spec = importlib.util.spec_from_file_location("cost_at_scale", SCRIPT)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        yield module
+        yield load_script(SCRIPT, "cost_at_scale")
     finally:
         sys.path.remove(str(BENCHMARKS))
 
