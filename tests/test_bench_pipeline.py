@@ -132,7 +132,7 @@ def _lora_delta(adapter: Path, name: str, scale: float) -> torch.Tensor:
 
 
 def test_pipeline_end_to_end_and_cached(
-    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
     profile = _profile(world)
     workspace = tmp_path / "ws"
@@ -140,6 +140,7 @@ def test_pipeline_end_to_end_and_cached(
         profile, workspace, model_dir=world.base, prompts=PROMPTS, keep_models=True, progress=False
     )
     run = pipeline.run()
+    assert "Fisher" not in capsys.readouterr().err  # progress=False: no collector bars either
     assert [r["method"] for r in run.references] == ["base", "safety alone", "utility_only"]
     assert [len(m.validation) for m in run.methods] == [1, 2, 2]
     base_over = run.base_validation["metrics"]["benign_over_refusal"]

@@ -59,8 +59,10 @@ class Fishers:
         *,
         device: str,
         refusals: OwnRefusals | None = None,
+        progress: bool = True,
     ) -> None:
         self.refusals = refusals
+        self.progress = progress
         self.workspace = workspace
         self.settings = settings
         self.adapters = adapters
@@ -106,7 +108,9 @@ class Fishers:
         request = FisherRequest.from_options(
             str(model_dir), str(data), objective, kind, options=every, **sources
         )
-        return cached_fisher_file(request, self.workspace / "fishers", label)
+        return cached_fisher_file(
+            request, self.workspace / "fishers", label, progress=self.progress
+        )
 
     def refusal_data(self) -> tuple[Path, dict[str, Any]]:
         """The ``refusal`` objective's data file and its options: the harm prompt file

@@ -139,6 +139,7 @@ class Pipeline:
             self.collection_point,
             device=device,
             refusals=self.refusals,
+            progress=progress,
         )
         self.merges = Merges(
             self.workspace,

@@ -87,14 +87,19 @@ def content_key(request: FisherRequest) -> str:
 
 
 def cached_fisher_file(
-    request: FisherRequest, cache_dir: str | os.PathLike[str] | None, label: str
+    request: FisherRequest,
+    cache_dir: str | os.PathLike[str] | None,
+    label: str,
+    *,
+    progress: bool = True,
 ) -> Path:
     """Path of the Fisher file for ``request``: reused from ``cache_dir`` or collected into it.
 
     ``label`` names the file's role (``harm``, ``benign``, a model name) in the file name;
     ``cache_dir=None`` is ``<cache root>/fisher``. Every input error is an :class:`SSTError`
     raised before collection starts; the file is written atomically by the collector, once
-    (under its lock: a concurrent caller waits for it).
+    (under its lock: a concurrent caller waits for it); ``progress``: the collector's
+    progress bars.
     """
     from sst_merge_plugin.fisher.collect import collect_fisher_file
 
@@ -104,7 +109,7 @@ def cached_fisher_file(
 
     def collect(entry: Path) -> None:
         log.info("Fisher file %s: collecting into %s", label, entry)
-        collect_fisher_file(request, entry)
+        collect_fisher_file(request, entry, progress=progress)
 
     if not make_once(path, collect, Path.is_file):
         log.info("Fisher file %s: reusing %s", label, path)
