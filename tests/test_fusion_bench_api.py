@@ -450,7 +450,7 @@ def test_fisher_cache_key_follows_content_and_reuses_files(
     monkeypatch.setattr(
         collect,
         "collect_fisher_file",
-        lambda request, out: calls.append(str(out)) or real_collect(request, out),
+        lambda request, out, **kw: calls.append(str(out)) or real_collect(request, out, **kw),
     )
     first = cached_fisher_file(_request(world, data), tmp_path / "cache", "harm")
     second = cached_fisher_file(_request(world, data), tmp_path / "cache", "harm")
