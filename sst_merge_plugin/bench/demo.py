@@ -102,16 +102,13 @@ def run_profile(args: argparse.Namespace, title: str, *, full: bool = False) -> 
     default; shared by ``sst-merge demo`` and ``benchmarks/safety_utility``)."""
     from sst_merge_plugin.bench.pipeline import Pipeline
     from sst_merge_plugin.bench.profile import profile_for
-    from sst_merge_plugin.bench.report import write_outputs
+    from sst_merge_plugin.bench.report import check_comparisons, write_outputs
     from sst_merge_plugin.data.assets import cache_root
 
     profile = profile_for(args.profile, args.model, full=full)
     if args.methods:
         profile = profile.with_sweeps(tuple(args.methods))
-    labels = [sweep.label for sweep in profile.sweeps]
-    unknown = [label for label in args.compare if label not in labels]
-    if unknown:
-        raise SSTError(f"--compare: {unknown} not among the methods to run ({labels})")
+    check_comparisons(args.compare, [sweep.label for sweep in profile.sweeps])  # before running
     if args.threads is not None:
         if args.threads < 1:
             raise SSTError(f"--threads must be >= 1, got {args.threads}")

@@ -98,13 +98,18 @@ def bootstrap_rows(
     return rows
 
 
-def comparison_anchors(run: BenchmarkRun, labels: Sequence[str]) -> list[TunedMethod]:
-    """The methods of ``run`` named ``labels`` (extra anchors of paired comparisons besides the
-    headline); an unknown label is an error."""
-    methods = {method.sweep.label: method for method in run.methods}
+def check_comparisons(labels: Sequence[str], methods: Sequence[str]) -> None:
+    """An error unless every ``--compare`` label is one of ``methods`` (the sweep labels run)."""
     unknown = [label for label in labels if label not in methods]
     if unknown:
         raise SSTError(f"--compare: {unknown} not among the methods run ({sorted(methods)})")
+
+
+def comparison_anchors(run: BenchmarkRun, labels: Sequence[str]) -> list[TunedMethod]:
+    """The methods of ``run`` named ``labels`` (extra anchors of paired comparisons besides the
+    headline); an unknown label is an error (:func:`check_comparisons`)."""
+    methods = {method.sweep.label: method for method in run.methods}
+    check_comparisons(labels, list(methods))
     return [methods[label] for label in labels]
 
 
