@@ -1,7 +1,8 @@
 """The safety input on its own: variants of the full profile's safety LoRA, scored alone.
 
 No merge can be more selective than its safety input (issue 14, item 7): the full profile's
-safety LoRA alone over-refuses 0.09 of the over-refusal test prompts (base: 0.00). This script
+first safety LoRA (604 harmful pairs) alone over-refused 0.09 of the over-refusal test prompts
+(base: 0.00); this script chose the 302-pair one the profile uses now (0.01). This script
 trains variants of it in the benchmark's workspace (:class:`~sst_merge_plugin.bench.adapters.
 Adapters`, cached by content like every adapter), scores each alone (weight 1) on the
 validation split, picks one by a declared rule on validation only — the lowest over-refusal
@@ -28,12 +29,17 @@ from typing import Any
 
 #: the variants: name → overrides of the profile's safety AdapterSpec (``steps`` goes to its
 #: training configuration); ``profile`` is the benchmark's own adapter
+#: (absolute sizes: the profile adopted ``half_harmful`` after this comparison, so its own
+#: adapter is that one now; the committed results-safety-input/ call the 604-pair adapter
+#: ``profile``)
 VARIANTS: dict[str, dict[str, Any]] = {
     "profile": {},
-    # half the harmful instructions: the retain pairs are ~58 % of the data instead of ~41 %
+    # every harmful instruction (604): the retain pairs are ~41 % of the data
+    "all_harmful": {"n_train": 604},
+    # half the harmful instructions: the retain pairs are ~58 % of the data
     "half_harmful": {"n_train": 302},
-    # twice the steps (about two passes over the pairs instead of one)
-    "steps_240": {"steps": 240},
+    # all of them for twice the steps (about two passes over the pairs instead of one)
+    "steps_240": {"n_train": 604, "steps": 240},
 }
 
 

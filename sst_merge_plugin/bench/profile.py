@@ -382,7 +382,10 @@ _VALIDATION = EvalConfig(
 FULL = Profile(
     name="full",
     adapters=(
-        AdapterSpec(SAFETY, None, 604, _TRAIN_SAFETY, n_retain=150, n_lookalikes=263),
+        # 302 of the 604 harmful training pairs (the same 413 retain pairs): chosen on validation
+        # by benchmarks/safety_utility/safety_input.py (alone on test: over-refusal 0.01 where
+        # the 604-pair adapter over-refused 0.09, refusal 1.00 for both; results-safety-input/)
+        AdapterSpec(SAFETY, None, 302, _TRAIN_SAFETY, n_retain=150, n_lookalikes=263),
         AdapterSpec("reverse_letters", "reverse_letters", 400, _TRAIN_SKILL),
         AdapterSpec("uppercase", "uppercase", 400, _TRAIN_SKILL),
     ),
