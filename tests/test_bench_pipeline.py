@@ -349,6 +349,9 @@ def test_demo_command_runs_a_profile_end_to_end(
     ]
     meta = json.loads((out / "run.json").read_text())
     assert meta["profile"] == "tiny" and meta["judge_on_pyrit_labels"]["n"] == 4
+    # the configs' placeholders, one folder per exported kind (the tiny profile: lora only)
+    assert f"FISHERS={out / 'inputs' / 'fishers' / 'lora'}" in printed
+    assert "KFAC_FISHERS=" not in printed
     # a --compare method that is not run is refused before anything is written
     status = cli.main(
         ["demo", "--profile", "tiny", "--out", str(tmp_path / "none"), "--workspace",

@@ -22,6 +22,7 @@ from test_mergekit_support import (
     DAMPING,
     UTILITY_TARGETS,
     damp,
+    file_sha256,
     kron_projection,
     linear_names,
     merge_config,
@@ -500,11 +501,20 @@ def test_shipped_configs_run_on_a_tiny_model(scenario, tmp_path, monkeypatch):
     write_lora(fishers / "cost-refusal.safetensors", scenario, utility_names, 83, "refusal", joint)
     for seed, name in enumerate(("reverse_letters", "uppercase"), start=84):
         write_lora(fishers / f"gain-{name}.safetensors", scenario, utility_names, seed, "lm", joint)
-    for key, value in (("BASE_MODEL", scenario.base), ("ADAPTERS", adapters), ("FISHERS", fishers)):
+    # sst_dual_kfac's: kfac factors over each whole Linear the skills touch (KL cost, lm gains)
+    kfac = tmp_path / "kfac"
+    kfac.mkdir()
+    shapes = shapes_of(scenario, utility_names)
+    write_kfac(kfac / "cost-kl.safetensors", utility_names, shapes, seed=86, objective="kl")
+    for seed, name in enumerate(("reverse_letters", "uppercase"), start=87):
+        write_kfac(kfac / f"gain-{name}.safetensors", utility_names, shapes, seed, "lm")
+    variables = {"BASE_MODEL": scenario.base, "ADAPTERS": adapters, "FISHERS": fishers,
+                 "KFAC_FISHERS": kfac}  # fmt: skip
+    for key, value in variables.items():
         monkeypatch.setenv(key, str(value))
     configs = Path(__file__).resolve().parents[1] / "configs" / "mergekit"
     outputs = {}
-    for name in ("sst", "sst_dual", "task_arithmetic", "ties", "dare_ties"):
+    for name in ("sst", "sst_dual", "sst_dual_kfac", "task_arithmetic", "ties", "dare_ties"):
         config = yaml.safe_load(os.path.expandvars((configs / f"{name}.yml").read_text()))
         outputs[name] = tmp_path / name
         run_in_process(scenario, config, outputs[name], seed=0)
@@ -517,6 +527,14 @@ def test_shipped_configs_run_on_a_tiny_model(scenario, tmp_path, monkeypatch):
         f"{scenario.base}+{adapters / name}" for name in ("reverse_letters", "uppercase")
     ]
     assert all(0 < u["safety_disturbance_removed"] < 1 for u in dual["summary"]["utility"].values())
+    kfac_dual = json.loads((outputs["sst_dual_kfac"] / "sst_merge_report.json").read_text())
+    assert kfac_dual["fisher_files"]["cost_fisher"]["sha256"] == file_sha256(
+        kfac / "cost-kl.safetensors"
+    )
+    assert len(kfac_dual["summary"]["utility"]) == 2
+    assert all(
+        0 < u["safety_disturbance_removed"] < 1 for u in kfac_dual["summary"]["utility"].values()
+    )
     for name in ("task_arithmetic", "ties", "dare_ties"):
         assert (outputs[name] / "model.safetensors").is_file()
         assert not (outputs[name] / "sst_merge_report.json").exists()

@@ -4,10 +4,11 @@ A tiny world stands in for ``sst-merge demo --out demo`` (minutes and downloads)
 saved with its tokenizer, PEFT adapters named like the demo's export, laid out exactly as the
 demo exports them (``demo/inputs/adapters/<name>/``, ``demo/run.json`` naming the base model);
 the Fisher files under ``demo/inputs/fishers/lora/`` (harm, benign, and the dual's cost and
-gain files) are written by the main README's own ``sst-merge fisher`` commands. Then every
-``bash`` block of the mergekit README runs as one script, in a shell, with the real console
-scripts (``mergekit-yaml`` unmodified, ``sst-merge``): fill the configs, the five merges
-(SST-Merge, the dual, three built-ins), ``sst-merge evaluate`` on each. The only edits to the
+gain files) and ``demo/inputs/fishers/kfac/`` (the kfac dual's) are written by the main
+README's own ``sst-merge fisher`` commands. Then every ``bash`` block of the mergekit README
+runs as one script, in a shell, with the real console scripts (``mergekit-yaml`` unmodified,
+``sst-merge``): fill the configs, the six merges (SST-Merge, the dual in the lora and kfac
+kinds, three built-ins), ``sst-merge evaluate`` on each. The only edits to the
 documented commands are named substitutions (local prompt files for the downloaded prompt
 sets, a small evaluation), each asserted to apply, so the docs and this test cannot drift
 apart.
@@ -28,7 +29,7 @@ import pytest
 from support import ROOT
 from test_fisher_support import lora_model, save_tiny_model, tiny_llama
 
-MERGES = ("sst", "sst_dual", "task_arithmetic", "ties", "dare_ties")
+MERGES = ("sst", "sst_dual", "sst_dual_kfac", "task_arithmetic", "ties", "dare_ties")
 SAFETY_TARGETS = ("q_proj", "v_proj")
 UTILITY_TARGETS = ("q_proj", "v_proj", "up_proj", "down_proj")
 HARMFUL = [f"Explain how to do dangerous thing number {i}." for i in range(12)]
@@ -115,15 +116,21 @@ def test_the_mergekit_readme_walks_from_the_demo_to_evaluated_merges(tmp_path):
         (tmp_path / f"my_{skill}.jsonl").write_text(
             "".join(json.dumps({"prompt": p, "response": r}) + "\n" for p, r in pairs)
         )
+    # the kfac dual's cost prompts: harmful ones the safe model refuses, benign look-alikes
+    (tmp_path / "safety_behaviour.txt").write_text("\n".join(HARMFUL[:6] + BENIGN) + "\n")
     fishers = tmp_path / "demo" / "inputs" / "fishers" / "lora"
+    kfac = fishers.parent / "kfac"
 
     # the Fisher files, by the main README's `sst-merge fisher` commands (its "With mergekit")
     main_readme = commands("\n".join(bash_blocks(ROOT / "README.md")))
     collect = [command for command in main_readme if command.startswith("sst-merge fisher ")]
-    assert len(collect) == 5  # harm, benign; the dual's cost and two gains
+    assert len(collect) == 8  # harm, benign; the dual's cost and two gains, lora and kfac
     # harm and the dual's cost: refusal Fishers on harmful prompts
     script = substitute("\n".join(collect), "--data advbench", "--data harmful_prompts.txt", 2)
-    exports = f"export BASE_MODEL={base} ADAPTERS={tmp_path}/demo/inputs/adapters FISHERS={fishers}"
+    exports = (
+        f"export BASE_MODEL={base} ADAPTERS={tmp_path}/demo/inputs/adapters FISHERS={fishers} "
+        f"KFAC_FISHERS={kfac}"
+    )
     done = run_bash(f"{exports}\n{script}", tmp_path)
     assert done.returncode == 0, done.stderr[-4000:]
     assert sorted(path.name for path in fishers.iterdir()) == [
@@ -132,6 +139,11 @@ def test_the_mergekit_readme_walks_from_the_demo_to_evaluated_merges(tmp_path):
         "gain-reverse_letters.safetensors",
         "gain-uppercase.safetensors",
         "harm.safetensors",
+    ]
+    assert sorted(path.name for path in kfac.iterdir()) == [
+        "cost-kl.safetensors",
+        "gain-reverse_letters.safetensors",
+        "gain-uppercase.safetensors",
     ]
 
     # the walk-through: every bash block of configs/mergekit/README.md, as one script
@@ -177,4 +189,16 @@ def test_the_mergekit_readme_walks_from_the_demo_to_evaluated_merges(tmp_path):
     assert dual["summary"]["actions"]["safety_unprojected"] == 2 * len(SAFETY_TARGETS)
     assert len(dual["summary"]["utility"]) == 2
     for record in dual["summary"]["utility"].values():
+        assert 0 < record["safety_disturbance_removed"] < 1
+    kfac_dual = json.loads(
+        (tmp_path / "out" / "sst_dual_kfac" / "sst_merge_report.json").read_text()
+    )
+    assert kfac_dual["fisher_files"]["cost_fisher"]["sha256"] == sha256(
+        kfac / "cost-kl.safetensors"
+    )
+    assert [(s["selection"], s["scale"]) for s in kfac_dual["settings"]] == [
+        ({"mode": "soft", "rho": 1.0}, 1.5)
+    ]
+    assert len(kfac_dual["summary"]["utility"]) == 2
+    for record in kfac_dual["summary"]["utility"].values():
         assert 0 < record["safety_disturbance_removed"] < 1

@@ -29,6 +29,9 @@ from pathlib import Path
 
 from sst_merge_plugin.core.errors import SSTError
 
+#: the configs/mergekit placeholder of each Fisher kind's exported folder (``inputs/fishers/<kind>``)
+CONFIG_FISHER_FOLDERS = {"lora": "FISHERS", "kfac": "KFAC_FISHERS"}
+
 
 def add_arguments(parser: argparse.ArgumentParser, full: bool = False) -> None:
     """The demo's options; ``full``: for the benchmark script, whose default is the model's
@@ -155,7 +158,11 @@ def run_profile(args: argparse.Namespace, title: str, *, full: bool = False) -> 
     )
     print(f"wrote {', '.join(str(p) for p in paths.values())} in {meta['seconds']:.0f} s")
     if inputs is not None:
-        fishers = [f"FISHERS={inputs / 'fishers' / kind}" for kind in profile.fisher_kinds[:1]]
+        fishers = [
+            f"{variable}={inputs / 'fishers' / kind}"
+            for kind, variable in CONFIG_FISHER_FOLDERS.items()
+            if kind in profile.fisher_kinds
+        ]
         print(
             "merge inputs for configs/mergekit:",
             f"BASE_MODEL={pipeline.model_dir}",
