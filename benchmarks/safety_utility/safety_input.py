@@ -36,7 +36,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "profile": {},
     # every harmful instruction (604): the retain pairs are ~41 % of the data
     "all_harmful": {"n_train": 604},
-    # half the harmful instructions: the retain pairs are ~58 % of the data
+    # the first half of the harmful instructions (AdvBench goals only: they precede temaq's
+    # probes in the list); the retain pairs are ~58 % of the data
     "half_harmful": {"n_train": 302},
     # all of them for twice the steps (about two passes over the pairs instead of one)
     "steps_240": {"n_train": 604, "steps": 240},

@@ -382,7 +382,8 @@ _VALIDATION = EvalConfig(
 FULL = Profile(
     name="full",
     adapters=(
-        # 302 of the 604 harmful training pairs (the same 413 retain pairs): chosen on validation
+        # the first 302 of the 604 harmful training pairs (AdvBench's goals come first, so none
+        # of temaq's probes) and the same 413 retain pairs: chosen on validation
         # by benchmarks/safety_utility/safety_input.py (alone on test: over-refusal 0.01 where
         # the 604-pair adapter over-refused 0.09, refusal 1.00 for both; results-safety-input/)
         AdapterSpec(SAFETY, None, 302, _TRAIN_SAFETY, n_retain=150, n_lookalikes=263),
@@ -497,10 +498,10 @@ QUICK = Profile(
             "task_arithmetic",
             {UTILITY_WEIGHT: (0.5,), SAFETY_WEIGHT: (1.0, 1.5, 2.0)},
         ),
-        # the demo shows SST-Merge's best variant on the full profile next to task arithmetic:
-        # the dual with the refusal-loss cost (the safety-side projection over-refused more
-        # than task arithmetic there, the KL-cost dual refused and kept less); its knob is ρ
-        # at safety scale 1 (_DUAL_RHOS)
+        # the demo shows the dual next to task arithmetic in the lora kind with the
+        # refusal-loss cost (the full profile's best is the kfac dual, but a kfac merge takes
+        # ~4 min at one thread: four would not fit the demo's 15 minutes); its knob is ρ at
+        # safety scale 1 (_DUAL_RHOS)
         _dual(
             "sst_dual_lora_refusal",
             "lora",
