@@ -118,7 +118,7 @@ def test_command_line_refuses_bad_input_before_writing(
     safety_input, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     out = tmp_path / "out"
-    for argv in (["--variants", "half_harmful"], ["--sweeps", "no_such_method"]):
+    for argv in (["--variants", "all_harmful"], ["--sweeps", "no_such_method"]):
         assert safety_input.main(["--out", str(out), "--workspace", str(tmp_path), *argv]) == 2
         assert "error:" in capsys.readouterr().err
     assert not out.exists()

@@ -521,20 +521,19 @@ def test_shipped_configs_run_on_a_tiny_model(scenario, tmp_path, monkeypatch):
     report = json.loads((outputs["sst"] / "sst_merge_report.json").read_text())
     assert report["summary"]["actions"]["projected"] == len(linear_names())
     assert (outputs["sst"] / "sst_adapter" / "adapter_model.safetensors").is_file()
-    dual = json.loads((outputs["sst_dual"] / "sst_merge_report.json").read_text())
-    assert dual["summary"]["actions"]["safety_unprojected"] == len(linear_names())
-    assert sorted(dual["summary"]["utility"]) == [
-        f"{scenario.base}+{adapters / name}" for name in ("reverse_letters", "uppercase")
-    ]
-    assert all(0 < u["safety_disturbance_removed"] < 1 for u in dual["summary"]["utility"].values())
-    kfac_dual = json.loads((outputs["sst_dual_kfac"] / "sst_merge_report.json").read_text())
-    assert kfac_dual["fisher_files"]["cost_fisher"]["sha256"] == file_sha256(
-        kfac / "cost-kl.safetensors"
-    )
-    assert len(kfac_dual["summary"]["utility"]) == 2
-    assert all(
-        0 < u["safety_disturbance_removed"] < 1 for u in kfac_dual["summary"]["utility"].values()
-    )
+    duals = {
+        "sst_dual": fishers / "cost-refusal.safetensors",
+        "sst_dual_kfac": kfac / "cost-kl.safetensors",
+    }
+    for name, cost in duals.items():
+        dual = json.loads((outputs[name] / "sst_merge_report.json").read_text())
+        assert dual["fisher_files"]["cost_fisher"]["sha256"] == file_sha256(cost)
+        assert dual["summary"]["actions"]["safety_unprojected"] == len(linear_names())
+        utility = dual["summary"]["utility"]
+        assert sorted(utility) == [
+            f"{scenario.base}+{adapters / skill}" for skill in ("reverse_letters", "uppercase")
+        ]
+        assert all(0 < u["safety_disturbance_removed"] < 1 for u in utility.values())
     for name in ("task_arithmetic", "ties", "dare_ties"):
         assert (outputs[name] / "model.safetensors").is_file()
         assert not (outputs[name] / "sst_merge_report.json").exists()

@@ -183,22 +183,22 @@ def test_the_mergekit_readme_walks_from_the_demo_to_evaluated_merges(tmp_path):
         assert report["fisher_files"][label]["sha256"] == sha256(fishers / f"{role}.safetensors")
     assert report["summary"]["actions"]["projected"] == 2 * len(SAFETY_TARGETS)
     assert (tmp_path / "out" / "sst" / "sst_adapter" / "adapter_model.safetensors").is_file()
-    dual = json.loads((tmp_path / "out" / "sst_dual" / "sst_merge_report.json").read_text())
-    cost = fishers / "cost-refusal.safetensors"
-    assert dual["fisher_files"]["cost_fisher"]["sha256"] == sha256(cost)
-    assert dual["summary"]["actions"]["safety_unprojected"] == 2 * len(SAFETY_TARGETS)
-    assert len(dual["summary"]["utility"]) == 2
-    for record in dual["summary"]["utility"].values():
-        assert 0 < record["safety_disturbance_removed"] < 1
-    kfac_dual = json.loads(
-        (tmp_path / "out" / "sst_dual_kfac" / "sst_merge_report.json").read_text()
-    )
-    assert kfac_dual["fisher_files"]["cost_fisher"]["sha256"] == sha256(
-        kfac / "cost-kl.safetensors"
-    )
-    assert [(s["selection"], s["scale"]) for s in kfac_dual["settings"]] == [
-        ({"mode": "soft", "rho": 1.0}, 1.5)
-    ]
-    assert len(kfac_dual["summary"]["utility"]) == 2
-    for record in kfac_dual["summary"]["utility"].values():
-        assert 0 < record["safety_disturbance_removed"] < 1
+    # the duals: each names its own cost file, adds the safety LoRA unprojected, and reports
+    # per skill a safety disturbance removed strictly between nothing and everything
+    duals = {
+        "sst_dual": fishers / "cost-refusal.safetensors",
+        "sst_dual_kfac": kfac / "cost-kl.safetensors",
+    }
+    reports = {
+        name: json.loads((tmp_path / "out" / name / "sst_merge_report.json").read_text())
+        for name in duals
+    }
+    for name, cost in duals.items():
+        dual = reports[name]
+        assert dual["fisher_files"]["cost_fisher"]["sha256"] == sha256(cost)
+        assert dual["summary"]["actions"]["safety_unprojected"] == 2 * len(SAFETY_TARGETS)
+        assert len(dual["summary"]["utility"]) == 2
+        for record in dual["summary"]["utility"].values():
+            assert 0 < record["safety_disturbance_removed"] < 1
+    settings = reports["sst_dual_kfac"]["settings"]  # sst_dual_kfac.yml's tuned point
+    assert [(s["selection"], s["scale"]) for s in settings] == [({"mode": "soft", "rho": 1.0}, 1.5)]

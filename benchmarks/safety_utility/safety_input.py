@@ -29,16 +29,14 @@ from typing import Any
 
 #: the variants: name → overrides of the profile's safety AdapterSpec (``steps`` goes to its
 #: training configuration); ``profile`` is the benchmark's own adapter
-#: (absolute sizes: the profile adopted ``half_harmful`` after this comparison, so its own
-#: adapter is that one now; the committed results-safety-input/ call the 604-pair adapter
-#: ``profile``)
+#: (absolute sizes: the profile adopted the variant ``half_harmful`` — the first 302 harmful
+#: pairs, AdvBench goals only since they precede temaq's probes — after this comparison, so
+#: ``profile`` is that adapter now; the committed results-safety-input/ call the 604-pair
+#: adapter ``profile`` and the 302-pair one ``half_harmful``)
 VARIANTS: dict[str, dict[str, Any]] = {
     "profile": {},
-    # every harmful instruction (604): the retain pairs are ~41 % of the data
+    # every harmful instruction (604): the retain pairs are ~41 % of the data instead of ~58 %
     "all_harmful": {"n_train": 604},
-    # the first half of the harmful instructions (AdvBench goals only: they precede temaq's
-    # probes in the list); the retain pairs are ~58 % of the data
-    "half_harmful": {"n_train": 302},
     # all of them for twice the steps (about two passes over the pairs instead of one)
     "steps_240": {"n_train": 604, "steps": 240},
 }
