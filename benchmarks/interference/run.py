@@ -5,8 +5,7 @@ disjoint test split (the main benchmark's protocol, ``docs/design.md`` §7).
 
 For N in ``--n-experts`` (default 2 4 8 12) the first N experts of :data:`SKILLS` (LoRAs on
 SmolLM2-135M-Instruct, one programmatic skill each, all trained alike: :func:`expert_spec`) and
-the main benchmark's safety LoRA (:data:`SAFETY_SPEC` = ``bench.profile.FULL.adapters[0]``, so a
-shared ``--workspace`` shares the adapter) are merged by
+the main benchmark's safety LoRA spec on all 604 harmful training pairs (:data:`SAFETY_SPEC`) are merged by
 
 * ``task_arithmetic``, ``ties``, ``dare_ties`` (mergekit; density 0.5, no normalisation) and
   ``tsv`` (FusionBench's task-singular-vector merging, :data:`~sst_merge_plugin.bench.
@@ -95,8 +94,11 @@ SKILLS = (
 )
 EXPERT_TRAINING = LoRATrainingConfig(steps=60, learning_rate=2e-3)
 N_EXPERT_TRAIN = 400
-#: the main benchmark's safety LoRA (AdvBench + temaq harmful → refusals, look-alike retain data)
-SAFETY_SPEC = FULL.adapters[0]
+#: the safety LoRA every N is measured with: the main benchmark's spec (harmful training
+#: instructions → refusals, look-alike retain data) on all 604 harmful training pairs — the full
+#: profile's adapter when N = 2, 4, 8 were run, before that profile moved to 302 pairs — so that
+#: every N merges the same safety input
+SAFETY_SPEC = replace(FULL.adapters[0], n_train=604)
 #: the main benchmark's Fisher prompts (F_benign adds 16 training prompts per merged skill)
 FISHER = FULL.fisher
 #: the main benchmark's selection rule
