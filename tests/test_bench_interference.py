@@ -509,7 +509,7 @@ def test_rows_tables_and_plot(interference: ModuleType, tmp_path: Path) -> None:
 # ---- profiles, grids, command line ---------------------------------------------------------
 
 
-def test_profiles_share_the_expert_specs_and_the_main_safety_adapter(
+def test_profiles_share_the_expert_specs_and_the_pinned_safety_adapter(
     interference: ModuleType,
 ) -> None:
     from sst_merge_plugin.data.tasks import SKILLS as TASKS
@@ -525,7 +525,8 @@ def test_profiles_share_the_expert_specs_and_the_main_safety_adapter(
     large = interference.interference_profile(12)
     assert [spec.name for spec in large.adapters] == ["safety", *skills]
     assert large.adapters[:3] == small.adapters  # same specs → same cached adapters
-    assert large.adapters[0] is FULL.adapters[0] and small.adapters[0] is FULL.adapters[0]
+    # the main benchmark's safety spec on the 604 pairs N = 2, 4, 8 were measured with
+    assert large.adapters[0] == small.adapters[0] == replace(FULL.adapters[0], n_train=604)
     assert small.adapters[1:] == FULL.adapters[1:]  # the main benchmark's two skill adapters
     assert {(s.n_train, s.training) for s in large.adapters[1:]} == {
         (400, LoRATrainingConfig(steps=60, learning_rate=2e-3))
@@ -760,4 +761,9 @@ def test_benchmark_end_to_end_on_the_tiny_world(
     written.clear()
     with pytest.raises(SSTError, match="another protocol"):
         interference.run_benchmark(other, [1], out, keep_earlier=True)
+    assert written == [] and json.loads((out / "interference.json").read_text()) == after
+    # so is the same methods' run with another safety input (the protocol records the inputs)
+    monkeypatch.setattr(interference, "SAFETY_SPEC", replace(interference.SAFETY_SPEC, n_train=302))
+    with pytest.raises(SSTError, match="another protocol"):
+        interference.run_benchmark(benchmark, [1], out, keep_earlier=True)
     assert written == [] and json.loads((out / "interference.json").read_text()) == after

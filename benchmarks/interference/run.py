@@ -302,10 +302,16 @@ def protocol_summary(
     sweeps: Sequence[Sweep], validation: EvalConfig, test: EvalConfig
 ) -> dict[str, Any]:
     """The protocol of a run for ``interference.json``: the skills (N experts = the first N),
-    both splits' settings (their ``utility`` is set per N to the first N skills), the rule,
-    each method's grid and fixed parameters."""
+    the inputs (the safety LoRA's spec, the experts' training, the Fisher prompts), both splits'
+    settings (their ``utility`` is set per N to the first N skills), the rule, each method's
+    grid and fixed parameters."""
     return {
         "skills": list(SKILLS),
+        "inputs": {
+            "safety_adapter": asdict(SAFETY_SPEC),
+            "experts": {"n_train": N_EXPERT_TRAIN, "training": asdict(EXPERT_TRAINING)},
+            "fisher": asdict(FISHER),
+        },
         "validation": asdict(validation),
         "test": asdict(test),
         "rule": RULE.as_dict(),
@@ -594,8 +600,8 @@ def earlier_results(
     earlier = json.loads(results.read_text())
     if earlier.get("protocol") != json.loads(json.dumps(protocol)):  # tuples read as lists
         raise SSTError(
-            f"--keep-earlier: {results} was written under another protocol (splits, rule, "
-            "methods or grids differ); write this run to another --out"
+            f"--keep-earlier: {results} was written under another protocol (inputs, splits, "
+            "rule, methods or grids differ); write this run to another --out"
         )
     run = out / "run.json"
     return {
