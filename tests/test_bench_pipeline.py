@@ -390,6 +390,45 @@ def test_safety_retain_data_holds_the_base_models_answers_to_lookalikes(
     assert len(cached) == 1 and len(cached[0].read_text().splitlines()) == 2
 
 
+def test_a_seeded_harmful_sample_mixes_the_sources_and_gets_its_refusals(
+    world: World, tmp_path: Path
+) -> None:
+    import random
+
+    from sst_merge_plugin.bench.adapters import training_pairs
+    from sst_merge_plugin.data.refusals import refusal_targets
+
+    first = AdapterSpec(SAFETY, None, 302, _training())
+    seeded = replace(first, harmful_sample="seeded")
+    assert first.harmful_indices(604) == list(range(302))
+    drawn = seeded.harmful_indices(604)
+    assert drawn == sorted(random.Random(first.training.seed).sample(range(604), 302))
+    assert drawn != list(range(302)) and max(drawn) >= 390  # temaq's probes follow AdvBench's 390
+    assert replace(seeded, training=_training(seed=1)).harmful_indices(604) != drawn
+    assert seeded.harmful_indices(200) == first.harmful_indices(200) == list(range(200))
+    with pytest.raises(SSTError, match="harmful_sample"):
+        replace(first, harmful_sample="random")
+    # the pairs: the drawn prompts, in list order, each with its seeded template refusal
+    harmful = tuple(f"how to make harmful thing {i}" for i in range(6))
+    prompts = replace(PROMPTS, harmful=harmful)
+    spec = replace(seeded, n_train=3)
+    chosen = [harmful[i] for i in sorted(random.Random(0).sample(range(6), 3))]
+    targets = refusal_targets(chosen, seed=0)
+    assert training_pairs(spec, prompts) == [*zip(chosen, targets, strict=True)]
+    # the prompts that get (own) refusal targets: the adapter's sample and F_harm's prefix
+    profile = _profile(world)
+    profile = replace(profile, adapters=(spec,), fisher=replace(profile.fisher, n_harm=2))
+    pipeline = Pipeline(profile, tmp_path / "ws", model_dir=world.base, prompts=prompts)
+    indices = sorted({0, 1, *spec.harmful_indices(6)})
+    assert pipeline.refusal_prompts() == tuple(harmful[i] for i in indices)
+    first_spec = replace(spec, harmful_sample="first")
+    pipeline = Pipeline(
+        replace(profile, adapters=(first_spec,)), tmp_path / "ws", model_dir=world.base,
+        prompts=prompts,
+    )  # fmt: skip
+    assert pipeline.refusal_prompts() == harmful[:3]  # the longer prefix, as before
+
+
 @pytest.mark.parametrize(
     ("kind", "cost_objective", "dual_at"),
     [("lora", "kl", "own"), ("diag", "refusal", "own"), ("lora", "refusal", "base")],

@@ -35,6 +35,9 @@ from typing import Any
 #: adapter ``profile`` and the 302-pair one ``half_harmful``)
 VARIANTS: dict[str, dict[str, Any]] = {
     "profile": {},
+    # as many pairs (302), drawn uniformly from both sources (seeded by the training seed)
+    # instead of the first 302 (AdvBench's goals only): more varied harmful instructions
+    "mixed_302": {"harmful_sample": "seeded"},
     # every harmful instruction (604): the retain pairs are ~41 % of the data instead of ~58 %
     "all_harmful": {"n_train": 604},
     # all of them for twice the steps (about two passes over the pairs instead of one)

@@ -47,13 +47,13 @@ def training_pairs(
     """(prompt, response) pairs of an adapter: harmful training refusals (+ helpful retain
     pairs, + ``lookalikes`` pairs) for the safety adapter, the skill's training items otherwise.
 
-    ``refusals`` are the targets of the first ``n_train`` harmful prompts (the model's own,
-    :meth:`.refusals.OwnRefusals.targets`; ``None`` entries leave a prompt out); without them
-    each prompt gets its seeded template refusal."""
+    ``refusals`` are the targets of the adapter's harmful prompts (:func:`harmful_prompts`; the
+    model's own, :meth:`.refusals.OwnRefusals.targets`; ``None`` entries leave a prompt out);
+    without them each prompt gets its seeded template refusal."""
     from sst_merge_plugin.data.tasks import skill_splits
 
     if spec.skill is None:
-        harmful = list(prompts.harmful[: spec.n_train])
+        harmful = harmful_prompts(spec, prompts)
         if refusals is None:
             from sst_merge_plugin.data.refusals import refusal_targets
 
@@ -63,6 +63,12 @@ def training_pairs(
         return pairs + retain
     train, _ = skill_splits(spec.skill, spec.n_train, 0, seed=spec.training.seed)
     return [(item.prompt, item.answer) for item in train]
+
+
+def harmful_prompts(spec: AdapterSpec, prompts: TrainingPrompts) -> list[str]:
+    """The harmful training prompts the safety adapter ``spec`` learns, in list order
+    (:meth:`~.profile.AdapterSpec.harmful_indices`)."""
+    return [prompts.harmful[i] for i in spec.harmful_indices(len(prompts.harmful))]
 
 
 class Adapters:
@@ -94,7 +100,7 @@ class Adapters:
         lookalikes = self.lookalike_pairs(spec.n_lookalikes) if spec.n_lookalikes else None
         refusals = None
         if spec.skill is None and self.refusals is not None:
-            refusals = self.refusals.targets(self.prompts.harmful[: spec.n_train])
+            refusals = self.refusals.targets(harmful_prompts(spec, self.prompts))
         return training_pairs(spec, self.prompts, lookalikes, refusals)
 
     def lookalike_pairs(self, n: int) -> list[tuple[str, str]]:

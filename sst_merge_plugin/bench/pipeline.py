@@ -161,13 +161,15 @@ class Pipeline:
         self.progress = progress
 
     def refusal_prompts(self) -> tuple[str, ...]:
-        """The harmful training prompts that get refusal targets: the longer of the safety
-        adapter's ``n_train`` and the Fishers' ``n_harm`` prefixes."""
-        n = max(
-            [spec.n_train for spec in self.profile.adapters if spec.skill is None]
-            + [self.profile.fisher.n_harm]
-        )
-        return self.prompts.harmful[:n]
+        """The harmful training prompts that get refusal targets, in list order: the safety
+        adapters' (:meth:`~.profile.AdapterSpec.harmful_indices`) and the Fishers' first
+        ``n_harm`` (with first-``n_train`` adapters, the longer of the two prefixes)."""
+        harmful = self.prompts.harmful
+        indices = set(range(min(self.profile.fisher.n_harm, len(harmful))))
+        for spec in self.profile.adapters:
+            if spec.skill is None:
+                indices.update(spec.harmful_indices(len(harmful)))
+        return tuple(harmful[i] for i in sorted(indices))
 
     def collection_point(self, at: str) -> Path:
         """The model folder a Fisher pair is collected at: the base model (``"base"``) or the

@@ -30,6 +30,7 @@ and :data:`QWEN`. :func:`profile_for` maps ``--model`` / ``--profile`` to a prof
 
 from __future__ import annotations
 
+import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
@@ -113,15 +114,26 @@ class DualFisherPoint(Choice):
     BASE = "base"
 
 
+class HarmfulSample(Choice):
+    """Which ``n_train`` of the harmful training prompts (AdvBench's training goals, then
+    temaq's harmful probes) the safety adapter learns (:attr:`AdapterSpec.harmful_sample`)."""
+
+    #: the first ``n_train`` (fewer than 390: AdvBench goals only)
+    FIRST = "first"
+    #: a uniform sample of ``n_train`` seeded by the training seed, in list order (both sources)
+    SEEDED = "seeded"
+
+
 @dataclass(frozen=True)
 class AdapterSpec:
     """A LoRA to train: ``skill=None`` is the safety adapter, else a skill's training split.
 
-    The safety adapter learns ``n_train`` harmful training instructions → natural refusals and,
-    as retain data, ``n_retain`` everyday questions → their helpful answers (``benign-helpful``)
-    plus the first ``n_lookalikes`` benign look-alikes of :class:`~.prompts.TrainingPrompts`
-    (its ``edgy`` then ``lookalikes`` prompts) → the base model's own answers (so the adapter
-    learns what *not* to refuse).
+    The safety adapter learns ``n_train`` harmful training instructions (chosen by
+    ``harmful_sample``, :class:`HarmfulSample`) → natural refusals and, as retain data,
+    ``n_retain`` everyday questions → their helpful answers (``benign-helpful``) plus the first
+    ``n_lookalikes`` benign look-alikes of :class:`~.prompts.TrainingPrompts` (its ``edgy`` then
+    ``lookalikes`` prompts) → the base model's own answers (so the adapter learns what *not* to
+    refuse).
     """
 
     name: str
@@ -130,6 +142,25 @@ class AdapterSpec:
     training: LoRATrainingConfig
     n_retain: int = 0
     n_lookalikes: int = 0
+    harmful_sample: str = HarmfulSample.FIRST
+
+    def __post_init__(self) -> None:
+        object.__setattr__(
+            self,
+            "harmful_sample",
+            HarmfulSample.parse(f"adapter {self.name}: harmful_sample", self.harmful_sample),
+        )
+
+    def harmful_indices(self, n_harmful: int) -> list[int]:
+        """The indices, ascending, of the harmful prompts this adapter learns among
+        ``n_harmful`` (all of them when ``n_train ≥ n_harmful``): ``0 … n_train − 1``
+        (``first``) or ``random.Random(training.seed).sample(range(n_harmful), n_train)``
+        sorted (``seeded``)."""
+        if self.n_train >= n_harmful:
+            return list(range(n_harmful))
+        if self.harmful_sample == HarmfulSample.FIRST:
+            return list(range(self.n_train))
+        return sorted(random.Random(self.training.seed).sample(range(n_harmful), self.n_train))
 
 
 @dataclass(frozen=True)
