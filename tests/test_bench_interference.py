@@ -568,11 +568,15 @@ def test_every_method_has_the_same_grid_budget(
 ) -> None:
     sweeps = {sweep.label: sweep for sweep in interference.SWEEPS}
     assert tuple(sweeps) == interference.METHODS
-    assert list(sweeps) == ["task_arithmetic", "ties", "dare_ties", "tsv", "sst_merge", "sst_dual"]
+    assert list(sweeps) == [
+        "task_arithmetic", "ties", "dare_ties", "tsv", "sst_merge", "sst_dual",
+        "dual_single_fisher",
+    ]  # fmt: skip
     for label, sweep in sweeps.items():
         assert len(sweep.points()) == 6, label
         assert sweep.grid["utility_weight"] == (0.25, 0.5, 1.0), label
-        strength = "scale" if label.startswith("sst_") else "safety_weight"
+        projecting = sweep.merge_method.startswith("sst_")
+        strength = "scale" if projecting else "safety_weight"
         assert set(sweep.grid) == {"utility_weight", strength}, label
         # the dual's safety LoRA is unprojected: the baselines' weights
         assert sweep.grid[strength] == ((1.5, 3.0) if label == "sst_merge" else (1.0, 2.0))
@@ -611,6 +615,19 @@ def test_every_method_has_the_same_grid_budget(
     gains = [m["parameters"].get("gain_fisher") for m in dual["models"]]
     assert gains == [None, *(f"gain-{name}" for name in ADAPTERS if name != "safety")]
     assert [m["parameters"]["weight"] for m in dual["models"]] == [1.0, 0.5, 0.5]
+    # its single-Fisher control: the same cost Fisher and inputs, no gain Fishers
+    control = sweeps["dual_single_fisher"]
+    assert (control.merge_method, control.project, control.fisher_kind) == (
+        "sst_single_fisher", "utility", "lora",
+    )  # fmt: skip
+    assert dict(control.parameters) == dict(sweeps["sst_dual"].parameters)
+    single = pipeline.merges.config(control, {"utility_weight": 0.5, "scale": 2.0})
+    assert single["merge_method"] == "sst_single_fisher"
+    assert (single["parameters"]["project"], single["parameters"]["cost_fisher"]) == (
+        "utility", "cost-kl",
+    )  # fmt: skip
+    assert [m["parameters"].get("gain_fisher") for m in single["models"]] == [None] * 3
+    assert [m["parameters"]["weight"] for m in single["models"]] == [1.0, 0.5, 0.5]
 
 
 @pytest.mark.parametrize(
@@ -636,7 +653,7 @@ def test_bad_command_lines_are_rejected(
 def test_command_line(interference: ModuleType) -> None:
     args = interference.parse_args(["--out", "results"])
     assert args.n_experts == [2, 4, 8, 12]
-    assert args.methods == ["task_arithmetic", "ties", "dare_ties", "tsv", "sst_merge", "sst_dual"]
+    assert args.methods == list(interference.METHODS)  # every method, in SWEEPS order
     assert args.workspace.parts[-2:] == ("bench", "interference")
     assert (args.threads, args.no_progress) == (None, False)
     args = interference.parse_args(

@@ -14,7 +14,9 @@ the main benchmark's safety LoRA spec on all 604 harmful training pairs (:data:`
   Fisher pair, ``select: soft``, ``rho: 1``, patch ``scale``);
 * ``sst_dual`` (the dual, ``docs/design.md`` §1.6: each expert's delta projected with its own
   gain Fisher ``G_i`` against the safety model's KL cost Fisher ``C``, ``lora`` kind on the joint
-  span of the N + 1 adapters, soft ρ = 1; the safety LoRA added unprojected at ``scale``).
+  span of the N + 1 adapters, soft ρ = 1; the safety LoRA added unprojected at ``scale``);
+* ``dual_single_fisher`` (its single-Fisher control: the same with ``G_i = I``, each expert
+  shrunk along the cost Fisher's directions alone — ``sst_single_fisher``, ``project: utility``).
 
 Every method has the same grid budget (:data:`SWEEPS`): the experts' λ (``utility_weight``) ∈
 :data:`EXPERT_LAMBDAS` × the safety strength (``safety_weight`` ∈ :data:`SAFETY_WEIGHTS`, or the
@@ -143,6 +145,15 @@ SWEEPS = (
     Sweep("tsv", TSV, BASELINE_GRID),
     Sweep("sst_merge", "sst_merge", SST_GRID, _SST_SOFT, fisher_kind="lora"),
     Sweep("sst_dual", "sst_merge", DUAL_GRID, _SST_SOFT, fisher_kind="lora", project="utility"),
+    # the dual's single-Fisher control: the same cost Fisher, G_i = I (no gain Fishers)
+    Sweep(
+        "dual_single_fisher",
+        "sst_single_fisher",
+        DUAL_GRID,
+        _SST_SOFT,
+        fisher_kind="lora",
+        project="utility",
+    ),
 )
 METHODS = tuple(sweep.label for sweep in SWEEPS)
 N_EXPERTS = (2, 4, 8, 12)
