@@ -5,7 +5,8 @@ disjoint test split (the main benchmark's protocol, ``docs/design.md`` §7).
 
 For N in ``--n-experts`` (default 2 4 8 12) the first N experts of :data:`SKILLS` (LoRAs on
 SmolLM2-135M-Instruct, one programmatic skill each, all trained alike: :func:`expert_spec`) and
-the main benchmark's safety LoRA spec on all 604 harmful training pairs (:data:`SAFETY_SPEC`) are merged by
+the main benchmark's safety LoRA spec on all 604 harmful training pairs (:data:`SAFETY_SPEC`)
+are merged by
 
 * ``task_arithmetic``, ``ties``, ``dare_ties`` (mergekit; density 0.5, no normalisation) and
   ``tsv`` (FusionBench's task-singular-vector merging, :data:`~sst_merge_plugin.bench.
