@@ -510,3 +510,24 @@ def test_a_dual_sweep_collects_its_gain_and_cost_fishers(
         assert (exported / name).read_bytes() == Path(collected).read_bytes()
     with pytest.raises(SSTError, match="dual_at: unknown value 'merge'"):
         replace(dual, dual_at="merge")
+
+
+def test_pareto_legend_names_each_reference_by_its_knob(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Qwen results (re-read from the committed ``results.json``) have the utility-only
+    merge at two reference λ: the Pareto plot's legend tells them apart, one entry per row."""
+    from support import ROOT
+
+    from sst_merge_plugin.bench import report
+
+    path = ROOT / "benchmarks" / "safety_utility" / "results-qwen-coder-0.5b" / "results.json"
+    summary = json.loads(path.read_text())
+    figures = []
+    monkeypatch.setattr(
+        "sst_merge_plugin.evaluation.report.save_png", lambda figure, _: figures.append(figure)
+    )
+    report.plot_pareto(summary, "unused.png", "qwen")
+    labels = [text.get_text() for text in figures[0].axes[1].get_legend().get_texts()]
+    plotted = [r for r in summary["references"] if r["utility_mean"] is not None]
+    assert len(labels) == len(summary["methods"]) + len(plotted)
+    assert len(set(labels)) == len(labels)
+    assert {"utility_only (λ=0.5)", "utility_only (λ=1)"} <= set(labels)

@@ -313,7 +313,12 @@ def plot_pareto(summary: Mapping[str, Any], path: str | Path, title: str) -> Non
 
     figure, axes = plt.subplots(1, 2, figsize=(13, 5.5), sharey=True)
     entries = [(m["method"], m["test"]) for m in summary["methods"]]
-    entries += [(r["method"], r) for r in summary["references"] if r["utility_mean"] is not None]
+    # a reference that has a knob (the utility-only merge at each reference λ) is named with it
+    entries += [
+        (r["method"] if not r["knob"] else f"{r['method']} ({knob_text(r['knob'])})", r)
+        for r in summary["references"]
+        if r["utility_mean"] is not None
+    ]
     markers = "osD^v<>pPX*h"
     for index, (label, row) in enumerate(entries):
         style = {"marker": markers[index % len(markers)], "capsize": 3, "label": label,
@@ -330,7 +335,7 @@ def plot_pareto(summary: Mapping[str, Any], path: str | Path, title: str) -> Non
     axes[0].set_ylabel("harmful refusal (test) ↑")
     for ax in axes:
         ax.grid(True, alpha=0.3)
-    axes[1].legend(fontsize=7, loc="lower left", ncol=2)
+    axes[1].legend(fontsize=7, loc="best", ncol=2)
     figure.suptitle(title)
     save_png(figure, path)
 
